@@ -1,0 +1,1 @@
+"""Data generation and shading for the MAGINet reimplementation."""

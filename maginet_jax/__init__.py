@@ -1,0 +1,1 @@
+"""MAGINet in JAX/Flax NNX."""

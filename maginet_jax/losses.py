@@ -1,0 +1,73 @@
+"""Image losses for MAGINet's stages (NHWC, masks (B,H,W,1) with 1 = face region).
+
+Every loss here reduces over the batch with the mask as weights, so padding or non-face texels never
+contribute. Perceptual terms (VGG, patch-LPIPS) plug into `maginet_jax.training.objectives` beside these.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_EPS = 1e-8
+_SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], np.float32) / 8.0
+
+
+def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean squared error over the masked texels and all channels, pooled over the batch."""
+    w = jnp.broadcast_to(mask, pred.shape)
+    return jnp.sum(w * jnp.square(pred - target)) / (jnp.sum(w) + _EPS)
+
+
+def per_example_masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+    """Masked MSE of each example, shape (B,): what evaluation averages and turns into PSNR."""
+    w = jnp.broadcast_to(mask, pred.shape)
+    axes = tuple(range(1, pred.ndim))
+    return jnp.sum(w * jnp.square(pred - target), axis=axes) / (jnp.sum(w, axis=axes) + _EPS)
+
+
+def psnr(mse: jax.Array, max_value: float = 1.0) -> jax.Array:
+    """Peak signal-to-noise ratio in dB for images in [0, max_value]."""
+    return 10.0 * jnp.log10(max_value**2 / jnp.maximum(mse, 1e-12))
+
+
+def sobel(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-channel Sobel gradients (d/dx, d/dy), 'valid' so border texels are not invented."""
+    c = x.shape[-1]
+    kx = jnp.tile(jnp.asarray(_SOBEL_X, x.dtype)[:, :, None, None], (1, 1, 1, c))
+    ky = jnp.tile(jnp.asarray(_SOBEL_X.T, x.dtype)[:, :, None, None], (1, 1, 1, c))
+    conv = lambda k: jax.lax.conv_general_dilated(
+        x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+    return conv(kx), conv(ky)
+
+
+def edge_loss(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+    """Edge-aware loss: masked L1 between the Sobel gradients of prediction and target.
+
+    A texel counts only when its whole 3×3 neighbourhood is inside the mask (min-pooled mask), so the
+    mask boundary itself, where the target drops to zero, is not learnt as an edge.
+    """
+    inner = -jax.lax.reduce_window(-mask, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), "VALID")
+    (px, py), (tx, ty) = sobel(pred), sobel(target)
+    w = jnp.broadcast_to(inner, px.shape)
+    return jnp.sum(w * (jnp.abs(px - tx) + jnp.abs(py - ty))) / (jnp.sum(w) + _EPS)
+
+
+def area_downsample(x: jax.Array, factor: int) -> jax.Array:
+    """Average-pools H and W by an integer factor (targets and masks for deep supervision)."""
+    if factor == 1:
+        return x
+    b, h, w, c = x.shape
+    return x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+
+
+def deep_supervision_loss(sides: list[jax.Array], target: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean over side outputs of the masked MSE against the area-downsampled target."""
+    if not sides:
+        return jnp.zeros((), jnp.float32)
+    terms = []
+    for side in sides:
+        f = target.shape[1] // side.shape[1]
+        terms.append(masked_mse(side, area_downsample(target, f), area_downsample(mask, f)))
+    return sum(terms) / len(terms)

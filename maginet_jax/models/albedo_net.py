@@ -1,0 +1,134 @@
+"""AlbedoNet, MAGINet's first stage: lit face image → light-normalised diffuse albedo.
+
+Hierarchical residual encoder (L levels; level i runs at 1/2^i of the input and level L-1 is the
+bottleneck), a bottleneck of residual blocks with channel + spatial attention, and a decoder that at every
+level fuses three inputs with learned per-pixel weights:
+
+    up_i   = conv(upsample(decoder feature from level i+1))
+    skip_i = encoder feature at level i
+    ctx_i  = 1×1 conv(bottleneck context resized to level i)
+    w      = softmax over inputs of a 1×1 conv over concat(up_i, skip_i, ctx_i)   (per pixel)
+    fused  = Σ_j w_j · input_j
+
+Each decoder level below full resolution emits a side albedo for deep supervision. With the paper's five
+levels (64-128-256-512-512) a 512² input has its bottleneck at 32², so sizes must be divisible by 2^(L-1).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from maginet_jax.models.attention import Attention
+from maginet_jax.models.layers import ConvNormAct, ResidualBlock, resize_to
+
+FUSIONS = ("adaptive", "concat", "sum")
+
+
+class AdaptiveFusion(nnx.Module):
+    """Fuses same-width feature maps: 'adaptive' (per-pixel softmax weights), 'concat' (1×1 conv) or 'sum'."""
+
+    def __init__(self, width: int, num_inputs: int, *, kind: str = "adaptive", dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        if kind not in FUSIONS:
+            raise ValueError(f"unknown fusion {kind!r}; expected one of {FUSIONS}")
+        self.kind = kind
+        out = num_inputs if kind == "adaptive" else width
+        self.proj = (nnx.Conv(width * num_inputs, out, (1, 1), dtype=dtype, rngs=rngs)
+                     if kind != "sum" else None)
+
+    def weights(self, inputs: list[jax.Array]) -> jax.Array:
+        """Per-pixel fusion weights (B, H, W, num_inputs), summing to one ('adaptive' only)."""
+        return jax.nn.softmax(self.proj(jnp.concatenate(inputs, axis=-1)), axis=-1)
+
+    def __call__(self, inputs: list[jax.Array]) -> jax.Array:
+        if self.kind == "sum":
+            return sum(inputs)
+        if self.kind == "concat":
+            return self.proj(jnp.concatenate(inputs, axis=-1))
+        w = self.weights(inputs)
+        return sum(w[..., j:j + 1] * x for j, x in enumerate(inputs))
+
+
+class AlbedoNet(nnx.Module):
+    """Lit image in [0,1] (B,H,W,C) → (albedo (B,H,W,3) in [0,1], side albedos coarse→fine)."""
+
+    def __init__(self, *, in_channels: int = 3, out_channels: int = 3,
+                 widths: tuple[int, ...] = (64, 128, 256, 512, 512), blocks_per_level: int = 1,
+                 bottleneck_blocks: int = 2, decoder_blocks: int = 1, norm: str = "group",
+                 activation: str = "relu", attention: str = "cbam", attention_reduction: int = 16,
+                 spatial_kernel: int = 7, fusion: str = "adaptive", dtype=jnp.float32, rngs: nnx.Rngs):
+        if len(widths) < 2:
+            raise ValueError(f"AlbedoNet needs at least 2 levels, got widths={tuple(widths)}")
+        widths = tuple(int(w) for w in widths)
+        self.widths = widths
+        kw = dict(norm=norm, dtype=dtype, rngs=rngs)
+        block = lambda cin, cout, att=None: ResidualBlock(cin, cout, act=activation, attention=att, **kw)
+
+        self.stem = ConvNormAct(in_channels, widths[0], act=activation, **kw)
+        self.down = nnx.List([ConvNormAct(widths[i - 1], widths[i], stride=2, act=activation, **kw)
+                              for i in range(1, len(widths))])
+        self.enc = nnx.List([nnx.List([block(w, w) for _ in range(blocks_per_level)]) for w in widths])
+        c = widths[-1]
+        self.bottleneck = nnx.List([
+            block(c, c, Attention(c, kind=attention, reduction=attention_reduction,
+                                  spatial_kernel=spatial_kernel, dtype=dtype, rngs=rngs))
+            for _ in range(bottleneck_blocks)])
+        # Decoder modules are indexed by the level they produce, 0 (full size) .. L-2.
+        levels = range(len(widths) - 1)
+        self.up = nnx.List([ConvNormAct(widths[i + 1], widths[i], act=activation, **kw) for i in levels])
+        self.ctx = nnx.List([nnx.Conv(c, widths[i], (1, 1), dtype=dtype, rngs=rngs) for i in levels])
+        self.fuse = nnx.List([AdaptiveFusion(widths[i], 3, kind=fusion, dtype=dtype, rngs=rngs)
+                              for i in levels])
+        self.dec = nnx.List([nnx.List([block(widths[i], widths[i]) for _ in range(decoder_blocks)])
+                             for i in levels])
+        self.heads = nnx.List([nnx.Conv(widths[i], out_channels, (1, 1), dtype=dtype, rngs=rngs)
+                               for i in levels])
+
+    @property
+    def size_multiple(self) -> int:
+        """Input heights and widths must be multiples of this."""
+        return 2 ** (len(self.widths) - 1)
+
+    def check_size(self, height: int, width: int) -> None:
+        """Raises ValueError, naming the rule, for an input size the encoder cannot halve L-1 times."""
+        m = self.size_multiple
+        if height % m or width % m:
+            raise ValueError(f"AlbedoNet with {len(self.widths)} levels needs image sizes divisible by {m}; "
+                             f"got {height}x{width}")
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+        self.check_size(x.shape[1], x.shape[2])
+        h = self.stem(x * 2.0 - 1.0)
+        skips = []
+        for i, blocks in enumerate(self.enc):
+            if i > 0:
+                h = self.down[i - 1](h)
+            for blk in blocks:
+                h = blk(h)
+            skips.append(h)
+        for blk in self.bottleneck:
+            h = blk(h)
+        context = h
+        sides = []
+        for i in reversed(range(len(self.widths) - 1)):
+            size = skips[i].shape[1:3]
+            up = self.up[i](resize_to(h, *size))
+            ctx = self.ctx[i](resize_to(context, *size))
+            h = self.fuse[i]([up, skips[i], ctx])
+            for blk in self.dec[i]:
+                h = blk(h)
+            out = nnx.sigmoid(self.heads[i](h).astype(jnp.float32))
+            if i > 0:
+                sides.append(out)
+        return out, sides
+
+
+def build_albedo_net(model_config, *, rngs: nnx.Rngs) -> AlbedoNet:
+    """Builds AlbedoNet from `config.model` (see configs/albedo.py for the keys)."""
+    c = model_config
+    return AlbedoNet(widths=tuple(c.widths), blocks_per_level=c.blocks_per_level,
+                     bottleneck_blocks=c.bottleneck_blocks, decoder_blocks=c.decoder_blocks, norm=c.norm,
+                     activation=c.activation, attention=c.attention, attention_reduction=c.attention_reduction,
+                     spatial_kernel=c.spatial_kernel, fusion=c.fusion, dtype=jnp.dtype(c.dtype), rngs=rngs)

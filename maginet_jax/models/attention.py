@@ -1,0 +1,63 @@
+"""Channel and spatial attention (CBAM-style) used in AlbedoNet's bottleneck."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+ATTENTIONS = ("cbam", "channel", "spatial", "none")
+
+
+class ChannelGate(nnx.Module):
+    """Per-channel gate from average- and max-pooled descriptors through one shared MLP."""
+
+    def __init__(self, channels: int, *, reduction: int = 16, dtype=jnp.float32, rngs: nnx.Rngs):
+        hidden = max(channels // reduction, 1)
+        self.fc1 = nnx.Linear(channels, hidden, dtype=dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, channels, dtype=dtype, rngs=rngs)
+
+    def gate(self, x: jax.Array) -> jax.Array:
+        """The (B, 1, 1, C) gate in [0, 1]."""
+        mlp = lambda d: self.fc2(nnx.relu(self.fc1(d)))
+        logits = mlp(jnp.mean(x, axis=(1, 2))) + mlp(jnp.max(x, axis=(1, 2)))
+        return nnx.sigmoid(logits)[:, None, None, :]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x * self.gate(x)
+
+
+class SpatialGate(nnx.Module):
+    """Per-pixel gate from a k×k conv over the channel-wise mean and max maps."""
+
+    def __init__(self, *, kernel: int = 7, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(2, 1, (kernel, kernel), padding="SAME", dtype=dtype, rngs=rngs)
+
+    def gate(self, x: jax.Array) -> jax.Array:
+        """The (B, H, W, 1) gate in [0, 1]."""
+        pooled = jnp.concatenate([jnp.mean(x, axis=-1, keepdims=True),
+                                  jnp.max(x, axis=-1, keepdims=True)], axis=-1)
+        return nnx.sigmoid(self.conv(pooled))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x * self.gate(x)
+
+
+class Attention(nnx.Module):
+    """Channel gate then spatial gate (CBAM order); either can be switched off by `kind`."""
+
+    def __init__(self, channels: int, *, kind: str = "cbam", reduction: int = 16, spatial_kernel: int = 7,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        if kind not in ATTENTIONS:
+            raise ValueError(f"unknown attention {kind!r}; expected one of {ATTENTIONS}")
+        self.channel = (ChannelGate(channels, reduction=reduction, dtype=dtype, rngs=rngs)
+                        if kind in ("cbam", "channel") else None)
+        self.spatial = (SpatialGate(kernel=spatial_kernel, dtype=dtype, rngs=rngs)
+                        if kind in ("cbam", "spatial") else None)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.channel is not None:
+            x = self.channel(x)
+        if self.spatial is not None:
+            x = self.spatial(x)
+        return x

@@ -1,0 +1,89 @@
+"""Convolutional building blocks shared by the MAGINet networks (Flax NNX, NHWC)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+NORMS = ("group", "instance", "none")
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nnx.relu,
+    "leaky_relu": lambda x: nnx.leaky_relu(x, 0.2),
+    "gelu": nnx.gelu,
+    "silu": nnx.silu,
+}
+
+
+def _group_count(channels: int, max_groups: int = 32, min_group_size: int = 4) -> int:
+    """Largest divisor of `channels` up to `max_groups` that leaves at least `min_group_size` channels a group.
+
+    One channel per group would be instance norm, under which every channel's spatial mean equals the norm's
+    bias: the channel gate's average-pooled descriptor would then carry no information about the input.
+    """
+    limit = max(min(max_groups, channels // min_group_size), 1)
+    return max(g for g in range(1, limit + 1) if channels % g == 0)
+
+
+def make_norm(kind: str, channels: int, *, dtype, rngs: nnx.Rngs) -> Callable[[jax.Array], jax.Array]:
+    """Returns a normalisation layer over the channel axis: 'group', 'instance' or 'none'."""
+    if kind == "group":
+        return nnx.GroupNorm(channels, num_groups=_group_count(channels), dtype=dtype, rngs=rngs)
+    if kind == "instance":
+        return nnx.GroupNorm(channels, num_groups=None, group_size=1, dtype=dtype, rngs=rngs)
+    if kind == "none":
+        return lambda x: x
+    raise ValueError(f"unknown norm {kind!r}; expected one of {NORMS}")
+
+
+def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """Looks up an activation by name, with a clear error for an unknown one."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {tuple(ACTIVATIONS)}") from None
+
+
+class ConvNormAct(nnx.Module):
+    """Conv → norm → activation, the unit every block below is made of."""
+
+    def __init__(self, cin: int, cout: int, *, kernel: int = 3, stride: int = 1, norm: str = "group",
+                 act: str | None = "relu", dtype=jnp.float32, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding="SAME",
+                             use_bias=norm == "none", dtype=dtype, rngs=rngs)
+        self.norm = make_norm(norm, cout, dtype=dtype, rngs=rngs)
+        self.act = get_activation(act) if act else (lambda x: x)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.act(self.norm(self.conv(x)))
+
+
+class ResidualBlock(nnx.Module):
+    """Two 3×3 conv-norm layers plus a skip (1×1 projection when widths differ), activation after the add.
+
+    `attention` is an optional module applied to the residual branch before the add (CBAM-style).
+    """
+
+    def __init__(self, cin: int, cout: int, *, norm: str = "group", act: str = "relu",
+                 attention: nnx.Module | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.conv1 = ConvNormAct(cin, cout, norm=norm, act=act, dtype=dtype, rngs=rngs)
+        self.conv2 = ConvNormAct(cout, cout, norm=norm, act=None, dtype=dtype, rngs=rngs)
+        self.attention = attention
+        self.skip = (nnx.Conv(cin, cout, (1, 1), use_bias=False, dtype=dtype, rngs=rngs)
+                     if cin != cout else None)
+        self.act = get_activation(act)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.conv2(self.conv1(x))
+        if self.attention is not None:
+            h = self.attention(h)
+        return self.act(h + (self.skip(x) if self.skip is not None else x))
+
+
+def resize_to(x: jax.Array, height: int, width: int) -> jax.Array:
+    """Bilinear resize of an NHWC batch (half-pixel centres, like align_corners=False)."""
+    if x.shape[1:3] == (height, width):
+        return x
+    return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), method="bilinear")

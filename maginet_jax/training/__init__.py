@@ -1,0 +1,1 @@
+"""Training: state, step, sharding, checkpoints, logging."""

@@ -1,0 +1,33 @@
+"""Image grids for TensorBoard and the PNG samples under `<workdir>/samples/`."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """[0,1] floats → uint8; 1-channel maps become grey RGB so grids can mix passes."""
+    x = np.asarray(x, np.float32)
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def grid(columns: list[np.ndarray], pad: int = 2) -> np.ndarray:
+    """Rows = examples, columns = the given (N, H, W, C) batches (e.g. input | prediction | target)."""
+    cols = [to_uint8(c) for c in columns]
+    n, h, w, _ = cols[0].shape
+    out = np.full((n * (h + pad) + pad, len(cols) * (w + pad) + pad, 3), 255, np.uint8)
+    for j, c in enumerate(cols):
+        for i in range(n):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            out[y:y + h, x:x + w] = c[i]
+    return out
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(image).save(path)

@@ -1,0 +1,144 @@
+"""The stage-1 training loop: sharded steps, periodic eval, logging and exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from clu import parameter_overview
+from jax.experimental import multihost_utils
+
+from data_pipeline import loader as data_loader
+from data_pipeline import sources
+from maginet_jax.models.albedo_net import build_albedo_net
+from maginet_jax.training import images, optim, sharding, steps
+from maginet_jax.training.checkpoint import Checkpointer
+from maginet_jax.training.objectives import AlbedoObjective
+from maginet_jax.training.state import init_train_state
+from maginet_jax.training.writers import create_writer
+
+
+def _format_duration(seconds: float) -> str:
+    m, s = divmod(int(max(seconds, 0)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class _Evaluator:
+    """One ordered pass over the held-out split; the last partial batch is padded and masked out."""
+
+    def __init__(self, config, mesh, eval_step):
+        self._source = sources.make_source(config.data, "test", config.eval.num_examples, ("albedo",))
+        self._config, self._mesh, self._step = config, mesh, eval_step
+        self._local_batch = config.eval.batch_size // jax.process_count()
+
+    def __call__(self, params):
+        c = self._config
+        loader = data_loader.make_loader(self._source, batch_size=self._local_batch, crop_size=c.data.crop_size,
+                                         train=False, seed=c.seed, worker_count=c.eval.worker_count)
+        acc, shown = None, None
+        for local in loader:
+            n = len(local["image"])
+            local = {k: np.concatenate([v, np.zeros((self._local_batch - n, *v.shape[1:]), v.dtype)])
+                     for k, v in local.items()}
+            local["valid"] = np.arange(self._local_batch) < n
+            batch = sharding.to_global(local, self._mesh)
+            metrics, pred = self._step(params, batch)
+            acc = metrics if acc is None else acc.merge(metrics)
+            if shown is None:  # every process joins the gather; only process 0 writes the grid
+                k = c.num_sample_images
+                got = multihost_utils.process_allgather({"pred": pred, "image": batch["image"],
+                                                         "albedo": batch["albedo"], "mask": batch["mask"]},
+                                                        tiled=True)
+                # Outside the mask the prediction is unconstrained (and unscored): show it masked.
+                shown = images.grid([got["image"][:k], got["pred"][:k] * got["mask"][:k], got["albedo"][:k]])
+        return {f"eval/{k}": float(v) for k, v in acc.compute().items()}, shown
+
+
+def train_and_evaluate(config, workdir: str):
+    """Trains AlbedoNet per `config`, resuming from `<workdir>/checkpoints` when it holds a checkpoint.
+
+    Returns the final TrainState.
+    """
+    is_main = jax.process_index() == 0
+    mesh = sharding.make_mesh(config.mesh)
+    logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
+
+    objective = AlbedoObjective(config.losses)
+    schedule = optim.make_schedule(config.optim, config.num_train_steps)
+    tx = optim.make_optimizer(config.optim, config.num_train_steps)
+    graphdef, state = init_train_state(lambda rngs: build_albedo_net(config.model, rngs=rngs), tx,
+                                       config.seed, mesh)
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+
+    train_source = sources.make_source(config.data, "train", config.data.num_train_examples, ("albedo",))
+    train_iter = iter(data_loader.make_loader(
+        train_source, batch_size=config.batch_size // jax.process_count(), crop_size=config.data.crop_size,
+        train=True, seed=config.seed, worker_count=config.data.worker_count, flip=config.data.flip,
+        worker_buffer_size=config.data.worker_buffer_size, read_threads=config.data.read_threads,
+        read_buffer_size=config.data.read_buffer_size))
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.max_checkpoints_to_keep,
+                        async_save=config.async_checkpointing)
+    start = ckpt.latest_step() or 0
+    if start:
+        state = ckpt.restore(start, state, train_iter)
+        logging.info("resumed from step %d in %s", start, workdir)
+    elif is_main:
+        logging.info("AlbedoNet parameters:\n%s",
+                     parameter_overview.get_parameter_overview(state.params.to_pure_dict()))
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    writer = create_writer(workdir, resume_step=start, is_main=is_main)
+
+    train_step = steps.make_train_step(graphdef, objective, tx, schedule, mesh, state_sharding)
+    evaluate = _Evaluator(config, mesh, steps.make_eval_step(graphdef, mesh, state_sharding.params))
+
+    def run_eval(step: int) -> dict[str, float]:
+        scalars, grid = evaluate(state.params)
+        logging.info("eval step %d: albedo MSE %.3f (x1e-3), PSNR %.2f dB; copy-the-input MSE %.3f (x1e-3)",
+                     step, scalars["eval/albedo_mse"] * 1e3, scalars["eval/psnr"],
+                     scalars["eval/copy_input_mse"] * 1e3)
+        if is_main:
+            writer.write_images(step, {"eval/input_prediction_target": grid[None]})
+            images.save_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
+        return scalars
+
+    if start == 0:  # the first eval row is the untrained model
+        writer.write_scalars(0, run_eval(0))
+
+    metrics, t_last, s_last, t_start = None, time.time(), start, time.time()
+    for step in range(start + 1, config.num_train_steps + 1):
+        state, step_metrics = train_step(state, sharding.to_global(next(train_iter), mesh))
+        metrics = step_metrics if metrics is None else metrics.merge(step_metrics)
+        last = step == config.num_train_steps
+        scalars = {}
+        if step % config.log_every_steps == 0 or last:
+            scalars.update({f"train/{k}": float(v) for k, v in metrics.compute().items()})
+            metrics, now = None, time.time()
+            rate = (step - s_last) / max(now - t_last, 1e-9)
+            t_last, s_last = now, step
+            logging.info("step %d/%d  loss %.5f  %.2f steps/s  ETA %s", step, config.num_train_steps,
+                         scalars["train/loss"], rate, _format_duration((config.num_train_steps - step) / rate))
+        if step % config.eval_every_steps == 0 or last:
+            scalars.update(run_eval(step))
+        if scalars:
+            writer.write_scalars(step, scalars)
+        if step % config.checkpoint_every_steps == 0 or last:
+            ckpt.save(step, state, train_iter)
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    logging.info("done: %d steps in %s", config.num_train_steps - start, _format_duration(time.time() - t_start))
+    return state
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The rows of `<workdir>/metrics.jsonl`."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]

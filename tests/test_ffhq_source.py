@@ -1,0 +1,64 @@
+"""The raw FFHQ-UV-Intrinsics reader, on a fixture tree in the dataset's exact layout."""
+
+import os
+
+import numpy as np
+import pytest
+
+from data_pipeline import loader, make_fixture
+from data_pipeline.ffhq_uv_intrinsics import FFHQUVIntrinsicsSource, is_test_subject
+
+
+@pytest.fixture(scope="module")
+def fixture_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("ffhq"))
+    make_fixture.write_fixture(root, num_subjects=24, resolution=32, seed=0)
+    return root
+
+
+def test_layout(fixture_root):
+    assert sorted(os.listdir(os.path.join(fixture_root, "Data", "000003"))) == [
+        "ambient_occlusion.png", "diffuse.png", "light_normalized.png", "normal.png", "specular.png",
+        "translucency.png"]
+    assert os.path.isfile(os.path.join(fixture_root, "uv-maps", "000003.png"))
+
+
+def test_split_is_disjoint_complete_and_by_id(fixture_root):
+    train = FFHQUVIntrinsicsSource(fixture_root, split="train", resolution=32, test_fraction=0.25)
+    test = FFHQUVIntrinsicsSource(fixture_root, split="test", resolution=32, test_fraction=0.25)
+    assert len(train) + len(test) == 24 and len(test) > 0
+    assert set(train._ids).isdisjoint(test._ids)
+    assert all(is_test_subject(i, 0.25) for i in test._ids)
+
+
+def test_records_match_the_generator(fixture_root):
+    from data_pipeline import sources, synthetic
+    src = FFHQUVIntrinsicsSource(fixture_root, split="train", resolution=32, test_fraction=0.25,
+                                 passes=("albedo", "ambient_occlusion", "normal"))
+    subject = src._ids[0]
+    rec = src[0]
+    sample = synthetic.generate(0, int(subject), 32, "train")
+    np.testing.assert_array_equal(rec["image"], sources.quantize(sample["image"]))
+    np.testing.assert_array_equal(rec["albedo"], sources.quantize(sample["albedo"]))
+    assert rec["ambient_occlusion"].shape == (32, 32, 1)
+    # Texture validity recovers the generator's mask wherever its albedo is not black.
+    np.testing.assert_array_equal(rec["mask"][..., 0] > 0, sources.quantize(sample["albedo"]).any(-1))
+    assert np.mean(rec["mask"] > 0) > 0.5
+
+
+def test_resize_on_read_and_other_input(fixture_root):
+    src = FFHQUVIntrinsicsSource(fixture_root, split="train", resolution=16, input_file="diffuse",
+                                 passes=("albedo",))
+    rec = src[1]
+    assert rec["image"].shape == (16, 16, 3) and rec["albedo"].shape == (16, 16, 3)
+    batch = next(iter(loader.make_loader(src, batch_size=4, crop_size=16, train=True, seed=0)))
+    assert batch["image"].shape == (4, 16, 16, 3) and batch["mask"].max() == 1.0
+
+
+def test_errors(fixture_root, tmp_path):
+    with pytest.raises(ValueError, match="no Data/ directory"):
+        FFHQUVIntrinsicsSource(str(tmp_path), split="train", resolution=32)
+    with pytest.raises(ValueError, match="FFHQ-UV textures not found"):
+        FFHQUVIntrinsicsSource(fixture_root, split="train", resolution=32, uv_maps_dir=str(tmp_path / "none"))
+    with pytest.raises(ValueError, match="input_file"):
+        FFHQUVIntrinsicsSource(fixture_root, split="train", resolution=32, input_file="albedo_lit")

@@ -1,0 +1,94 @@
+"""AlbedoNet: output shapes and ranges, the size rule, attention and fusion variants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from maginet_jax.models.albedo_net import AdaptiveFusion, AlbedoNet, build_albedo_net
+from maginet_jax.models.attention import ChannelGate, SpatialGate
+
+
+def _net(**kw):
+    return AlbedoNet(widths=kw.pop("widths", (8, 16, 16)), attention_reduction=4, rngs=nnx.Rngs(0), **kw)
+
+
+def test_shapes_and_range():
+    net = _net(widths=(8, 8, 16, 16))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 48, 3))
+    out, sides = net(x)
+    assert out.shape == (2, 32, 48, 3)
+    # Side outputs coarse → fine at 1/4 and 1/2 (the bottleneck at 1/8 has no head).
+    assert [s.shape for s in sides] == [(2, 8, 12, 3), (2, 16, 24, 3)]
+    for y in (out, *sides):
+        assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    assert float(jnp.std(out)) > 0.0  # not a constant image
+
+
+@pytest.mark.parametrize("size", [(30, 32), (32, 36), (33, 33)])
+def test_indivisible_size_is_one_clear_error(size):
+    net = _net(widths=(8, 8, 16, 16))  # needs multiples of 8
+    with pytest.raises(ValueError, match=r"divisible by 8; got \d+x\d+"):
+        net(jnp.zeros((1, *size, 3)))
+
+
+def test_paper_scale_bottleneck_at_32():
+    net = nnx.eval_shape(lambda: AlbedoNet(rngs=nnx.Rngs(0)))
+    assert net.size_multiple == 16  # 5 levels: 512 → 32
+    out, sides = nnx.eval_shape(lambda m, x: m(x), net, jax.ShapeDtypeStruct((1, 512, 512, 3), jnp.float32))
+    assert out.shape == (1, 512, 512, 3)
+    assert [s.shape[1] for s in sides] == [64, 128, 256]
+
+
+@pytest.mark.parametrize("norm,attention,fusion", [("instance", "none", "concat"), ("none", "channel", "sum"),
+                                                   ("group", "spatial", "adaptive")])
+def test_variants_run(norm, attention, fusion):
+    out, _ = _net(norm=norm, attention=attention, fusion=fusion)(jnp.full((1, 16, 16, 3), 0.3))
+    assert out.shape == (1, 16, 16, 3) and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_unknown_options_rejected():
+    with pytest.raises(ValueError, match="unknown norm"):
+        _net(norm="batch")
+    with pytest.raises(ValueError, match="unknown attention"):
+        _net(attention="self")
+    with pytest.raises(ValueError, match="unknown fusion"):
+        _net(fusion="max")
+
+
+def test_channel_gate_matches_hand_computation():
+    gate = ChannelGate(4, reduction=2, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.PRNGKey(2), (2, 5, 5, 4))
+    mlp = lambda d: d @ gate.fc1.kernel[...] + gate.fc1.bias[...]
+    mlp2 = lambda d: jnp.maximum(mlp(d), 0) @ gate.fc2.kernel[...] + gate.fc2.bias[...]
+    expect = jax.nn.sigmoid(mlp2(x.mean((1, 2))) + mlp2(x.max((1, 2))))[:, None, None, :]
+    np.testing.assert_allclose(gate.gate(x), expect, rtol=1e-5, atol=1e-6)
+
+
+def test_spatial_gate_is_per_pixel_and_sees_mean_and_max():
+    gate = SpatialGate(kernel=3, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.PRNGKey(3), (1, 6, 6, 5))
+    g = gate.gate(x)
+    assert g.shape == (1, 6, 6, 1)
+    # Permuting channels leaves mean and max unchanged, so the gate too.
+    np.testing.assert_allclose(gate.gate(x[..., ::-1]), g, rtol=1e-6)
+
+
+def test_adaptive_fusion_weights_are_a_per_pixel_softmax():
+    fuse = AdaptiveFusion(4, 3, rngs=nnx.Rngs(0))
+    xs = [jax.random.normal(jax.random.PRNGKey(i), (2, 3, 3, 4)) for i in range(3)]
+    w = fuse.weights(xs)
+    assert w.shape == (2, 3, 3, 3)
+    np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)
+    assert float(jnp.std(w)) > 0  # input-dependent, not uniform
+    expect = sum(w[..., j:j + 1] * xs[j] for j in range(3))
+    np.testing.assert_allclose(fuse(xs), expect, rtol=1e-6)
+
+
+def test_build_from_config(smoke_config):
+    net = build_albedo_net(smoke_config.model, rngs=nnx.Rngs(0))
+    assert net.widths == tuple(smoke_config.model.widths)
+    smoke_config.model.dtype = "bfloat16"
+    out, _ = build_albedo_net(smoke_config.model, rngs=nnx.Rngs(0))(jnp.zeros((1, 16, 16, 3)))
+    assert out.dtype == jnp.float32  # heads cast back: losses stay in float32
