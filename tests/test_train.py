@@ -1,5 +1,7 @@
 """Training: the loss falls on :smoke, an interrupted run resumes exactly, 8-way sharding matches 1 device."""
 
+import os
+
 import jax
 import numpy as np
 import optax
@@ -39,7 +41,6 @@ def test_loss_falls_on_smoke(uninterrupted):
 
 
 def test_outputs_on_disk(uninterrupted):
-    import os
     workdir, _ = uninterrupted
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "4", "8"]  # max_to_keep=3
     assert sorted(os.listdir(os.path.join(workdir, "samples"))) == [
@@ -78,6 +79,28 @@ def test_interrupted_run_resumes_exactly(uninterrupted, tmp_path, monkeypatch, s
     assert loop.read_metrics(workdir) == loop.read_metrics(full_dir)  # ...and are replaced, not duplicated
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(full_state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(uninterrupted, tmp_path, smoke_config):
+    import shutil
+    from maginet_jax.errors import UserError
+    workdir = str(tmp_path / "run")
+    shutil.copytree(uninterrupted[0], workdir)
+    before = {p: os.path.getmtime(os.path.join(workdir, p)) for p in ("metrics.jsonl", "config.json")}
+    c = _config(smoke_config)
+    c.model.widths = (8, 16, 32)
+    with pytest.raises(UserError, match="does not fit this config"):
+        loop.train_and_evaluate(c, workdir)
+    assert before == {p: os.path.getmtime(os.path.join(workdir, p)) for p in before}
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "4", "8"]
+
+
+def test_preemption_saves_and_stops(tmp_path, monkeypatch, smoke_config):
+    from maginet_jax.training.checkpoint import Checkpointer
+    monkeypatch.setattr(Checkpointer, "reached_preemption", lambda self, step: step == 5)
+    state = loop.train_and_evaluate(_config(smoke_config), str(tmp_path))
+    assert int(state.step) == 5
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "5"]
 
 
 def _run_steps(c, devices, batch, tx, num_steps=2):

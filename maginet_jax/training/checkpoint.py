@@ -45,6 +45,10 @@ class Checkpointer:
                             f"(another model or data setup?): {first}") from e
         return restored.state
 
+    def reached_preemption(self, step: int) -> bool:
+        """True on every host once the cluster announced a preemption (TPU/GKE); False without the service."""
+        return self._mngr.reached_preemption(step)
+
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""
         self._mngr.wait_until_finished()

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 from absl import logging
 from clu import parameter_overview
+from flax import nnx
 from jax.experimental import multihost_utils
 
 from data_pipeline import loader as data_loader
@@ -90,7 +91,7 @@ def train_and_evaluate(config, workdir: str):
         logging.info("resumed from step %d in %s", start, workdir)
     elif is_main:
         logging.info("AlbedoNet parameters:\n%s",
-                     parameter_overview.get_parameter_overview(state.params.to_pure_dict()))
+                     parameter_overview.get_parameter_overview(nnx.to_pure_dict(state.params)))
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -129,12 +130,16 @@ def train_and_evaluate(config, workdir: str):
             scalars.update(run_eval(step))
         if scalars:
             writer.write_scalars(step, scalars)
-        if step % config.checkpoint_every_steps == 0 or last:
+        preempted = ckpt.reached_preemption(step)
+        if step % config.checkpoint_every_steps == 0 or last or preempted:
             ckpt.save(step, state, train_iter)
+        if preempted:
+            logging.warning("preemption at step %d: checkpoint saved, stopping; rerun to resume", step)
+            break
     ckpt.wait()
     ckpt.close()
     writer.close()
-    logging.info("done: %d steps in %s", config.num_train_steps - start, _format_duration(time.time() - t_start))
+    logging.info("done: %d steps in %s", int(state.step) - start, _format_duration(time.time() - t_start))
     return state
 
 
