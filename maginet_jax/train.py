@@ -37,7 +37,7 @@ def validate_config(config) -> None:
     from maginet_jax.models import attention, layers
     from maginet_jax.models.albedo_net import FUSIONS
     from maginet_jax.training import optim
-    from maginet_jax.training.objectives import AlbedoObjective
+    from maginet_jax.training import objectives
 
     m, d = config.model, config.data
     multiple = 2 ** (len(m.widths) - 1)
@@ -70,7 +70,12 @@ def validate_config(config) -> None:
             sources.make_source(d, split, n, ("albedo",))
         except ValueError as e:
             raise UserError(str(e)) from None
-    AlbedoObjective(config.losses)
+    weights = objectives.active_weights(config.losses)
+    objectives.check_perceptual_config(config.perceptual, d.crop_size)
+    if "vgg" in weights and config.perceptual.vgg_backbone == "vgg19":  # a bad file fails now, not mid-run
+        from maginet_jax.perceptual import networks
+        from maginet_jax.perceptual import weights as pretrained
+        pretrained.torchvision_vgg19_weights(config.perceptual.vgg19_weights, networks.vgg19_channels())
 
 
 def validate_batch_sizes(config, num_processes: int, data_shards: int) -> None:

@@ -46,7 +46,7 @@ def existing_workdir(tmp_path):
     (["--config.data.root=/tmp"], "data.source='synthetic' reads no files"),
     (["--config.model.norm=batch"], "model.norm='batch' is not one of"),
     (["--config.batch_size=0"], "batch_size must be >= 1"),
-    (["--config.losses.vgg=1.0"], "unknown config key 'vgg'"),
+    (["--config.losses.style=1.0"], "unknown config key 'style'"),
 ])
 def test_bad_config_is_one_line_and_touches_nothing(existing_workdir, args, message):
     before = _snapshot(existing_workdir)

@@ -69,7 +69,7 @@ def train_and_evaluate(config, workdir: str):
     mesh = sharding.make_mesh(config.mesh)
     logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
 
-    objective = AlbedoObjective(config.losses)
+    objective = AlbedoObjective(config.losses, config.perceptual)
     schedule = optim.make_schedule(config.optim, config.num_train_steps)
     tx = optim.make_optimizer(config.optim, config.num_train_steps)
     graphdef, state = init_train_state(lambda rngs: build_albedo_net(config.model, rngs=rngs), tx,

@@ -29,12 +29,12 @@ EvalMetrics = clu_metrics.Collection.create(
 )
 
 
-def _train_step(state: TrainState, batch, *, graphdef, objective, tx, schedule, metrics_cls):
+def _train_step(state: TrainState, batch, frozen, *, graphdef, objective, tx, schedule, metrics_cls):
     rng, step_rng = jax.random.split(state.rng)
 
     def loss_fn(params):
         pred, sides = nnx.merge(graphdef, params)(batch["image"])
-        return objective(pred, sides, batch, step_rng)
+        return objective(frozen, pred, sides, batch, step_rng)
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -45,11 +45,17 @@ def _train_step(state: TrainState, batch, *, graphdef, objective, tx, schedule, 
 
 
 def make_train_step(graphdef, objective, tx, schedule, mesh: Mesh, state_sharding):
-    """`(state, batch) -> (state, metrics)`, jitted with explicit shardings; the input state is donated."""
+    """`(state, batch) -> (state, metrics)`, jitted with explicit shardings; the input state is donated.
+
+    The objective's frozen networks go in as a replicated argument, placed on the devices once.
+    """
     fn = functools.partial(_train_step, graphdef=graphdef, objective=objective, tx=tx, schedule=schedule,
                            metrics_cls=train_metrics_class(objective.terms))
-    return jax.jit(fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                   out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+    replicated = sharding.replicated(mesh)
+    jitted = jax.jit(fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh), replicated),
+                     out_shardings=(state_sharding, replicated), donate_argnums=0)
+    frozen = jax.device_put(objective.frozen, replicated)
+    return lambda state, batch: jitted(state, batch, frozen)
 
 
 def _eval_step(params, batch, *, graphdef):

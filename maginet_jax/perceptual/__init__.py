@@ -1,0 +1,1 @@
+"""Frozen ImageNet networks (AlexNet, VGG16, VGG19) and the perceptual metrics built on them."""

