@@ -40,9 +40,9 @@ def validate_config(config) -> None:
     from maginet_jax.training import objectives
 
     m, d = config.model, config.data
-    multiple = 2 ** (len(m.widths) - 1)
     if len(m.widths) < 2:
         raise UserError(f"model.widths needs at least 2 levels, got {tuple(m.widths)}")
+    multiple = 2 ** (len(m.widths) - 1)
     if d.crop_size % multiple:
         raise UserError(f"data.crop_size {d.crop_size} is not divisible by {multiple}: a {len(m.widths)}-level "
                         f"AlbedoNet halves the image {len(m.widths) - 1} times")

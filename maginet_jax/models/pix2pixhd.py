@@ -1,0 +1,271 @@
+"""Pix2PixHD (Wang et al. 2018) in Flax NNX, NHWC, behaving like NVIDIA's pix2pixHD `models/networks.py`.
+
+Same constructors, options and semantics: reflect padding, instance norm without affine parameters or running
+statistics, ResNet blocks without an activation after the add, k3/s2/p1/output_padding-1 transposed convs,
+the LocalEnhancer's AvgPool(3, 2, 1, count_include_pad=False) input pyramid and additive skip, the 4×4/pad-2
+NLayerDiscriminator (and its quirk: with getIntermFeat, use_sigmoid is silently ignored), and the multiscale
+discriminator whose full-resolution input goes to the last-built scale. `import_torch_state_dict` loads the
+original checkpoints by their key names.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from maginet_jax.errors import UserError
+
+_INIT = nnx.initializers.normal(0.02)  # the original's weights_init for convs
+
+
+def _check_norm(norm: str) -> None:
+    if norm != "instance":
+        raise ValueError(f"norm={norm!r}: only 'instance' (pix2pixHD's default, no running statistics) is "
+                         f"supported")
+
+
+def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """torch InstanceNorm2d(affine=False): per-example, per-channel over H and W, biased variance."""
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def reflect_pad(x: jax.Array, p: int) -> jax.Array:
+    return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+
+
+def avg_pool_3s2(x: jax.Array) -> jax.Array:
+    """AvgPool2d(3, stride=2, padding=1, count_include_pad=False): borders average only real texels."""
+    window, strides, pad = (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, pad)
+    count = jax.lax.reduce_window(jnp.ones((1, *x.shape[1:3], 1), x.dtype), 0.0, jax.lax.add, window, strides, pad)
+    return total / count
+
+
+def _conv(cin, cout, k, stride=1, pad=0, *, dtype, rngs):
+    return nnx.Conv(cin, cout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)), kernel_init=_INIT,
+                    dtype=dtype, rngs=rngs)
+
+
+def _conv_transpose(cin, cout, *, dtype, rngs):
+    # torch ConvTranspose2d(k3, s2, p1, output_padding 1): per-side padding k-1-p, plus output_padding high.
+    return nnx.ConvTranspose(cin, cout, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)), transpose_kernel=True,
+                             kernel_init=_INIT, dtype=dtype, rngs=rngs)
+
+
+class ResnetBlock(nnx.Module):
+    """x + [reflect-pad 1, conv3, IN, ReLU, reflect-pad 1, conv3, IN](x)."""
+
+    def __init__(self, dim: int, norm: str = "instance", *, dtype=jnp.float32, rngs: nnx.Rngs):
+        _check_norm(norm)
+        self.conv1 = _conv(dim, dim, 3, dtype=dtype, rngs=rngs)
+        self.conv2 = _conv(dim, dim, 3, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        h = jax.nn.relu(instance_norm(self.conv1(reflect_pad(x, 1))))
+        return x + instance_norm(self.conv2(reflect_pad(h, 1)))
+
+    def torch_layers(self, prefix: str = "") -> dict:
+        """{original key prefix: layer}, for `import_torch_state_dict`."""
+        return {f"{prefix}conv_block.1": self.conv1, f"{prefix}conv_block.5": self.conv2}
+
+
+class GlobalGenerator(nnx.Module):
+    """pix2pixHD's global generator: 7×7 head, strided downsampling, ResNet blocks, transposed upsampling, tanh."""
+
+    def __init__(self, input_nc: int, output_nc: int, ngf: int = 64, n_downsampling: int = 3, n_blocks: int = 9,
+                 norm: str = "instance", *, dtype=jnp.float32, rngs: nnx.Rngs, _with_tail: bool = True):
+        _check_norm(norm)
+        kw = dict(dtype=dtype, rngs=rngs)
+        self.n_downsampling, self.n_blocks = n_downsampling, n_blocks
+        self.head = _conv(input_nc, ngf, 7, **kw)
+        self.down = nnx.List([_conv(ngf * 2**i, ngf * 2 ** (i + 1), 3, 2, 1, **kw) for i in range(n_downsampling)])
+        self.blocks = nnx.List([ResnetBlock(ngf * 2**n_downsampling, **kw) for _ in range(n_blocks)])
+        self.up = nnx.List([_conv_transpose(ngf * 2 ** (n_downsampling - i), ngf * 2 ** (n_downsampling - i) // 2, **kw)
+                            for i in range(n_downsampling)])
+        self.tail = _conv(ngf, output_nc, 7, **kw) if _with_tail else None
+
+    def features(self, x):
+        """Everything before the final reflect-pad, 7×7 conv and tanh (what LocalEnhancer keeps)."""
+        x = jax.nn.relu(instance_norm(self.head(reflect_pad(x, 3))))
+        for conv in self.down:
+            x = jax.nn.relu(instance_norm(conv(x)))
+        for block in self.blocks:
+            x = block(x)
+        for conv in self.up:
+            x = jax.nn.relu(instance_norm(conv(x)))
+        return x
+
+    def __call__(self, x):
+        return jnp.tanh(self.tail(reflect_pad(self.features(x), 3)))
+
+    def torch_layers(self, prefix: str = "model.") -> dict:
+        """{original key prefix: layer}, for `import_torch_state_dict`."""
+        n, layers = self.n_downsampling, {f"{prefix}1": self.head}
+        layers.update({f"{prefix}{4 + 3 * i}": conv for i, conv in enumerate(self.down)})
+        first_block = 4 + 3 * n
+        for j, block in enumerate(self.blocks):
+            layers.update(block.torch_layers(f"{prefix}{first_block + j}."))
+        first_up = first_block + self.n_blocks
+        layers.update({f"{prefix}{first_up + 3 * i}": conv for i, conv in enumerate(self.up)})
+        if self.tail is not None:
+            layers[f"{prefix}{first_up + 3 * n + 1}"] = self.tail
+        return layers
+
+
+class LocalEnhancer(nnx.Module):
+    """Global generator at 1/2^N resolution, refined by N local enhancer levels (additive skip per level)."""
+
+    def __init__(self, input_nc: int, output_nc: int, ngf: int = 32, n_downsample_global: int = 3,
+                 n_blocks_global: int = 9, n_local_enhancers: int = 1, n_blocks_local: int = 3,
+                 norm: str = "instance", *, dtype=jnp.float32, rngs: nnx.Rngs):
+        _check_norm(norm)
+        kw = dict(dtype=dtype, rngs=rngs)
+        self.n_local_enhancers, self.n_blocks_local = n_local_enhancers, n_blocks_local
+        self.global_net = GlobalGenerator(input_nc, output_nc, ngf * 2**n_local_enhancers, n_downsample_global,
+                                          n_blocks_global, _with_tail=False, **kw)
+        widths = [ngf * 2 ** (n_local_enhancers - n) for n in range(1, n_local_enhancers + 1)]
+        self.down_head = nnx.List([_conv(input_nc, w, 7, **kw) for w in widths])
+        self.down_conv = nnx.List([_conv(w, 2 * w, 3, 2, 1, **kw) for w in widths])
+        self.blocks = nnx.List([nnx.List([ResnetBlock(2 * w, **kw) for _ in range(n_blocks_local)]) for w in widths])
+        self.up = nnx.List([_conv_transpose(2 * w, w, **kw) for w in widths])
+        self.tail = _conv(ngf, output_nc, 7, **kw)
+
+    def __call__(self, x):
+        pyramid = [x]
+        for _ in range(self.n_local_enhancers):
+            pyramid.append(avg_pool_3s2(pyramid[-1]))
+        out = self.global_net.features(pyramid[-1])
+        for n in range(self.n_local_enhancers):
+            h = jax.nn.relu(instance_norm(self.down_head[n](reflect_pad(pyramid[self.n_local_enhancers - 1 - n], 3))))
+            h = jax.nn.relu(instance_norm(self.down_conv[n](h))) + out
+            for block in self.blocks[n]:
+                h = block(h)
+            out = jax.nn.relu(instance_norm(self.up[n](h)))
+        return jnp.tanh(self.tail(reflect_pad(out, 3)))
+
+    def torch_layers(self) -> dict:
+        """{original key prefix: layer}, for `import_torch_state_dict`."""
+        layers = self.global_net.torch_layers("model.")
+        nb = self.n_blocks_local
+        for n in range(self.n_local_enhancers):
+            level = n + 1
+            layers[f"model{level}_1.1"] = self.down_head[n]
+            layers[f"model{level}_1.4"] = self.down_conv[n]
+            for j, block in enumerate(self.blocks[n]):
+                layers.update(block.torch_layers(f"model{level}_2.{j}."))
+            layers[f"model{level}_2.{nb}"] = self.up[n]
+        layers[f"model{self.n_local_enhancers}_2.{nb + 4}"] = self.tail
+        return layers
+
+
+class NLayerDiscriminator(nnx.Module):
+    """PatchGAN: 4×4 convs with padding 2 (s2 maps n → n/2+1, s1 maps n → n+1), LeakyReLU 0.2."""
+
+    def __init__(self, input_nc: int, ndf: int = 64, n_layers: int = 3, norm: str = "instance",
+                 use_sigmoid: bool = False, getIntermFeat: bool = False, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        _check_norm(norm)
+        widths = [input_nc] + [min(ndf * 2**i, 512) for i in range(n_layers + 1)] + [1]
+        strides = [2] * n_layers + [1, 1]
+        self.convs = nnx.List([_conv(widths[i], widths[i + 1], 4, strides[i], 2, dtype=dtype, rngs=rngs)
+                               for i in range(n_layers + 2)])
+        self.n_layers, self.use_sigmoid, self.getIntermFeat = n_layers, use_sigmoid, getIntermFeat
+
+    def layer_outputs(self, x) -> list[jax.Array]:
+        """The output of every layer group (what getIntermFeat returns)."""
+        outs = []
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if 0 < i <= self.n_layers:
+                x = instance_norm(x)
+            if i <= self.n_layers:
+                x = jax.nn.leaky_relu(x, 0.2)
+            outs.append(x)
+        return outs
+
+    def __call__(self, x):
+        outs = self.layer_outputs(x)
+        if self.getIntermFeat:
+            return outs  # the original never applies the sigmoid in this mode
+        return jax.nn.sigmoid(outs[-1]) if self.use_sigmoid else outs[-1]
+
+    def torch_layers(self, prefix: str = "") -> dict:
+        """{original key prefix: layer}, for `import_torch_state_dict`."""
+        if self.getIntermFeat:
+            return {f"{prefix}model{n}.0": conv for n, conv in enumerate(self.convs)}
+        flat = [0] + [2 + 3 * (n - 1) for n in range(1, self.n_layers + 2)]  # conv indices in the flat Sequential
+        return {f"{prefix}model.{i}": conv for i, conv in zip(flat, self.convs)}
+
+
+class MultiscaleDiscriminator(nnx.Module):
+    """num_D PatchGANs on an AvgPool pyramid; returns [per scale, full resolution first][per layer]."""
+
+    def __init__(self, input_nc: int, ndf: int = 64, n_layers: int = 3, norm: str = "instance",
+                 use_sigmoid: bool = False, num_D: int = 3, getIntermFeat: bool = False, *, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        self.scales = nnx.List([NLayerDiscriminator(input_nc, ndf, n_layers, norm, use_sigmoid, getIntermFeat,
+                                                    dtype=dtype, rngs=rngs) for _ in range(num_D)])
+        self.num_D, self.getIntermFeat = num_D, getIntermFeat
+
+    def __call__(self, x) -> list[list[jax.Array]]:
+        result = []
+        for i in range(self.num_D):
+            out = self.scales[self.num_D - 1 - i](x)  # as in the original: full resolution → last-built scale
+            result.append(out if self.getIntermFeat else [out])
+            if i != self.num_D - 1:
+                x = avg_pool_3s2(x)
+        return result
+
+    def torch_layers(self) -> dict:
+        """{original key prefix: layer}, for `import_torch_state_dict`."""
+        layers = {}
+        for i, d in enumerate(self.scales):
+            if self.getIntermFeat:
+                layers.update({f"scale{i}_layer{n}.0": conv for n, conv in enumerate(d.convs)})
+            else:
+                layers.update({k.replace("model.", f"layer{i}.", 1): v for k, v in d.torch_layers().items()})
+        return layers
+
+
+def _to_numpy(v) -> np.ndarray:
+    return v.detach().cpu().float().numpy() if hasattr(v, "detach") else np.asarray(v, np.float32)
+
+
+def import_torch_state_dict(module: nnx.Module, state_dict) -> None:
+    """Fills `module` (any model of this file) in place from a PyTorch state dict with the original key names.
+
+    Torch OIHW conv weights become HWIO, ConvTranspose2d's (in, out, kh, kw) becomes (kh, kw, out, in) for the
+    transpose_kernel convolution. Missing keys, unexpected keys and mismatched shapes are all reported in one
+    UserError, and nothing is changed unless everything fits.
+    """
+    layers = module.torch_layers()
+    expected = {f"{p}.{n}" for p in layers for n in ("weight", "bias")}
+    missing = sorted(expected - set(state_dict))
+    unexpected = sorted(set(state_dict) - expected)
+    updates, mismatched = [], []
+    for prefix, layer in layers.items():
+        if f"{prefix}.weight" not in state_dict or f"{prefix}.bias" not in state_dict:
+            continue
+        w = _to_numpy(state_dict[f"{prefix}.weight"]).transpose(2, 3, 1, 0)
+        b = _to_numpy(state_dict[f"{prefix}.bias"])
+        for name, value, var in ((f"{prefix}.weight", w, layer.kernel), (f"{prefix}.bias", b, layer.bias)):
+            if value.shape != var.shape:
+                torch_shape = tuple(_to_numpy(state_dict[name]).shape)
+                want = tuple(var.shape[i] for i in (3, 2, 0, 1)) if value.ndim == 4 else tuple(var.shape)
+                mismatched.append(f"{name}: {torch_shape}, expected {want}")
+            else:
+                updates.append((var, value))
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if mismatched:
+        problems.append(f"mismatched shapes [{'; '.join(mismatched)}]")
+    if problems:
+        raise UserError(f"state dict does not fit {type(module).__name__}: " + "; ".join(problems))
+    for var, value in updates:
+        var[...] = jnp.asarray(value, var.dtype)
