@@ -34,24 +34,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def validate_config(config) -> None:
     """Checks what would otherwise fail deep inside a run (or silently do the wrong thing)."""
     from data_pipeline import sources
-    from maginet_jax.models import attention, layers
-    from maginet_jax.models.albedo_net import FUSIONS
+    from maginet_jax import stages
     from maginet_jax.training import optim
-    from maginet_jax.training import objectives
 
-    m, d = config.model, config.data
-    if len(m.widths) < 2:
-        raise UserError(f"model.widths needs at least 2 levels, got {tuple(m.widths)}")
-    multiple = 2 ** (len(m.widths) - 1)
-    if d.crop_size % multiple:
-        raise UserError(f"data.crop_size {d.crop_size} is not divisible by {multiple}: a {len(m.widths)}-level "
-                        f"AlbedoNet halves the image {len(m.widths) - 1} times")
+    d = config.data
     if d.crop_size > d.resolution:
         raise UserError(f"data.crop_size {d.crop_size} exceeds data.resolution {d.resolution}")
-    choices = {"model.norm": (m.norm, layers.NORMS), "model.attention": (m.attention, attention.ATTENTIONS),
-               "model.fusion": (m.fusion, FUSIONS), "model.activation": (m.activation, tuple(layers.ACTIVATIONS)),
-               "optim.schedule": (config.optim.schedule, optim.SCHEDULES), "data.source": (d.source, sources.SOURCES),
-               "model.dtype": (m.dtype, ("float32", "bfloat16", "float16"))}
+    choices = {"optim.schedule": (config.optim.schedule, optim.SCHEDULES), "data.source": (d.source, sources.SOURCES),
+               "model.dtype": (config.model.dtype, ("float32", "bfloat16", "float16"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise UserError(f"{key}={value!r} is not one of {allowed}")
@@ -70,9 +60,9 @@ def validate_config(config) -> None:
             sources.make_source(d, split, n, ("albedo",))
         except ValueError as e:
             raise UserError(str(e)) from None
-    weights = objectives.active_weights(config.losses)
-    objectives.check_perceptual_config(config.perceptual, d.crop_size)
-    if "vgg" in weights and config.perceptual.vgg_backbone == "vgg19":  # a bad file fails now, not mid-run
+    optim.make_schedule(config.optim, config.num_train_steps)
+    stages.validate(config)
+    if config.losses.get("vgg", 0) > 0 and config.perceptual.vgg_backbone == "vgg19":  # a bad file fails now
         from maginet_jax.perceptual import weights as pretrained
         pretrained.torchvision_vgg19_weights(config.perceptual.vgg19_weights)
 

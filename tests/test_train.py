@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import Interrupted, crash_during_step
 from data_pipeline import loader, sources
 from maginet_jax.models.albedo_net import build_albedo_net
 from maginet_jax.training import loop, optim, sharding, steps
@@ -48,31 +49,14 @@ def test_outputs_on_disk(uninterrupted):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
 
 
-class _Interrupted(Exception):
-    pass
-
-
 def test_interrupted_run_resumes_exactly(uninterrupted, tmp_path, monkeypatch, smoke_config):
     full_dir, full_state = uninterrupted
     workdir = str(tmp_path)
-    make = steps.make_train_step
-
-    def crashing_step(*args, **kwargs):
-        step = make(*args, **kwargs)
-        calls = []
-
-        def run(state, batch):
-            calls.append(1)
-            if len(calls) == 7:  # dies during step 7: the last checkpoint is step 4
-                raise _Interrupted
-            return step(state, batch)
-        return run
-
-    monkeypatch.setattr(steps, "make_train_step", crashing_step)
-    with pytest.raises(_Interrupted):
+    crash_during_step(monkeypatch, 7)  # the last checkpoint is step 4
+    with pytest.raises(Interrupted):
         loop.train_and_evaluate(_config(smoke_config), workdir)
     assert max(r["step"] for r in loop.read_metrics(workdir)) == 6  # rows past the checkpoint exist...
-    monkeypatch.setattr(steps, "make_train_step", make)
+    monkeypatch.undo()
     from configs import albedo
     resumed = loop.train_and_evaluate(_config(albedo.get_config("smoke")), workdir)
 
@@ -108,7 +92,8 @@ def _run_steps(c, devices, batch, tx, num_steps=2):
     schedule = optim.make_schedule(c.optim, c.num_train_steps)
     mesh = sharding.make_mesh(c.mesh, devices)
     graphdef, state = init_train_state(lambda r: build_albedo_net(c.model, rngs=r), tx, 0, mesh)
-    step = steps.make_train_step(graphdef, objective, tx, schedule, mesh, jax.tree.map(lambda x: x.sharding, state))
+    step, _ = steps.make_supervised_steps(steps.albedo_forward(graphdef), objective, tx, schedule, mesh,
+                                         jax.tree.map(lambda x: x.sharding, state), {})
     metrics = None
     for _ in range(num_steps):
         state, metrics = step(state, sharding.to_global(batch, mesh))

@@ -264,3 +264,30 @@ def import_torch_state_dict(module: nnx.Module, state_dict) -> None:
         raise UserError(f"state dict does not fit {type(module).__name__}: " + "; ".join(problems))
     for var, value in updates:
         var[...] = jnp.asarray(value, var.dtype)
+
+
+GENERATORS = ("global", "local")
+
+
+def build_generator(model_config, input_nc: int, output_nc: int, *, rngs: nnx.Rngs) -> nnx.Module:
+    """pix2pixHD's `define_G` from `config.model` (netG, ngf, n_downsample_global, ...; configs/passes.py)."""
+    c, kw = model_config, dict(dtype=jnp.dtype(model_config.dtype), rngs=rngs)
+    if c.netG == "global":
+        return GlobalGenerator(input_nc, output_nc, c.ngf, c.n_downsample_global, c.n_blocks_global, **kw)
+    if c.netG == "local":
+        return LocalEnhancer(input_nc, output_nc, c.ngf, c.n_downsample_global, c.n_blocks_global,
+                             c.n_local_enhancers, c.n_blocks_local, **kw)
+    raise ValueError(f"unknown netG {c.netG!r}; expected one of {GENERATORS}")
+
+
+def build_discriminator(model_config, input_nc: int, *, rngs: nnx.Rngs) -> MultiscaleDiscriminator:
+    """pix2pixHD's `define_D` from `config.model` (ndf, n_layers_D, num_D, getIntermFeat)."""
+    c = model_config
+    return MultiscaleDiscriminator(input_nc, c.ndf, c.n_layers_D, use_sigmoid=False, num_D=c.num_D,
+                                   getIntermFeat=c.getIntermFeat, dtype=jnp.dtype(c.dtype), rngs=rngs)
+
+
+def generator_multiple(model_config) -> int:
+    """Image sides must be multiples of this: every stride-2 level must halve evenly and upsample back."""
+    c = model_config
+    return 2 ** (c.n_downsample_global + (c.n_local_enhancers if c.netG == "local" else 0))

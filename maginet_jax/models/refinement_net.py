@@ -33,3 +33,9 @@ class RefinementNet(nnx.Module):
         h = self.act(self.conv1(jnp.concatenate([up, image], axis=-1)))
         residual = self.conv3(self.act(self.conv2(h))).astype(jnp.float32)
         return jnp.clip(up + residual, 0.0, 1.0)
+
+
+def build_refinement_net(model_config, *, rngs: nnx.Rngs) -> RefinementNet:
+    """Builds RefinementNet from `config.model` (see configs/refine.py for the keys)."""
+    c = model_config
+    return RefinementNet(widths=tuple(c.widths), activation=c.activation, dtype=jnp.dtype(c.dtype), rngs=rngs)

@@ -18,8 +18,10 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from maginet_jax import gan_losses
+from maginet_jax.training import sharding
 
 
 @flax.struct.dataclass
@@ -70,3 +72,21 @@ def gan_train_step(state: GANState, batch: dict, *, g_graphdef, d_graphdef, g_tx
                               d_params=optax.apply_updates(state.d_params, d_updates), g_opt_state=g_opt_state,
                               d_opt_state=d_opt_state, rng=rng)
     return new_state, {"g_loss": g_loss, "d": d_loss, **terms}
+
+
+def init_gan_state(build_generator: Callable[[nnx.Rngs], nnx.Module],
+                   build_discriminator: Callable[[nnx.Rngs], nnx.Module], g_tx: optax.GradientTransformation,
+                   d_tx: optax.GradientTransformation, seed: int, mesh: Mesh):
+    """Builds G and D on-device, replicated over `mesh`; returns (g_graphdef, d_graphdef, GANState)."""
+    g_key, d_key, step_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+
+    def init(g_key, d_key, step_key):
+        _, g = nnx.split(build_generator(nnx.Rngs(params=g_key)), nnx.Param)
+        _, d = nnx.split(build_discriminator(nnx.Rngs(params=d_key)), nnx.Param)
+        return GANState(step=jnp.zeros((), jnp.int32), g_params=g, d_params=d, g_opt_state=g_tx.init(g),
+                        d_opt_state=d_tx.init(d), rng=step_key)
+
+    g_graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_generator(nnx.Rngs(params=0))), nnx.Param)
+    d_graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_discriminator(nnx.Rngs(params=0))), nnx.Param)
+    state = jax.jit(init, out_shardings=sharding.replicated(mesh))(g_key, d_key, step_key)
+    return g_graphdef, d_graphdef, state

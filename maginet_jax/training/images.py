@@ -31,3 +31,18 @@ def grid(columns: list[np.ndarray], pad: int = 2) -> np.ndarray:
 def save_png(path: str, image: np.ndarray) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(image).save(path)
+
+
+def contact_sheet(tiles: list[tuple[str, np.ndarray]], *, columns: int = 4, tile: int = 256,
+                  label_height: int = 16) -> np.ndarray:
+    """Labelled tiles, `columns` per row: each (label, HWC [0,1] image) is resized to tile×tile under its label."""
+    from PIL import ImageDraw
+    rows = -(-len(tiles) // columns)
+    cell_h, cell_w = tile + label_height, tile
+    sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, (label, image) in enumerate(tiles):
+        x, y = (i % columns) * cell_w, (i // columns) * cell_h
+        sheet.paste(Image.fromarray(to_uint8(image)).resize((tile, tile), Image.BILINEAR), (x, y + label_height))
+        draw.text((x + 3, y + 2), label, fill=(0, 0, 0))
+    return np.asarray(sheet)

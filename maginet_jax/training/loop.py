@@ -1,4 +1,4 @@
-"""The stage-1 training loop: sharded steps, periodic eval, logging and exact resume."""
+"""The training loop of every stage: sharded steps, periodic eval, logging and exact resume."""
 
 from __future__ import annotations
 
@@ -9,17 +9,13 @@ import time
 import jax
 import numpy as np
 from absl import logging
-from clu import parameter_overview
-from flax import nnx
 from jax.experimental import multihost_utils
 
 from data_pipeline import loader as data_loader
 from data_pipeline import sources
-from maginet_jax.models.albedo_net import build_albedo_net
-from maginet_jax.training import images, optim, sharding, steps
+from maginet_jax import stages
+from maginet_jax.training import images, sharding
 from maginet_jax.training.checkpoint import Checkpointer
-from maginet_jax.training.objectives import AlbedoObjective
-from maginet_jax.training.state import init_train_state
 from maginet_jax.training.writers import create_writer
 
 
@@ -32,12 +28,13 @@ def _format_duration(seconds: float) -> str:
 class _Evaluator:
     """One ordered pass over the held-out split; the last partial batch is padded and masked out."""
 
-    def __init__(self, config, mesh, eval_step):
-        self._source = sources.make_source(config.data, "test", config.eval.num_examples, ("albedo",))
-        self._config, self._mesh, self._step = config, mesh, eval_step
+    def __init__(self, config, mesh, stage):
+        self._source = sources.make_source(config.data, "test", config.eval.num_examples, stage.data_passes)
+        self._config, self._mesh, self._stage = config, mesh, stage
         self._local_batch = config.eval.batch_size // jax.process_count()
 
-    def __call__(self, params):
+    def __call__(self, state) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """(eval/* scalars, {column: first examples}) over the whole held-out split."""
         c = self._config
         loader = data_loader.make_loader(self._source, batch_size=self._local_batch, crop_size=c.data.crop_size,
                                          train=False, seed=c.seed, worker_count=c.eval.worker_count)
@@ -47,36 +44,26 @@ class _Evaluator:
             local = {k: np.concatenate([v, np.zeros((self._local_batch - n, *v.shape[1:]), v.dtype)])
                      for k, v in local.items()}
             local["valid"] = np.arange(self._local_batch) < n
-            batch = sharding.to_global(local, self._mesh)
-            metrics, pred = self._step(params, batch)
+            metrics, columns = self._stage.eval_step(state, sharding.to_global(local, self._mesh))
             acc = metrics if acc is None else acc.merge(metrics)
-            if shown is None:  # every process joins the gather; only process 0 writes the grid
-                k = c.num_sample_images
-                got = multihost_utils.process_allgather({"pred": pred, "image": batch["image"],
-                                                         "albedo": batch["albedo"], "mask": batch["mask"]},
-                                                        tiled=True)
-                # Outside the mask the prediction is unconstrained (and unscored): show it masked.
-                shown = images.grid([got["image"][:k], got["pred"][:k] * got["mask"][:k], got["albedo"][:k]])
+            if shown is None:  # every process joins the gather; only process 0 writes the grids
+                got = multihost_utils.process_allgather({k: columns[k] for k in self._stage.columns}, tiled=True)
+                shown = {k: v[:c.num_sample_images] for k, v in got.items()}
         return {f"eval/{k}": float(v) for k, v in acc.compute().items()}, shown
 
 
 def train_and_evaluate(config, workdir: str):
-    """Trains AlbedoNet per `config`, resuming from `<workdir>/checkpoints` when it holds a checkpoint.
+    """Trains the stage `config.stage` names, resuming from `<workdir>/checkpoints` when it holds a checkpoint.
 
-    Returns the final TrainState.
+    Returns the final train state.
     """
     is_main = jax.process_index() == 0
     mesh = sharding.make_mesh(config.mesh)
     logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
 
-    objective = AlbedoObjective(config.losses, config.perceptual)
-    schedule = optim.make_schedule(config.optim, config.num_train_steps)
-    tx = optim.make_optimizer(config.optim, config.num_train_steps)
-    graphdef, state = init_train_state(lambda rngs: build_albedo_net(config.model, rngs=rngs), tx,
-                                       config.seed, mesh)
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
-
-    train_source = sources.make_source(config.data, "train", config.data.num_train_examples, ("albedo",))
+    stage = stages.make_stage(config, mesh)
+    state = stage.initial_state
+    train_source = sources.make_source(config.data, "train", config.data.num_train_examples, stage.data_passes)
     train_iter = iter(data_loader.make_loader(
         train_source, batch_size=config.batch_size // jax.process_count(), crop_size=config.data.crop_size,
         train=True, seed=config.seed, worker_count=config.data.worker_count, flip=config.data.flip,
@@ -90,24 +77,21 @@ def train_and_evaluate(config, workdir: str):
         state = ckpt.restore(start, state, train_iter)
         logging.info("resumed from step %d in %s", start, workdir)
     elif is_main:
-        logging.info("AlbedoNet parameters:\n%s",
-                     parameter_overview.get_parameter_overview(nnx.to_pure_dict(state.params)))
+        logging.info("%s", stage.overview(state))
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     writer = create_writer(workdir, resume_step=start, is_main=is_main)
-
-    train_step = steps.make_train_step(graphdef, objective, tx, schedule, mesh, state_sharding)
-    evaluate = _Evaluator(config, mesh, steps.make_eval_step(graphdef, mesh, state_sharding.params))
+    evaluate = _Evaluator(config, mesh, stage)
 
     def run_eval(step: int) -> dict[str, float]:
-        scalars, grid = evaluate(state.params)
-        logging.info("eval step %d: albedo MSE %.3f (x1e-3), PSNR %.2f dB; copy-the-input MSE %.3f (x1e-3)",
-                     step, scalars["eval/albedo_mse"] * 1e3, scalars["eval/psnr"],
-                     scalars["eval/copy_input_mse"] * 1e3)
+        scalars, shown = evaluate(state)
+        logging.info("eval step %d: %s", step, stage.eval_message(scalars))
         if is_main:
-            writer.write_images(step, {"eval/input_prediction_target": grid[None]})
-            images.save_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
+            writer.write_images(step, {f"eval/{tag}": images.grid([shown[k] for k in cols])[None]
+                                       for tag, cols in stage.image_groups.items()})
+            images.save_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"),
+                            images.grid([shown[k] for k in stage.columns]))
         return scalars
 
     if start == 0:  # the first eval row is the untrained model
@@ -115,7 +99,7 @@ def train_and_evaluate(config, workdir: str):
 
     metrics, t_last, s_last, t_start = None, time.time(), start, time.time()
     for step in range(start + 1, config.num_train_steps + 1):
-        state, step_metrics = train_step(state, sharding.to_global(next(train_iter), mesh))
+        state, step_metrics = stage.train_step(state, sharding.to_global(next(train_iter), mesh))
         metrics = step_metrics if metrics is None else metrics.merge(step_metrics)
         last = step == config.num_train_steps
         scalars = {}
@@ -124,8 +108,9 @@ def train_and_evaluate(config, workdir: str):
             metrics, now = None, time.time()
             rate = (step - s_last) / max(now - t_last, 1e-9)
             t_last, s_last = now, step
-            logging.info("step %d/%d  loss %.5f  %.2f steps/s  ETA %s", step, config.num_train_steps,
-                         scalars["train/loss"], rate, _format_duration((config.num_train_steps - step) / rate))
+            logging.info("step %d/%d  %s %.5f  %.2f steps/s  ETA %s", step, config.num_train_steps, stage.loss_key,
+                         scalars[f"train/{stage.loss_key}"], rate,
+                         _format_duration((config.num_train_steps - step) / rate))
         if step % config.eval_every_steps == 0 or last:
             scalars.update(run_eval(step))
         if scalars:

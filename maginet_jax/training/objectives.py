@@ -7,6 +7,8 @@ closure constants, which would be baked into the compiled program) and never dif
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -14,7 +16,7 @@ from flax import nnx
 from maginet_jax import losses
 from maginet_jax.errors import UserError
 from maginet_jax.perceptual import lpips as lpips_lib
-from maginet_jax.perceptual.losses import VGG_BACKBONES, PatchLPIPSLoss, VGGPerceptualLoss
+from maginet_jax.perceptual.losses import VGG_BACKBONES, PatchLPIPSLoss, VGGPerceptualLoss, to_rgb
 
 ALBEDO_TERMS = ("mse", "edge", "side", "vgg", "lpips")
 
@@ -87,3 +89,44 @@ class AlbedoObjective:
         values = {k: compute[k]() for k in self.weights}
         total = sum(self.weights[k] * v for k, v in values.items())
         return jnp.asarray(total, jnp.float32), values
+
+
+PASSES_TERMS = ("mse", "vgg", "fm")
+
+
+class PassesObjective:
+    """Stage-3 reconstruction terms on every pass: masked MSE and VGG perceptual, each averaged over passes.
+
+    The GAN and feature-matching terms (`losses.fm`) live in the GAN step; this covers the rest. Passes with
+    one channel are seen by VGG as grey RGB; all passes go through VGG as one batch.
+    """
+
+    def __init__(self, loss_weights, perceptual_config, channels: tuple[int, ...]):
+        weights = dict(loss_weights)
+        unknown = sorted(set(weights) - set(PASSES_TERMS))
+        if unknown or any(w < 0 for w in weights.values()):
+            raise UserError(f"loss weights {weights}: expected non-negative weights for {PASSES_TERMS}")
+        self.weights = {k: float(weights[k]) for k in ("mse", "vgg") if weights.get(k, 0) > 0}
+        self.channels = tuple(channels)
+        nets = PerceptualNets(perceptual_config, vgg=True, lpips=False) if "vgg" in self.weights else nnx.Dict()
+        self._graphdef, self.frozen = nnx.split(nets)
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return tuple(self.weights)
+
+    def split(self, x: jax.Array) -> list[jax.Array]:
+        """Channel-concatenated passes → one array per pass."""
+        return jnp.split(x, list(itertools.accumulate(self.channels))[:-1], axis=-1)
+
+    def __call__(self, frozen, pred: jax.Array, target: jax.Array, mask: jax.Array):
+        """`pred` and `target` hold all passes concatenated on channels, in [0, 1]."""
+        preds, targets = self.split(pred), self.split(target)
+        compute = {
+            "mse": lambda: sum(losses.masked_mse(p, t, mask) for p, t in zip(preds, targets)) / len(preds),
+            "vgg": lambda: nnx.merge(self._graphdef, frozen).vgg(
+                jnp.concatenate([to_rgb(p) for p in preds]), jnp.concatenate([to_rgb(t) for t in targets]),
+                jnp.concatenate([mask] * len(preds))),
+        }
+        values = {k: compute[k]() for k in self.weights}
+        return sum((self.weights[k] * v for k, v in values.items()), jnp.zeros((), jnp.float32)), values

@@ -1,11 +1,11 @@
-"""Jitted, sharded train and eval steps for the albedo stage."""
+"""Jitted, sharded train and eval steps: the wrappers every stage uses, and the supervised (stages 1-2) steps."""
 
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 from clu import metrics as clu_metrics
 from flax import nnx
@@ -16,25 +16,49 @@ from maginet_jax.training import sharding
 from maginet_jax.training.state import TrainState
 
 
-def train_metrics_class(terms: tuple[str, ...]) -> type[clu_metrics.Collection]:
-    """A clu Collection averaging the total loss, each loss term, the gradient norm and the learning rate."""
-    names = ("loss", *terms, "grad_norm", "learning_rate")
+def metrics_class(names) -> type[clu_metrics.Collection]:
+    """A clu Collection averaging each named scalar output."""
     return clu_metrics.Collection.create(**{n: clu_metrics.Average.from_output(n) for n in names})
 
 
-EvalMetrics = clu_metrics.Collection.create(
-    albedo_mse=clu_metrics.Average.from_output("albedo_mse"),
-    psnr=clu_metrics.Average.from_output("psnr"),
-    copy_input_mse=clu_metrics.Average.from_output("copy_input_mse"),
-)
+def train_metrics_class(terms: tuple[str, ...]) -> type[clu_metrics.Collection]:
+    """Averages of the total loss, each loss term, the gradient norm and the learning rate."""
+    return metrics_class(("loss", *terms, "grad_norm", "learning_rate"))
 
 
-def _train_step(state: TrainState, batch, frozen, *, graphdef, objective, tx, schedule, metrics_cls):
+EvalMetrics = metrics_class(("albedo_mse", "psnr", "copy_input_mse"))
+
+
+def jit_train_step(fn: Callable, mesh: Mesh, state_sharding, frozen) -> Callable:
+    """`fn(state, batch, frozen) -> (state, metrics)` as `(state, batch) -> (state, metrics)`, jitted with
+    explicit shardings and the input state donated.
+
+    `frozen` (networks that are not trained: perceptual nets, earlier stages) goes in as a replicated
+    argument, placed on the devices once; closing over it would bake its weights into the program.
+    """
+    replicated = sharding.replicated(mesh)
+    jitted = jax.jit(fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh), replicated),
+                     out_shardings=(state_sharding, replicated), donate_argnums=0)
+    frozen = jax.device_put(frozen, replicated)
+    return lambda state, batch: jitted(state, batch, frozen)
+
+
+def jit_eval_step(fn: Callable, mesh: Mesh, state_sharding, frozen) -> Callable:
+    """`fn(state, batch, frozen) -> (metrics, images)` as `(state, batch) -> ...`; images stay batch-sharded."""
+    replicated = sharding.replicated(mesh)
+    jitted = jax.jit(fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh), replicated),
+                     out_shardings=(replicated, sharding.batch_sharding(mesh)))
+    frozen = jax.device_put(frozen, replicated)
+    return lambda state, batch: jitted(state, batch, frozen)
+
+
+def supervised_train_step(state: TrainState, batch, frozen, *, forward, objective, tx, schedule, metrics_cls):
+    """One optimizer step on `objective`; `forward(params, frozen_inputs, batch) -> (pred, sides, start)`."""
     rng, step_rng = jax.random.split(state.rng)
 
     def loss_fn(params):
-        pred, sides = nnx.merge(graphdef, params)(batch["image"])
-        return objective(frozen, pred, sides, batch, step_rng)
+        pred, sides, _ = forward(params, frozen["inputs"], batch)
+        return objective(frozen["objective"], pred, sides, batch, step_rng)
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -44,31 +68,32 @@ def _train_step(state: TrainState, batch, frozen, *, graphdef, objective, tx, sc
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
 
 
-def make_train_step(graphdef, objective, tx, schedule, mesh: Mesh, state_sharding):
-    """`(state, batch) -> (state, metrics)`, jitted with explicit shardings; the input state is donated.
-
-    The objective's frozen networks go in as a replicated argument, placed on the devices once.
-    """
-    fn = functools.partial(_train_step, graphdef=graphdef, objective=objective, tx=tx, schedule=schedule,
-                           metrics_cls=train_metrics_class(objective.terms))
-    replicated = sharding.replicated(mesh)
-    jitted = jax.jit(fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh), replicated),
-                     out_shardings=(state_sharding, replicated), donate_argnums=0)
-    frozen = jax.device_put(objective.frozen, replicated)
-    return lambda state, batch: jitted(state, batch, frozen)
-
-
-def _eval_step(params, batch, *, graphdef):
-    pred, _ = nnx.merge(graphdef, params)(batch["image"])
+def supervised_eval_step(state: TrainState, batch, frozen, *, forward):
+    """Masked albedo MSE / PSNR of the prediction, and of `start` (what the network is given) as the
+    copy-the-input baseline. batch["valid"] marks real (unpadded) examples."""
+    pred, _, start = forward(state.params, frozen["inputs"], batch)
     mse = losses.per_example_masked_mse(pred, batch["albedo"], batch["mask"])
-    copy = losses.per_example_masked_mse(batch["image"], batch["albedo"], batch["mask"])
+    copy = losses.per_example_masked_mse(start, batch["albedo"], batch["mask"])
     metrics = EvalMetrics.single_from_model_output(
         albedo_mse=mse, psnr=losses.psnr(mse), copy_input_mse=copy, mask=batch["valid"])
-    return metrics, pred
+    # Outside the mask the prediction is unconstrained (and unscored): show it masked.
+    return metrics, {"input": batch["image"], "start": start, "prediction": pred * batch["mask"],
+                     "target": batch["albedo"]}
 
 
-def make_eval_step(graphdef, mesh: Mesh, params_sharding):
-    """`(params, batch) -> (metrics, prediction)`; batch["valid"] marks real (unpadded) examples."""
-    fn = functools.partial(_eval_step, graphdef=graphdef)
-    return jax.jit(fn, in_shardings=(params_sharding, sharding.batch_sharding(mesh)),
-                   out_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)))
+def make_supervised_steps(forward: Callable, objective, tx, schedule, mesh: Mesh, state_sharding, inputs):
+    """(train_step, eval_step) for a stage trained on `objective` alone; `inputs` are its frozen inputs."""
+    frozen = {"objective": objective.frozen, "inputs": inputs}
+    train = functools.partial(supervised_train_step, forward=forward, objective=objective, tx=tx,
+                              schedule=schedule, metrics_cls=train_metrics_class(objective.terms))
+    evaluate = functools.partial(supervised_eval_step, forward=forward)
+    return (jit_train_step(train, mesh, state_sharding, frozen),
+            jit_eval_step(evaluate, mesh, state_sharding, frozen))
+
+
+def albedo_forward(graphdef: nnx.GraphDef) -> Callable:
+    """AlbedoNet on the lit image; its input is also the copy-the-input baseline."""
+    def forward(params, inputs, batch):
+        pred, sides = nnx.merge(graphdef, params)(batch["image"])
+        return pred, sides, batch["image"]
+    return forward

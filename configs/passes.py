@@ -1,0 +1,96 @@
+"""Stage 3, the Pix2PixHD pass translator: refined albedo → ambient occlusion, normal, specular, translucency
+and raw diffuse, with a multi-scale discriminator, feature matching, VGG and masked MSE.
+
+The condition is the refined albedo from finished stage-1 and stage-2 runs (frozen), or the ground-truth
+albedo when none are given. `init.pix2pixhd` starts G (and D) from `python -m maginet_jax.tools.import_pix2pixhd`
+output or from an earlier passes run.
+
+  default (1024², global+local generator, as the paper):
+    python -m maginet_jax.train --config=configs/passes.py --workdir=runs/passes \
+        --config.init.albedo_workdir=runs/albedo --config.init.refine_workdir=runs/refine
+
+  demo (256², global generator; 2 CPU cores):
+    python -m maginet_jax.train --config=configs/passes.py:demo --workdir=runs/passes_demo \
+        --config.init.albedo_workdir=runs/albedo_demo --config.init.refine_workdir=runs/refine_demo
+
+  smoke (tiny, for tests):
+    python -m maginet_jax.train --config=configs/passes.py:smoke --workdir=/tmp/passes_smoke
+"""
+
+import ml_collections
+
+from maginet_jax import config_base
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    """Returns the stage-3 config; `arg` picks a variant from config_base.VARIANTS."""
+    config_base.check_variant(arg, "passes")
+    c = config_base.base_config("passes", resolution=1024)
+    c.batch_size = 8
+    c.num_train_steps = 100_000
+
+    c.init = ml_collections.ConfigDict()
+    c.init.albedo_workdir = ""  # a finished stage-1 run
+    c.init.refine_workdir = ""  # a finished stage-2 run; with neither: ground-truth albedo
+    c.init.pix2pixhd = ""  # start G (and D) from an import_pix2pixhd directory or a passes run
+
+    # Predicted passes, in output-channel order, and the channels of each (1: grey, 3: RGB).
+    c.passes = ("ambient_occlusion", "normal", "specular", "translucency", "raw_diffuse")
+    c.pass_channels = ml_collections.ConfigDict(
+        dict(ambient_occlusion=1, normal=3, specular=1, translucency=1, raw_diffuse=3))
+
+    # pix2pixHD's options, same names (define_G / define_D).
+    c.model = ml_collections.ConfigDict()
+    c.model.netG = "local"  # global | local (global generator + local enhancer)
+    c.model.ngf = 32
+    c.model.n_downsample_global = 4
+    c.model.n_blocks_global = 9
+    c.model.n_local_enhancers = 1
+    c.model.n_blocks_local = 3
+    c.model.ndf = 64
+    c.model.n_layers_D = 3
+    c.model.num_D = 2
+    c.model.getIntermFeat = True  # needed by feature matching
+    c.model.dtype = "float32"
+
+    c.gan = ml_collections.ConfigDict()
+    c.gan.mode = "lsgan"  # lsgan | hinge
+
+    c.losses = ml_collections.ConfigDict()
+    c.losses.fm = 10.0  # feature matching (pix2pixHD's lambda_feat and layer weighting)
+    c.losses.vgg = 10.0  # VGG perceptual per pass (pix2pixHD's weight)
+    c.losses.mse = 10.0  # masked MSE per pass
+
+    # pix2pixHD: Adam(2e-4, β1 0.5), constant, then linear decay to 0 over the last decay_steps steps.
+    c.optim.learning_rate = 2e-4
+    c.optim.b1 = 0.5
+    c.optim.warmup_steps = 0
+    c.optim.schedule = "constant_then_linear"
+    c.optim.decay_steps = 50_000
+    c.optim.end_learning_rate_factor = 0.0
+    c.optim.grad_clip_norm = 0.0
+    c.optim.niter_fix_global = 0  # netG=local: train only the local enhancer for this many steps first
+
+    if arg == "demo":
+        config_base.apply_demo(c, resolution=256, steps=300, batch_size=4)
+        c.eval.batch_size = 8
+        c.model.netG = "global"
+        c.model.ngf = 16
+        c.model.n_downsample_global = 3
+        c.model.n_blocks_global = 3
+        c.model.ndf = 16
+        c.losses.vgg = 0.0  # five passes through VGG16 would dominate a CPU step (configs/albedo.py)
+        c.optim.learning_rate = 1e-3
+        c.optim.decay_steps = 150
+    elif arg == "smoke":
+        config_base.apply_smoke(c, resolution=40, crop_size=32)
+        c.model.netG = "global"
+        c.model.ngf = 4
+        c.model.n_downsample_global = 2
+        c.model.n_blocks_global = 1
+        c.model.n_blocks_local = 1
+        c.model.ndf = 4
+        c.model.n_layers_D = 2
+        c.losses.vgg = 0.0
+        c.optim.decay_steps = 6
+    return c

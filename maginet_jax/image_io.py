@@ -1,0 +1,56 @@
+"""Image files for prediction: reading any format Pillow knows, writing 8-bit and 16-bit PNGs.
+
+Pillow cannot write 16-bit RGB, which normals need (an 8-bit code step is already a 0.45° tilt), so those
+PNGs are written here directly: non-interlaced, filter type 0, zlib-compressed, as the PNG spec allows.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from maginet_jax.errors import UserError
+
+
+def read_image(path: str) -> np.ndarray:
+    """(H, W, 3) float32 RGB in [0, 1]; grey, palette and 16-bit files are converted. UserError otherwise."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                grey = np.asarray(im, np.float32) / (65535.0 if im.mode != "I" else max(float(np.max(im)), 1.0))
+                return np.repeat(grey[..., None], 3, axis=-1)
+            return np.asarray(im.convert("RGB"), np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        reason = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else str(e) or type(e).__name__
+        raise UserError(f"cannot read {path!r}: {reason}") from None
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
+def png16_bytes(x: np.ndarray) -> bytes:
+    """A 16-bit grey (H, W, 1) or RGB (H, W, 3) PNG of `x` in [0, 1]."""
+    h, w, c = x.shape
+    color_type = {1: 0, 3: 2}[c]
+    codes = np.round(np.clip(x, 0.0, 1.0) * 65535.0).astype(">u2")
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), codes.view(np.uint8).reshape(h, w * c * 2)], axis=1)
+    header = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+            + _chunk(b"IEND", b""))
+
+
+def write_png(path: str, x: np.ndarray, bits: int = 8) -> None:
+    """Writes `x` (H, W, 1|3) in [0, 1] as an 8- or 16-bit grey/RGB PNG."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if bits == 16:
+        with open(path, "wb") as f:
+            f.write(png16_bytes(x))
+        return
+    codes = np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+    Image.fromarray(codes[..., 0] if codes.shape[-1] == 1 else codes).save(path)

@@ -1,0 +1,190 @@
+r"""Predicts the six passes of face images (UV textures or portraits) with three trained stages.
+
+    python -m maginet_jax.predict --albedo_workdir=runs/albedo_demo --refine_workdir=runs/refine_demo \
+        --passes_workdir=runs/passes_demo --input=IMAGE_OR_DIRECTORY --output=DIR [--native] [--size=N]
+
+Writes, for each input `<stem>`: `<stem>_albedo.png` (the refined albedo), `<stem>_<pass>.png` for every pass
+the passes run predicts (ambient_occlusion, normal, specular, translucency, raw_diffuse), and a labelled
+contact sheet `<stem>_sheet.png`.
+
+Sizes: an input of any size and aspect is padded to a square (edge pixels repeated), resized to the working
+size S (the passes run's training crop size, or --size; stage 1 runs at S/2), and every output is mapped back
+to the input's exact size. --native keeps the S×S outputs (of the padded square) instead.
+
+Normals: 16-bit RGB PNGs, renormalised to unit length after resizing, encoded as code = round((n + 1) / 2 ·
+65535) per component in the texture's tangent frame (x right, y up, z out of the skin), like the training
+data. Other passes are 8-bit (grey for one-channel passes).
+
+A directory is processed in name order with a progress bar; files that cannot be read are reported and
+skipped, and the exit status is then 1. Bad input (a missing path, an empty directory, a run of the wrong
+stage) is one error line and exit status 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+
+from maginet_jax.errors import UserError
+
+_ALBEDO = flags.DEFINE_string("albedo_workdir", None, "A finished stage-1 (configs/albedo.py) run.")
+_REFINE = flags.DEFINE_string("refine_workdir", "", "A finished stage-2 (configs/refine.py) run; without it the "
+                              "stage-1 albedo is upsampled bilinearly.")
+_PASSES = flags.DEFINE_string("passes_workdir", None, "A finished stage-3 (configs/passes.py) run.")
+_INPUT = flags.DEFINE_string("input", None, "An image file, or a directory of them.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output directory (created if needed).")
+_NATIVE = flags.DEFINE_bool("native", False, "Keep outputs at the working size S×S instead of the input's size.")
+_SIZE = flags.DEFINE_integer("size", 0, "Working size S (0: the size the passes run was trained at).")
+flags.mark_flags_as_required(["albedo_workdir", "passes_workdir", "input", "output"])
+
+
+def resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear (area-filtered when shrinking) resize of an HWC float image, channel by channel."""
+    from PIL import Image
+    if x.shape[:2] == (height, width):
+        return x
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(x[..., c]), mode="F").resize(
+        (width, height), Image.BILINEAR)) for c in range(x.shape[-1])], axis=-1)
+
+
+def unit_normals(encoded: np.ndarray) -> np.ndarray:
+    """[0, 1]-encoded normals → renormalised to unit vectors, re-encoded (degenerate ones point out: +z)."""
+    n = encoded.astype(np.float32) * 2.0 - 1.0
+    length = np.linalg.norm(n, axis=-1, keepdims=True)
+    n = np.where(length > 1e-6, n / np.maximum(length, 1e-6), np.array([0.0, 0.0, 1.0], np.float32))
+    return (n + 1.0) / 2.0
+
+
+class Predictor:
+    """The chained networks of three finished runs, jitted at one working size."""
+
+    def __init__(self, albedo_workdir: str, refine_workdir: str, passes_workdir: str, size: int = 0):
+        import jax
+        import ml_collections
+        from flax import nnx
+        from maginet_jax.models import pix2pixhd
+        from maginet_jax.stages.inputs import Upstream
+        from maginet_jax.stages.passes import build_models
+        from maginet_jax.stages.supervised import albedo_multiple
+        from maginet_jax.training import runs, sharding
+
+        mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(shape=(1,), axes=("data",))), jax.devices()[:1])
+        init = ml_collections.ConfigDict(dict(albedo_workdir=albedo_workdir, refine_workdir=refine_workdir))
+        upstream = Upstream(init, mesh, refine=True, label="--{}_workdir")
+        config, g_graphdef, g_params = runs.load_model_params(
+            passes_workdir, stage="passes", what="--passes_workdir", mesh=mesh,
+            build=lambda c, rngs: build_models(c)[0](rngs), key="g_params")
+        self.passes = tuple(config.passes)
+        self.size = size or config.data.crop_size
+        multiple = int(np.lcm(2 * albedo_multiple(upstream.configs["albedo"].model),
+                              pix2pixhd.generator_multiple(config.model)))
+        if self.size % multiple:
+            raise UserError(f"working size {self.size} must be a multiple of {multiple} for these networks")
+        edges = np.cumsum([config.pass_channels[p] for p in self.passes])[:-1]
+
+        def run(frozen, image):
+            albedo = upstream.refined_albedo(frozen["upstream"], {"image": image})
+            fake = nnx.merge(g_graphdef, frozen["generator"])(albedo * 2.0 - 1.0)
+            return albedo, (fake + 1.0) / 2.0
+
+        self._frozen = {"upstream": upstream.params, "generator": g_params}
+        self._run = jax.jit(run)
+        self._edges = edges
+
+    def __call__(self, image: np.ndarray, native: bool = False) -> dict[str, np.ndarray]:
+        """{"albedo": ..., pass: ...} as HWC float arrays in [0, 1], at the input's size unless `native`."""
+        h, w = image.shape[:2]
+        side = max(h, w)
+        top, left = (side - h) // 2, (side - w) // 2
+        square = np.pad(image, ((top, side - h - top), (left, side - w - left), (0, 0)), mode="edge")
+        albedo, passes = self._run(self._frozen, resize(square, self.size, self.size)[None])
+        outputs = {"albedo": np.asarray(albedo[0])}
+        outputs.update(zip(self.passes, np.split(np.asarray(passes[0]), self._edges, axis=-1)))
+        if not native:
+            outputs = {k: resize(v, side, side)[top:top + h, left:left + w] for k, v in outputs.items()}
+        outputs = {k: np.clip(v, 0.0, 1.0) for k, v in outputs.items()}
+        if "normal" in outputs and outputs["normal"].shape[-1] == 3:
+            outputs["normal"] = unit_normals(outputs["normal"])
+        return outputs
+
+
+def list_inputs(path: str) -> list[str]:
+    """The files to process: `path` itself, or the visible files directly inside the directory `path`."""
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise UserError(f"--input {path!r} does not exist")
+    files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                   if not f.startswith(".") and os.path.isfile(os.path.join(path, f)))
+    if not files:
+        raise UserError(f"--input directory {path!r} holds no files")
+    stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    clashes = sorted({s for s in stems if stems.count(s) > 1})
+    if clashes:
+        raise UserError(f"--input directory {path!r}: several files share the stem(s) {clashes}, so their "
+                        f"outputs would overwrite each other")
+    return files
+
+
+def write_outputs(output_dir: str, stem: str, image: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+    """The pass PNGs and the labelled contact sheet of one input."""
+    from maginet_jax import image_io
+    from maginet_jax.training import images
+    for name, x in outputs.items():
+        image_io.write_png(os.path.join(output_dir, f"{stem}_{name}.png"), x, bits=16 if name == "normal" else 8)
+    tiles = [("input", image)] + [(name.replace("_", " "), x) for name, x in outputs.items()]
+    images.save_png(os.path.join(output_dir, f"{stem}_sheet.png"), images.contact_sheet(tiles, tile=256))
+
+
+def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input_path: str, output_dir: str,
+            native: bool = False, size: int = 0) -> list[str]:
+    """Runs the whole pipeline; returns the error lines of inputs that were skipped."""
+    from tqdm import tqdm
+    from maginet_jax import image_io
+    from maginet_jax.train import prepare_workdir
+
+    files = list_inputs(input_path)
+    prepare_workdir(output_dir)
+    predictor = Predictor(albedo_workdir, refine_workdir, passes_workdir, size)
+    if len(files) == 1 and os.path.isfile(input_path):
+        image = image_io.read_image(files[0])  # a single unreadable file is the error itself
+        write_outputs(output_dir, os.path.splitext(os.path.basename(files[0]))[0], image, predictor(image, native))
+        return []
+    skipped = []
+    for path in tqdm(files, desc="predict", unit="image", file=sys.stderr):
+        try:
+            image = image_io.read_image(path)
+        except UserError as e:
+            tqdm.write(f"skipped: {e}", file=sys.stderr)
+            skipped.append(str(e))
+            continue
+        write_outputs(output_dir, os.path.splitext(os.path.basename(path))[0], image, predictor(image, native))
+    return skipped
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with a bad or missing flag reported as one line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"maginet_jax.predict: error: {e}")
+
+
+def main(argv) -> None:
+    logging.set_verbosity(logging.WARNING)  # orbax logs ~20 INFO lines per restored run
+    if len(argv) > 1:
+        sys.exit(f"maginet_jax.predict: error: unexpected arguments {argv[1:]}")
+    try:
+        skipped = predict(_ALBEDO.value, _REFINE.value, _PASSES.value, _INPUT.value, _OUTPUT.value, _NATIVE.value,
+                          _SIZE.value)
+    except UserError as e:
+        sys.exit(f"maginet_jax.predict: error: {e}")
+    if skipped:
+        sys.exit(f"maginet_jax.predict: error: {len(skipped)} file(s) could not be read and were skipped")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

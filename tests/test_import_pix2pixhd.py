@@ -1,0 +1,102 @@
+"""`python -m maginet_jax.tools.import_pix2pixhd`: PyTorch pix2pixHD weights → a passes run's starting point.
+
+The end-to-end check: a passes run started from the import computes exactly what the PyTorch modules compute.
+"""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+import torch_pix2pixhd as ref
+from conftest import REPO, smoke
+from maginet_jax.tools import import_pix2pixhd
+
+ARCH = ["--ngf", "4", "--n_downsample_global", "2", "--n_blocks_global", "1", "--n_local_enhancers", "1",
+        "--n_blocks_local", "1", "--ndf", "4", "--n_layers_D", "2", "--num_D", "2"]
+
+
+@pytest.fixture(scope="module")
+def torch_files(tmp_path_factory):
+    """A local-enhancer G and an intermediate-feature D in the passes :smoke shapes, saved like pix2pixHD."""
+    root = tmp_path_factory.mktemp("torch")
+    g = ref.randomize_(ref.LocalEnhancer(3, 9, ngf=4, n_downsample_global=2, n_blocks_global=1, n_local_enhancers=1,
+                                         n_blocks_local=1), seed=1)
+    d = ref.randomize_(ref.MultiscaleDiscriminator(12, ndf=4, n_layers=2, num_D=2, getIntermFeat=True), seed=2)
+    torch.save(g.state_dict(), root / "G.pth")
+    torch.save(d.state_dict(), root / "D.pth")
+    return root, g.eval(), d.eval()
+
+
+def test_passes_run_starts_from_the_import(torch_files, tmp_path):
+    root, g, d = torch_files
+    out = str(tmp_path / "imported")
+    import_pix2pixhd.main(["--generator", str(root / "G.pth"), "--discriminator", str(root / "D.pth"),
+                           "--netG", "local", "--out", out, *ARCH])
+    from maginet_jax.stages.passes import PassesStage
+    from maginet_jax.training import sharding
+    c = smoke("passes", **{"model.netG": "local", "init.pix2pixhd": out})
+    stage = PassesStage(c, sharding.make_mesh(c.mesh))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        g_want = g(x).numpy().transpose(0, 2, 3, 1)
+        d_want = [[t.numpy().transpose(0, 2, 3, 1) for t in scale]
+                  for scale in d(torch.cat([x, torch.from_numpy(g_want.transpose(0, 3, 1, 2))], 1))]
+    state = stage.initial_state
+    with jax.default_matmul_precision("highest"):
+        g_got = nnx.merge(stage.g_graphdef, state.g_params)(jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
+        d_got = nnx.merge(stage.d_graphdef, state.d_params)(jnp.concatenate([x.numpy().transpose(0, 2, 3, 1),
+                                                                              g_want], -1))
+    np.testing.assert_allclose(np.asarray(g_got), g_want, atol=1e-4)
+    for got_scale, want_scale in zip(d_got, d_want, strict=True):
+        for got, want in zip(got_scale, want_scale, strict=True):
+            np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
+
+
+def test_import_of_another_architecture_is_refused_by_the_passes_run(torch_files, tmp_path):
+    from maginet_jax.errors import UserError
+    from maginet_jax.stages.passes import validate_passes
+    out = str(tmp_path / "imported")
+    import_pix2pixhd.main(["--generator", str(torch_files[0] / "G.pth"), "--netG", "local", "--out", out, *ARCH])
+    c = smoke("passes", **{"init.pix2pixhd": out})  # :smoke is netG=global
+    with pytest.raises(UserError, match="another architecture: model.netG: 'local' there, 'global' here"):
+        validate_passes(c)
+
+
+def _cli(*args):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.run([sys.executable, "-m", "maginet_jax.tools.import_pix2pixhd", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_wrong_architecture_is_one_line_and_writes_nothing(torch_files, tmp_path):
+    out = tmp_path / "imported"
+    r = _cli("--generator", str(torch_files[0] / "G.pth"), "--netG", "global", "--out", str(out), *ARCH)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("import_pix2pixhd: error: state dict does not fit GlobalGenerator")
+    assert "unexpected keys ['model1_1.1.bias'" in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case,message", [("not_torch", "is not a PyTorch state-dict file"),
+                                          ("existing_out", "already exists and is not an empty directory")])
+def test_bad_files(torch_files, tmp_path, case, message):
+    generator, out = torch_files[0] / "G.pth", tmp_path / "imported"
+    if case == "not_torch":
+        generator = tmp_path / "G.pth"
+        generator.write_text("hello")
+    else:
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        import_pix2pixhd.main(["--generator", str(generator), "--netG", "local", "--out", str(out), *ARCH])
+    assert message in str(e.value)
+    if case == "existing_out":
+        assert os.listdir(out) == ["keep.txt"]

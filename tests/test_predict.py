@@ -1,0 +1,140 @@
+"""Prediction: any input size maps back to the input's size, unit 16-bit normals, the contact sheet, and bad
+input (non-image, empty directory, a run of the wrong stage) as one error line."""
+
+import os
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from maginet_jax import predict
+
+PASSES = ("ambient_occlusion", "normal", "specular", "translucency", "raw_diffuse")
+
+
+def read_png16(path):
+    """Decodes the 16-bit PNGs we write (one IDAT, filter type 0 on every row) independently of our writer."""
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, {}
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos:pos + 4])
+        tag, body, crc = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n], data[pos + 8 + n:pos + 12 + n]
+        assert struct.unpack(">I", crc)[0] == zlib.crc32(tag + body) & 0xFFFFFFFF
+        chunks[tag] = body
+        pos += 12 + n
+    w, h, depth, color, *_ = struct.unpack(">IIBBBBB", chunks[b"IHDR"])
+    assert depth == 16 and color == 2
+    rows = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(h, 1 + w * 6)
+    assert not rows[:, 0].any()
+    return rows[:, 1:].copy().view(">u2").reshape(h, w, 3).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def odd_image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("in") / "face.png"
+    rng = np.random.default_rng(3)
+    Image.fromarray((rng.random((45, 61, 3)) * 255).astype(np.uint8)).save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def predicted(chain, odd_image, tmp_path_factory):
+    dirs = chain[0]
+    out = str(tmp_path_factory.mktemp("out"))
+    skipped = predict.predict(dirs["albedo"], dirs["refine"], dirs["passes"], odd_image, out)
+    return out, skipped
+
+
+def test_outputs_have_the_input_size(predicted):
+    out, skipped = predicted
+    assert skipped == []
+    expected = {f"face_{n}.png" for n in ("albedo", "sheet", *PASSES)}
+    assert set(os.listdir(out)) == expected
+    for name in ("albedo", *PASSES):
+        with Image.open(os.path.join(out, f"face_{name}.png")) as im:
+            assert im.size == (61, 45), name
+            assert im.mode == ("RGB" if name in ("albedo", "normal", "raw_diffuse") else "L"), name
+
+
+def test_normals_are_16_bit_unit_vectors(predicted):
+    path = os.path.join(predicted[0], "face_normal.png")
+    codes = read_png16(path)
+    with Image.open(path) as im:  # Pillow reads 16-bit RGB as its high bytes: an independent check of the file
+        np.testing.assert_array_equal(np.asarray(im), (codes >> 8).astype(np.uint8))
+    n = codes.astype(np.float64) / 65535.0 * 2.0 - 1.0
+    np.testing.assert_allclose(np.linalg.norm(n, axis=-1), 1.0, atol=1e-4)
+    assert len(np.unique(codes.reshape(-1, 3), axis=0)) > 100  # a real prediction, not a constant
+
+
+def test_native_size_and_sheet(chain, odd_image, tmp_path):
+    dirs = chain[0]
+    predict.predict(dirs["albedo"], dirs["refine"], dirs["passes"], odd_image, str(tmp_path), native=True)
+    with Image.open(tmp_path / "face_specular.png") as im:
+        assert im.size == (32, 32)  # the passes run's crop size
+    with Image.open(tmp_path / "face_sheet.png") as im:
+        assert im.size == (4 * 256, 2 * (256 + 16))  # input, albedo and 5 passes, 4 per row, labelled
+
+
+def test_prediction_matches_the_chained_networks(chain, tmp_path):
+    """At the working size, predict's albedo is RefinementNet(AlbedoNet(image / 2)) as stage 3 trained on."""
+    dirs = chain[0]
+    p = predict.Predictor(dirs["albedo"], dirs["refine"], dirs["passes"])
+    image = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
+    out = p(image)
+    from ml_collections import ConfigDict
+    from maginet_jax.stages.inputs import Upstream
+    from maginet_jax.training import sharding
+    import jax
+    mesh = sharding.make_mesh(ConfigDict(dict(shape=(1,), axes=("data",))), jax.devices()[:1])
+    up = Upstream(ConfigDict(dict(albedo_workdir=dirs["albedo"], refine_workdir=dirs["refine"])), mesh, refine=True)
+    want = np.asarray(up.refined_albedo(up.params, {"image": image[None]})[0])
+    np.testing.assert_allclose(out["albedo"], np.clip(want, 0, 1), atol=1e-5)
+
+
+def _predict_cli(dirs, *args):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    cmd = [sys.executable, "-m", "maginet_jax.predict", f"--albedo_workdir={dirs['albedo']}",
+           f"--refine_workdir={dirs['refine']}", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_directory_with_a_bad_file(chain, odd_image, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(open(odd_image, "rb").read())
+    (folder / "b.txt").write_text("not an image")
+    r = _predict_cli(chain[0], f"--passes_workdir={chain[0]['passes']}", f"--input={folder}",
+                     f"--output={tmp_path / 'out'}")
+    assert r.returncode == 1
+    assert "skipped: cannot read" in r.stderr and "b.txt" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        "maginet_jax.predict: error: 1 file(s) could not be read and were skipped")
+    assert "a_normal.png" in os.listdir(tmp_path / "out")
+
+
+@pytest.mark.parametrize("case,message", [
+    ("empty", "holds no files"),
+    ("text", "not an image Pillow can read"),
+    ("wrong_stage", "--passes_workdir="),
+])
+def test_bad_input_is_one_line(chain, tmp_path, case, message):
+    dirs = chain[0]
+    passes, source = dirs["passes"], tmp_path / "in"
+    if case == "empty":
+        source.mkdir()
+    else:
+        source = tmp_path / "x.png"
+        source.write_text("hello")
+    if case == "wrong_stage":
+        source.write_bytes(open(os.path.join(dirs["passes"], "samples", "step_0000000.png"), "rb").read())
+        passes = dirs["refine"]
+    r = _predict_cli(dirs, f"--passes_workdir={passes}", f"--input={source}", f"--output={tmp_path / 'out'}")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("maginet_jax.predict: error: ") and message in lines[0], r.stderr

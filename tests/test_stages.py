@@ -1,0 +1,143 @@
+"""Stages 2 and 3: chained training from frozen earlier runs, the GAN stage's exact resume, niter_fix_global,
+the pix2pixHD schedule and the per-pass objective."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import Interrupted, crash_during_step, smoke, train_evals as _evals
+from maginet_jax.errors import UserError
+from maginet_jax.training import loop, optim
+
+
+def test_refinement_starts_from_its_input_and_improves(chain):
+    evals = _evals(chain[0]["refine"])
+    # The last conv starts at zero: the untrained RefinementNet returns the upsampled stage-1 albedo exactly.
+    assert evals[0]["eval/albedo_mse"] == pytest.approx(evals[0]["eval/copy_input_mse"], rel=1e-6)
+    assert evals[-1]["eval/albedo_mse"] < 0.9 * evals[0]["eval/copy_input_mse"]
+
+
+def test_refine_input_is_the_stage1_prediction(chain, tmp_path):
+    """With init.albedo_workdir, refine starts from stage 1's prediction, not the degraded ground truth."""
+    loop.train_and_evaluate(smoke("refine", num_train_steps=1, eval_every_steps=1), str(tmp_path))
+    from_truth = _evals(str(tmp_path))[0]["eval/copy_input_mse"]
+    from_stage1 = _evals(chain[0]["refine"])[0]["eval/copy_input_mse"]
+    assert from_stage1 > 5 * from_truth  # a 12-step AlbedoNet is far worse than the degraded ground truth
+
+
+def test_passes_condition_is_the_refined_albedo(chain):
+    """Stage 3's condition, scored against the true albedo, is exactly stage 2's final held-out prediction."""
+    refined = _evals(chain[0]["refine"])[-1]["eval/albedo_mse"]
+    assert _evals(chain[0]["passes"])[0]["eval/condition_mse"] == pytest.approx(refined, rel=1e-5)
+
+
+def test_passes_train(chain):
+    dirs, state = chain
+    evals = _evals(dirs["passes"])
+    names = ("ambient_occlusion", "normal", "specular", "translucency", "raw_diffuse")
+    assert all(f"eval/{p}_mse" in evals[-1] for p in names)
+    assert evals[-1]["eval/mse"] < 0.9 * evals[0]["eval/mse"]
+    mean = np.mean([evals[-1][f"eval/{p}_mse"] for p in names])
+    assert evals[-1]["eval/mse"] == pytest.approx(mean, rel=1e-5)
+    train = [r for r in loop.read_metrics(dirs["passes"]) if "train/g_loss" in r]
+    assert {"train/d", "train/g_gan", "train/g_fm", "train/mse"} <= set(train[-1])
+    assert int(state.step) == 12
+
+
+def test_passes_sample_grid_shows_every_pass(chain):
+    from PIL import Image
+    with Image.open(os.path.join(chain[0]["passes"], "samples", "step_0000012.png")) as im:
+        w, h = im.size
+    # condition + (prediction, target) for 5 passes = 11 columns of 32 px with 2-px gaps; 2 rows.
+    assert (w, h) == (11 * 34 + 2, 2 * 34 + 2)
+
+
+def test_passes_run_resumes_exactly(tmp_path, monkeypatch):
+    overrides = {"log_every_steps": 2, "checkpoint_every_steps": 4, "gan.mode": "hinge"}
+    full = loop.train_and_evaluate(smoke("passes", **overrides), str(tmp_path / "full"))
+    crash_during_step(monkeypatch, 7)
+    with pytest.raises(Interrupted):
+        loop.train_and_evaluate(smoke("passes", **overrides), str(tmp_path / "cut"))
+    monkeypatch.undo()
+    resumed = loop.train_and_evaluate(smoke("passes", **overrides), str(tmp_path / "cut"))
+    assert loop.read_metrics(str(tmp_path / "cut")) == loop.read_metrics(str(tmp_path / "full"))
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(full)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_wrong_stage_as_input_is_a_clear_error(chain, tmp_path):
+    with pytest.raises(UserError, match="holds a 'refine' run, not 'albedo'"):
+        loop.train_and_evaluate(smoke("passes", **{"init.albedo_workdir": chain[0]["refine"]}), str(tmp_path))
+
+
+def test_freeze_until_holds_then_starts_fresh():
+    params = {"w": jnp.array([1.0, -2.0, 3.0])}
+    grads = [{"w": jnp.array([0.5, 0.1, -0.3]) * (i + 1)} for i in range(5)]
+    tx = optim.freeze_until(optax.adam(0.1), 3)
+    state = tx.init(params)
+    updates = []
+    for g in grads:
+        u, state = tx.update(g, state, params)
+        updates.append(u["w"])
+    for u in updates[:3]:
+        np.testing.assert_array_equal(u, 0.0)
+    fresh = optax.adam(0.1)
+    u0, s = fresh.update(grads[3], fresh.init(params), params)
+    u1, _ = fresh.update(grads[4], s, params)
+    np.testing.assert_allclose(updates[3], u0["w"], rtol=1e-6)
+    np.testing.assert_allclose(updates[4], u1["w"], rtol=1e-6)
+
+
+def test_niter_fix_global_trains_only_the_local_enhancer(tmp_path):
+    c = smoke("passes", **{"model.netG": "local", "optim.niter_fix_global": 3, "num_train_steps": 3,
+                            "optim.decay_steps": 2,
+                            "eval_every_steps": 100, "checkpoint_every_steps": 100})
+    from flax import nnx
+    from maginet_jax.stages.passes import PassesStage
+    from maginet_jax.training import sharding
+    stage = PassesStage(c, sharding.make_mesh(c.mesh))
+    before = jax.device_get(nnx.to_pure_dict(stage.initial_state.g_params))
+    after = jax.device_get(nnx.to_pure_dict(loop.train_and_evaluate(c, str(tmp_path)).g_params))
+    flat_before = dict(jax.tree_util.tree_leaves_with_path(before))
+    changed = {jax.tree_util.keystr(k): not np.array_equal(v, flat_before[k])
+               for k, v in jax.tree_util.tree_leaves_with_path(after)}
+    global_keys = [k for k in changed if k.startswith("['global_net']")]
+    assert global_keys and not any(changed[k] for k in global_keys)
+    assert all(changed[k] for k in changed if k not in global_keys)
+
+
+def test_constant_then_linear_schedule():
+    from ml_collections import ConfigDict
+    c = ConfigDict(dict(learning_rate=2e-4, warmup_steps=0, schedule="constant_then_linear", decay_steps=4,
+                        end_learning_rate_factor=0.0))
+    lr = optim.make_schedule(c, 10)
+    np.testing.assert_allclose([float(lr(s)) for s in range(11)],
+                               [2e-4] * 7 + [1.5e-4, 1e-4, 0.5e-4, 0.0], atol=1e-10)
+    c.decay_steps = 11
+    with pytest.raises(UserError, match="decay_steps"):
+        optim.make_schedule(c, 10)
+
+
+def test_passes_objective_matches_per_pass_terms():
+    from maginet_jax import losses
+    from maginet_jax.training.objectives import PassesObjective
+    from ml_collections import ConfigDict
+    from configs import passes
+    p = passes.get_config().perceptual
+    obj = PassesObjective(ConfigDict(dict(mse=2.0, vgg=0.5, fm=10.0)), p, (1, 3, 1))
+    rng = np.random.default_rng(0)
+    pred, target = (jnp.asarray(rng.random((2, 24, 24, 5)), jnp.float32) for _ in range(2))
+    mask = jnp.asarray(rng.random((2, 24, 24, 1)) > 0.3, jnp.float32)
+    total, terms = obj(obj.frozen, pred, target, mask)
+    splits = [(0, 1), (1, 4), (4, 5)]
+    mse = np.mean([losses.masked_mse(pred[..., a:b], target[..., a:b], mask) for a, b in splits])
+    from flax import nnx
+    vgg = nnx.merge(obj._graphdef, obj.frozen).vgg
+    per_pass_vgg = np.mean([vgg(pred[..., a:b], target[..., a:b], mask) for a, b in splits])
+    assert float(terms["mse"]) == pytest.approx(mse, rel=1e-5)
+    assert float(terms["vgg"]) == pytest.approx(per_pass_vgg, rel=1e-4)
+    assert float(total) == pytest.approx(2.0 * mse + 0.5 * per_pass_vgg, rel=1e-4)
