@@ -57,12 +57,12 @@ class AlbedoStage(SupervisedStage):
 
 class RefineStage(SupervisedStage):
     model_name = "RefinementNet"
-    baseline = "upsampled stage-1 albedo (the input)"
     columns = ("input", "start", "prediction", "target")
 
     def __init__(self, config, mesh: Mesh):
-        self.upstream = Upstream(config.init, mesh, refine=False)
-        upstream = self.upstream
+        self.upstream = upstream = Upstream(config.init, mesh, refine=False)
+        source = "stage-1 albedo" if upstream.params else "degraded ground-truth albedo"
+        self.baseline = f"input ({source}, upsampled)"
 
         def forward(graphdef):
             def run(params, inputs, batch):
