@@ -26,6 +26,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c = config_base.base_config("albedo", resolution=512)
 
     c.model = ml_collections.ConfigDict()
+    c.model.arch = "maginet"  # maginet (AlbedoNet) | unet (the plain baseline, configs/unet_baseline.py)
     c.model.widths = (64, 128, 256, 512, 512)
     c.model.blocks_per_level = 1
     c.model.bottleneck_blocks = 2

@@ -21,9 +21,9 @@ from ml_collections import config_flags
 
 from maginet_jax.errors import UserError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file, e.g. configs/albedo.py:demo.",
+CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file, e.g. configs/albedo.py:demo.",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-host: TPU pods, SLURM/GPU clusters); "
     "the cluster is auto-detected, or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.")
@@ -122,13 +122,13 @@ def _one_line(e: BaseException) -> str:
     return re.sub(r"^'?([\w.]+)'? Did you mean", r"unknown config key '\1'; did you mean", text)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str], prog: str = "maginet_jax.train") -> list[str]:
     """absl flag parsing, with a bad flag or config override reported as one line (not a traceback)."""
     try:
         argv = flags.FLAGS(argv)
-        hasattr(_CONFIG.value, "keys")  # config_flags defers some load errors (a missing file) to first use
+        hasattr(CONFIG.value, "keys")  # config_flags defers some load errors (a missing file) to first use
     except Exception as e:  # config_flags raises KeyError/AttributeError/ValueError/IOError
-        sys.exit(f"maginet_jax.train: error: {_one_line(e)}")
+        sys.exit(f"{prog}: error: {_one_line(e)}")
     return argv
 
 
@@ -139,7 +139,7 @@ def main(argv) -> None:
     if len(argv) > 1:
         sys.exit(f"maginet_jax.train: error: unexpected arguments {argv[1:]}")
     try:
-        run(_CONFIG.value, _WORKDIR.value, _DISTRIBUTED.value)
+        run(CONFIG.value, WORKDIR.value, _DISTRIBUTED.value)
     except UserError as e:
         sys.exit(f"maginet_jax.train: error: {e}")
 

@@ -1,5 +1,7 @@
 """AlbedoNet: output shapes and ranges, the size rule, attention and fusion variants."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,3 +94,31 @@ def test_build_from_config(smoke_config):
     smoke_config.model.dtype = "bfloat16"
     out, _ = build_albedo_net(smoke_config.model, rngs=nnx.Rngs(0))(jnp.zeros((1, 16, 16, 3)))
     assert out.dtype == jnp.float32  # heads cast back: losses stay in float32
+
+
+def test_unet_baseline_matches_albedonet_size_and_interface():
+    """The ablation's premise: about AlbedoNet's parameter count, same call signature, no side outputs."""
+    import importlib.util
+    import jax.numpy as jnp
+    from flax import nnx
+    from conftest import REPO
+    from maginet_jax.models.albedo_net import build_albedo_net
+    from maginet_jax.models.unet import UNet
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config
+
+    count = lambda c: sum(x.size for x in jax.tree.leaves(
+        nnx.state(nnx.eval_shape(lambda: build_albedo_net(c.model, rngs=nnx.Rngs(0))), nnx.Param)))
+    for variant in ("", "demo"):
+        ours, unet = load("albedo")(variant), load("unet_baseline")(variant)
+        assert abs(count(unet) / count(ours) - 1) < 0.02, variant
+    net = build_albedo_net(load("unet_baseline")("smoke").model, rngs=nnx.Rngs(0))
+    assert isinstance(net, UNet)
+    out, sides = net(jnp.full((2, 32, 32, 3), 0.5))
+    assert out.shape == (2, 32, 32, 3) and sides == [] and float(out.min()) >= 0 and float(out.max()) <= 1
+    with pytest.raises(ValueError, match="divisible by 4"):
+        net(jnp.zeros((1, 30, 32, 3)))

@@ -125,9 +125,16 @@ class AlbedoNet(nnx.Module):
         return out, sides
 
 
-def build_albedo_net(model_config, *, rngs: nnx.Rngs) -> AlbedoNet:
-    """Builds AlbedoNet from `config.model` (see configs/albedo.py for the keys)."""
+ARCHS = ("maginet", "unet")
+
+
+def build_albedo_net(model_config, *, rngs: nnx.Rngs) -> nnx.Module:
+    """Builds the stage-1 network from `config.model`: AlbedoNet, or the U-Net baseline when arch='unet'."""
     c = model_config
+    if c.get("arch", "maginet") == "unet":
+        from maginet_jax.models.unet import UNet
+        return UNet(widths=tuple(c.widths), norm=c.norm, activation=c.activation, dtype=jnp.dtype(c.dtype),
+                    rngs=rngs)
     return AlbedoNet(widths=tuple(c.widths), blocks_per_level=c.blocks_per_level,
                      bottleneck_blocks=c.bottleneck_blocks, decoder_blocks=c.decoder_blocks, norm=c.norm,
                      activation=c.activation, attention=c.attention, attention_reduction=c.attention_reduction,

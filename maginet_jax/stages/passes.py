@@ -88,6 +88,11 @@ class PassesStage:
         self.columns = ("condition", *(c for p in self.names for c in (p, f"{p}_target")))
         self.image_groups = {p: ("condition", p, f"{p}_target") for p in self.names}
         self.loss_key = "g_loss"
+        self.param_keys = ("g_params", "d_params")
+        # The condition is scored too when it is predicted (the chained pipeline), not the ground truth.
+        chained = {"albedo": ("condition", "albedo_target")} if self.upstream.params else {}
+        self.scored = {**chained, **{p: (p, f"{p}_target") for p in self.names}}
+        self.copy_input = {p: ("input", target) for p, (_, target) in self.scored.items()}
 
     def _inputs(self, frozen, batch):
         """(condition, target) in [0, 1]; the target holds every pass, concatenated on channels."""
@@ -117,7 +122,7 @@ class PassesStage:
         metrics = self.eval_metrics.single_from_model_output(
             mse=sum(mses.values()) / len(mses), psnr=sum(losses.psnr(m) for m in mses.values()) / len(mses),
             condition_mse=losses.per_example_masked_mse(cond, batch["albedo"], mask), mask=batch["valid"], **mses)
-        shown = {"condition": cond}
+        shown = {"condition": cond, "input": batch["image"], "mask": mask, "albedo_target": batch["albedo"]}
         for p, x, t in zip(self.names, preds, targets):
             shown[p], shown[f"{p}_target"] = x * mask, t
         return metrics, shown

@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 
 from maginet_jax.errors import UserError
 from maginet_jax.models import attention, layers
-from maginet_jax.models.albedo_net import FUSIONS, build_albedo_net
+from maginet_jax.models.albedo_net import ARCHS, FUSIONS, build_albedo_net
 from maginet_jax.models.layers import resize_to
 from maginet_jax.models.refinement_net import build_refinement_net
 from maginet_jax.stages.inputs import Upstream
@@ -30,6 +30,10 @@ class SupervisedStage:
     baseline = "copy-the-input"
     columns = ("input", "prediction", "target")
     loss_key = "loss"
+    param_keys = ("params",)
+    # evaluate's rows: {pass: (prediction column, target column)}, and the copy-the-input baseline's.
+    scored = {"albedo": ("prediction", "target")}
+    copy_input = {"albedo": ("start", "target")}
 
     def __init__(self, config, mesh: Mesh, build, forward, inputs=None):
         self.objective = AlbedoObjective(config.losses, config.perceptual)
@@ -52,6 +56,7 @@ class SupervisedStage:
 
 class AlbedoStage(SupervisedStage):
     def __init__(self, config, mesh: Mesh):
+        self.model_name = "U-Net" if config.model.get("arch") == "unet" else "AlbedoNet"
         super().__init__(config, mesh, lambda rngs: build_albedo_net(config.model, rngs=rngs), steps.albedo_forward)
 
 
@@ -94,8 +99,11 @@ def validate_albedo(config) -> None:
     if crop % albedo_multiple(m):
         raise UserError(f"data.crop_size {crop} is not divisible by {albedo_multiple(m)}: a {len(m.widths)}-level "
                         f"AlbedoNet halves the image {len(m.widths) - 1} times")
-    _check_choices({"model.norm": (m.norm, layers.NORMS), "model.attention": (m.attention, attention.ATTENTIONS),
-                    "model.fusion": (m.fusion, FUSIONS), "model.activation": (m.activation, layers.ACTIVATIONS)})
+    _check_choices({"model.arch": (m.get("arch", "maginet"), ARCHS), "model.norm": (m.norm, layers.NORMS),
+                    "model.attention": (m.attention, attention.ATTENTIONS), "model.fusion": (m.fusion, FUSIONS),
+                    "model.activation": (m.activation, layers.ACTIVATIONS)})
+    if m.get("arch") == "unet" and config.losses.side > 0:
+        raise UserError("losses.side must be 0 for model.arch=unet: the U-Net has no side outputs")
     _check_losses(config)
 
 

@@ -25,31 +25,34 @@ def _format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-class _Evaluator:
-    """One ordered pass over the held-out split; the last partial batch is padded and masked out."""
+def eval_batches(config, mesh, stage, state):
+    """One ordered pass over the held-out split: yields (metrics, images, valid) per global batch.
 
-    def __init__(self, config, mesh, stage):
-        self._source = sources.make_source(config.data, "test", config.eval.num_examples, stage.data_passes)
-        self._config, self._mesh, self._stage = config, mesh, stage
-        self._local_batch = config.eval.batch_size // jax.process_count()
+    The last partial batch is padded; `valid` (a global bool array) marks its real examples, and the metrics
+    already leave the padding out.
+    """
+    source = sources.make_source(config.data, "test", config.eval.num_examples, stage.data_passes)
+    local_batch = config.eval.batch_size // jax.process_count()
+    loader = data_loader.make_loader(source, batch_size=local_batch, crop_size=config.data.crop_size, train=False,
+                                     seed=config.seed, worker_count=config.eval.worker_count)
+    for local in loader:
+        n = len(local["image"])
+        local = {k: np.concatenate([v, np.zeros((local_batch - n, *v.shape[1:]), v.dtype)]) for k, v in local.items()}
+        local["valid"] = np.arange(local_batch) < n
+        batch = sharding.to_global(local, mesh)
+        metrics, columns = stage.eval_step(state, batch)
+        yield metrics, columns, batch["valid"]
 
-    def __call__(self, state) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """(eval/* scalars, {column: first examples}) over the whole held-out split."""
-        c = self._config
-        loader = data_loader.make_loader(self._source, batch_size=self._local_batch, crop_size=c.data.crop_size,
-                                         train=False, seed=c.seed, worker_count=c.eval.worker_count)
-        acc, shown = None, None
-        for local in loader:
-            n = len(local["image"])
-            local = {k: np.concatenate([v, np.zeros((self._local_batch - n, *v.shape[1:]), v.dtype)])
-                     for k, v in local.items()}
-            local["valid"] = np.arange(self._local_batch) < n
-            metrics, columns = self._stage.eval_step(state, sharding.to_global(local, self._mesh))
-            acc = metrics if acc is None else acc.merge(metrics)
-            if shown is None:  # every process joins the gather; only process 0 writes the grids
-                got = multihost_utils.process_allgather({k: columns[k] for k in self._stage.columns}, tiled=True)
-                shown = {k: v[:c.num_sample_images] for k, v in got.items()}
-        return {f"eval/{k}": float(v) for k, v in acc.compute().items()}, shown
+
+def evaluate(config, mesh, stage, state) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """(eval/* scalars, {column: first examples}) over the whole held-out split."""
+    acc, shown = None, None
+    for metrics, columns, _ in eval_batches(config, mesh, stage, state):
+        acc = metrics if acc is None else acc.merge(metrics)
+        if shown is None:  # every process joins the gather; only process 0 writes the grids
+            got = multihost_utils.process_allgather({k: columns[k] for k in stage.columns}, tiled=True)
+            shown = {k: v[:config.num_sample_images] for k, v in got.items()}
+    return {f"eval/{k}": float(v) for k, v in acc.compute().items()}, shown
 
 
 def train_and_evaluate(config, workdir: str):
@@ -82,10 +85,8 @@ def train_and_evaluate(config, workdir: str):
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     writer = create_writer(workdir, resume_step=start, is_main=is_main)
-    evaluate = _Evaluator(config, mesh, stage)
-
     def run_eval(step: int) -> dict[str, float]:
-        scalars, shown = evaluate(state)
+        scalars, shown = evaluate(config, mesh, stage, state)
         logging.info("eval step %d: %s", step, stage.eval_message(scalars))
         if is_main:
             writer.write_images(step, {f"eval/{tag}": images.grid([shown[k] for k in cols])[None]

@@ -78,7 +78,7 @@ def supervised_eval_step(state: TrainState, batch, frozen, *, forward):
         albedo_mse=mse, psnr=losses.psnr(mse), copy_input_mse=copy, mask=batch["valid"])
     # Outside the mask the prediction is unconstrained (and unscored): show it masked.
     return metrics, {"input": batch["image"], "start": start, "prediction": pred * batch["mask"],
-                     "target": batch["albedo"]}
+                     "target": batch["albedo"], "mask": batch["mask"]}
 
 
 def make_supervised_steps(forward: Callable, objective, tx, schedule, mesh: Mesh, state_sharding, inputs):

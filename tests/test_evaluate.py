@@ -1,0 +1,89 @@
+"""`python -m maginet_jax.evaluate`: SSIM against scikit-image, and results that agree with training's eval."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from conftest import REPO, smoke, train_evals
+from maginet_jax import evaluate
+from maginet_jax.image_metrics import ssim
+
+
+def _reference(a, b, **kw):
+    return structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                 data_range=1.0, **kw)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_ssim_matches_scikit_image(channels):
+    rng = np.random.default_rng(channels)
+    a = rng.random((2, 37, 45, channels)).astype(np.float32)
+    b = np.clip(a + 0.2 * rng.standard_normal(a.shape), 0, 1).astype(np.float32)
+    got = np.asarray(ssim(jnp.asarray(a), jnp.asarray(b)))
+    kw = {"channel_axis": -1} if channels == 3 else {}
+    want = [_reference(a[i] if channels == 3 else a[i, ..., 0], b[i] if channels == 3 else b[i, ..., 0], **kw)
+            for i in range(2)]
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    assert got[0] < 0.95  # the noise is visible to SSIM
+
+
+def test_masked_ssim_averages_the_map_inside_the_mask():
+    rng = np.random.default_rng(7)
+    a = rng.random((40, 40)).astype(np.float32)
+    b = np.clip(a + 0.1 * rng.standard_normal(a.shape), 0, 1).astype(np.float32)
+    mask = np.zeros((40, 40), np.float32)
+    mask[8:30, 12:35] = 1.0
+    _, full = _reference(a, b, full=True)
+    want = full[5:-5, 5:-5][mask[5:-5, 5:-5] > 0].mean()
+    got = ssim(jnp.asarray(a)[None, ..., None], jnp.asarray(b)[None, ..., None], jnp.asarray(mask)[None, ..., None])
+    assert float(got[0]) == pytest.approx(want, abs=2e-5)
+
+
+def test_albedo_results_agree_with_training_eval(chain):
+    workdir = chain[0]["albedo"]
+    results = evaluate.evaluate_run(smoke("albedo"), workdir)
+    last = train_evals(workdir)[-1]
+    model, copy = results["rows"]["model"]["albedo"], results["rows"]["copy the input"]["albedo"]
+    assert model["mse"] == pytest.approx(last["eval/albedo_mse"], rel=1e-5)
+    assert model["psnr"] == pytest.approx(last["eval/psnr"], rel=1e-5)
+    assert copy["mse"] == pytest.approx(last["eval/copy_input_mse"], rel=1e-5)
+    assert 0 < model["ssim"] < 1 and 0 < model["lpips"] < 1
+    assert results["step"] == 12 and results["num_examples"] == 12
+    with open(os.path.join(workdir, "eval", "results.json")) as f:
+        assert json.load(f) == results
+    md = open(os.path.join(workdir, "eval", "results.md")).read()
+    assert f"| albedo | **model** | {model['mse'] * 1e3:.3f} |" in md
+    assert "| albedo | copy the input |" in md
+
+
+def test_chained_pipeline_scores_all_six_passes(chain):
+    dirs = chain[0]
+    c = smoke("passes", **{"init.albedo_workdir": dirs["albedo"], "init.refine_workdir": dirs["refine"]})
+    results = evaluate.evaluate_run(c, dirs["passes"])
+    model = results["rows"]["model"]
+    assert list(model) == ["albedo", "ambient_occlusion", "normal", "specular", "translucency", "raw_diffuse",
+                           "mean"]
+    # the albedo row is the refined stage-1 albedo: the refine run's own final held-out MSE
+    assert model["albedo"]["mse"] == pytest.approx(train_evals(dirs["refine"])[-1]["eval/albedo_mse"], rel=1e-5)
+    last = train_evals(dirs["passes"])[-1]
+    for p in results["passes"][1:]:
+        assert model[p]["mse"] == pytest.approx(last[f"eval/{p}_mse"], rel=1e-5)
+    assert model["mean"]["mse"] == pytest.approx(np.mean([model[p]["mse"] for p in results["passes"]]))
+    table = evaluate.side_by_side(results, results)
+    assert table.count("| normal |") == 4
+
+
+def test_compare_without_results_is_one_line(chain, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    r = subprocess.run([sys.executable, "-m", "maginet_jax.evaluate", "--config=configs/albedo.py:smoke",
+                        f"--workdir={chain[0]['albedo']}", f"--compare={tmp_path}"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"maginet_jax.evaluate: error: --compare {str(tmp_path)!r} has no eval/results.json: evaluate that run first"]
