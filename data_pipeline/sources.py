@@ -55,25 +55,50 @@ class SyntheticSource:
                 f"seed={self._seed}, keys={self._keys})")
 
 
-SOURCES = ("synthetic", "ffhq_uv_intrinsics")
+SOURCES = ("synthetic", "ffhq_uv_intrinsics", "ffhq_uv_intrinsics_raw")
+
+
+class PreparedSource:
+    """One split of the prepared (TFDS array_record) FFHQ-UV-Intrinsics, records like `SyntheticSource`'s."""
+
+    def __init__(self, data_source, passes: Sequence[str]):
+        self._ds, self._keys = data_source, ("image", "mask", *passes)
+
+    def __len__(self) -> int:
+        return len(self._ds)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        record = self._ds[index]
+        return {k: record[k] for k in self._keys}
+
+    def __repr__(self) -> str:
+        return f"PreparedSource({self._ds!r}, keys={self._keys})"
 
 
 def make_source(data_config, split: str, num_records: int, passes: Sequence[str]):
     """The record source that `data_config.source` names, for `split`.
 
-    `num_records` sizes the synthetic dataset; a dataset on disk has the size it has. Raises ValueError for
-    an unknown source, or a missing or malformed `data_config.root`.
+    `num_records` sizes the synthetic dataset; a dataset on disk has the size it has. `ffhq_uv_intrinsics`
+    reads the prepared TFDS dataset, preparing it from `data.root` first if needed (see
+    `data_pipeline.build_ffhq_uv_intrinsics`); `ffhq_uv_intrinsics_raw` reads the PNGs directly. Raises
+    ValueError for an unknown source, or a missing or malformed `data_config.root`.
     """
     if data_config.source == "synthetic":
         return SyntheticSource(num_records=num_records, resolution=data_config.resolution, split=split,
                                seed=data_config.seed, passes=passes)
-    if data_config.source == "ffhq_uv_intrinsics":
+    if data_config.source not in SOURCES:
+        raise ValueError(f"unknown data.source {data_config.source!r}; expected one of {SOURCES}")
+    if not data_config.root:
+        raise ValueError(f"data.source={data_config.source} needs data.root: the directory holding Data/<ID>/")
+    if not os.path.isdir(data_config.root):
+        raise ValueError(f"data.root {data_config.root!r} does not exist or is not a directory")
+    if data_config.source == "ffhq_uv_intrinsics_raw":
         from data_pipeline.ffhq_uv_intrinsics import FFHQUVIntrinsicsSource
-        if not data_config.root:
-            raise ValueError("data.source=ffhq_uv_intrinsics needs data.root: the directory holding Data/<ID>/")
-        if not os.path.isdir(data_config.root):
-            raise ValueError(f"data.root {data_config.root!r} does not exist or is not a directory")
         return FFHQUVIntrinsicsSource(data_config.root, split=split, resolution=data_config.resolution,
                                       passes=passes, input_file=data_config.input_file,
                                       uv_maps_dir=data_config.uv_maps_dir, test_fraction=data_config.test_fraction)
-    raise ValueError(f"unknown data.source {data_config.source!r}; expected one of {SOURCES}")
+    from data_pipeline.ffhq_tfds import prepare
+    builder = prepare(data_config.root, tfds_dir=data_config.tfds_dir, resolution=data_config.resolution,
+                      input_file=data_config.input_file, uv_maps_dir=data_config.uv_maps_dir,
+                      test_fraction=data_config.test_fraction, lenient=data_config.lenient)
+    return PreparedSource(builder.as_data_source(split=split), passes)

@@ -34,8 +34,12 @@ def base_config(stage: str, *, resolution: int) -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1,), axes=("data",)))
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"  # 'synthetic' (embedded generator) | 'ffhq_uv_intrinsics' (your raw copy)
+    # 'synthetic' (embedded generator) | 'ffhq_uv_intrinsics' (your copy, prepared as a TFDS dataset on first
+    # use) | 'ffhq_uv_intrinsics_raw' (your copy's PNGs read directly, resized on the fly)
+    c.data.source = "synthetic"
     c.data.root = ""  # ffhq_uv_intrinsics: the directory holding Data/<ID>/*.png
+    c.data.tfds_dir = ""  # where prepared datasets live (default: TFDS's ~/tensorflow_datasets)
+    c.data.lenient = False  # preparing: skip subjects with bad files (recorded in the dataset info) instead of stopping
     c.data.input_file = "uv_map"  # ffhq_uv_intrinsics input: 'uv_map' (FFHQ-UV texture) or a pass file, e.g. 'diffuse'
     c.data.uv_maps_dir = ""  # FFHQ-UV's uv-maps/ directory (default: <root>/uv-maps)
     c.data.test_fraction = 0.05  # ffhq_uv_intrinsics: held-out share, split by subject-ID hash

@@ -1,0 +1,173 @@
+"""TFDS builder `ffhq_uv_intrinsics`: a user's raw FFHQ-UV-Intrinsics copy, prepared once as array_record.
+
+Reads `manual_dir` = the raw copy (`Data/<ID>/*.png`, optionally FFHQ-UV's `uv-maps/<ID>.png`), checks every
+file, resizes to the config's resolution (512 or 1024) at build time, derives the face mask from texture
+validity, splits by subject-ID hash, and writes `image`, `mask`, the six passes (normals 16-bit) and
+`subject_id` per example. Works without TensorFlow: read it back with `builder.as_data_source()` (grain).
+The dataset info's metadata lists the held-out subject IDs and, with `lenient=True`, the skipped subjects and
+why. tfds writes into an `incomplete.*` directory renamed only when the build finishes, so an interrupted
+build is never taken for a dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from data_pipeline.ffhq_uv_intrinsics import CHANNELS, PASS_FILES, is_test_subject
+
+RESOLUTIONS = (512, 1024)  # the predefined configs; any size >= 16 works (tests use small ones)
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+class BadSubjectData(ValueError):
+    """A subject's file is missing, corrupt, or of the wrong size or channel count."""
+
+    def __init__(self, subject: str, path: str, reason: str):
+        super().__init__(f"subject {subject}: {path}: {reason}")
+        self.subject, self.path, self.reason = subject, path, reason
+
+
+def read_checked(path: str, subject: str, channels: int, size: int, dtype=np.uint8) -> np.ndarray:
+    """An (size, size, channels) array of `dtype` from one PNG, or BadSubjectData saying what is wrong.
+
+    Files must be square and at least `size` wide (area-downsampled to it); 3-channel passes must be colour.
+    """
+    if not os.path.isfile(path):
+        raise BadSubjectData(subject, path, "missing")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode, (w, h) = im.mode, im.size
+            if w != h or w < size:
+                raise BadSubjectData(subject, path, f"size {w}x{h}; expected a square of at least {size}")
+            if channels == 3 and mode in _GREY_MODES:
+                raise BadSubjectData(subject, path, f"1 channel (mode {mode}); expected 3")
+            if mode.startswith("I"):
+                arr = (np.asarray(im, np.float64) / 65535.0)[..., None]
+            else:
+                arr = np.asarray(im.convert("RGB" if channels == 3 else "L"), np.float64) / 255.0
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, BadSubjectData):
+            raise
+        raise BadSubjectData(subject, path, f"corrupt or truncated image ({e})") from None
+    arr = arr.reshape(h, w, -1)[..., :channels] if arr.ndim == 3 else arr[..., None]
+    if w != size:  # area downsample by an integer factor, else a box filter
+        f = w // size
+        if f * size == w:
+            arr = arr.reshape(size, f, size, f, -1).mean(axis=(1, 3))
+        else:
+            arr = np.stack([np.asarray(Image.fromarray(arr[..., c].astype(np.float32), mode="F").resize(
+                (size, size), Image.BOX)) for c in range(arr.shape[-1])], axis=-1)
+    top = np.iinfo(dtype).max
+    return np.round(np.clip(arr, 0.0, 1.0) * top).astype(dtype)
+
+
+def config_name(resolution: int, input_file: str, test_fraction: float) -> str:
+    return f"r{resolution}-{input_file}-test{round(test_fraction * 1000):03d}"
+
+
+@dataclasses.dataclass
+class FfhqUvIntrinsicsConfig(tfds.core.BuilderConfig):
+    """Which input, which size, which held-out share: each combination is its own prepared dataset."""
+
+    resolution: int = 512
+    input_file: str = "uv_map"  # FFHQ-UV's texture, or a pass file stem such as "diffuse"
+    test_fraction: float = 0.05
+
+
+def make_config(resolution: int = 512, input_file: str = "uv_map",
+                test_fraction: float = 0.05) -> FfhqUvIntrinsicsConfig:
+    """A builder config, validated; ValueError names the bad option."""
+    if resolution < 16:
+        raise ValueError(f"resolution {resolution} is below 16 (the paper's are {RESOLUTIONS})")
+    if input_file != "uv_map" and input_file not in PASS_FILES.values():
+        raise ValueError(f"input_file {input_file!r} is not 'uv_map' or one of {sorted(PASS_FILES.values())}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction {test_fraction} must be in (0, 1)")
+    return FfhqUvIntrinsicsConfig(name=config_name(resolution, input_file, test_fraction), resolution=resolution,
+                                  input_file=input_file, test_fraction=test_fraction)
+
+
+class FfhqUvIntrinsics(tfds.core.GeneratorBasedBuilder):
+    """FFHQ-UV-Intrinsics (ubisoft-laforge; CC BY-NC-ND 4.0, research only), from your own copy."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First prepared version: six passes, mask, hash split by subject ID."}
+    BUILDER_CONFIGS = [make_config(512), make_config(1024)]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Download FFHQ-UV-Intrinsics from its authors (github.com/ubisoft/ubisoft-laforge-FFHQ-UV-Intrinsics) and "
+        "unzip it so that <manual_dir>/Data/<ID>/{ambient_occlusion,diffuse,normal,specular,translucency,"
+        "light_normalized}.png exist; for the default input, also FFHQ-UV's uv-maps/<ID>.png (same IDs).")
+
+    def __init__(self, *, uv_maps_dir: str = "", lenient: bool = False, **kwargs):
+        self._uv_maps_dir, self._lenient = uv_maps_dir, lenient
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        size = self.builder_config.resolution
+        tensor = lambda c, dtype=np.uint8: tfds.features.Tensor(shape=(size, size, c), dtype=dtype,
+                                                                 encoding=tfds.features.Encoding.ZLIB)
+        features = {"subject_id": tfds.features.Text(), "image": tensor(3), "mask": tensor(1)}
+        features.update({p: tensor(CHANNELS[p], np.uint16 if p == "normal" else np.uint8) for p in PASS_FILES})
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features),
+                                     metadata=tfds.core.MetadataDict(), homepage=(
+                                         "https://github.com/ubisoft/ubisoft-laforge-FFHQ-UV-Intrinsics"),
+                                     description=self.__doc__)
+
+    def _split_generators(self, dl_manager):
+        root = str(dl_manager.manual_dir)
+        data = os.path.join(root, "Data")
+        if not os.path.isdir(data):
+            raise ValueError(f"{root!r} is not an FFHQ-UV-Intrinsics copy: it has no Data/ directory")
+        c = self.builder_config
+        uv_dir = self._uv_maps_dir or os.path.join(root, "uv-maps")
+        if c.input_file == "uv_map" and not os.path.isdir(uv_dir):
+            raise ValueError(f"FFHQ-UV textures not found at {uv_dir!r}: give uv_maps_dir, or use input_file=diffuse")
+        ids = sorted(d for d in os.listdir(data) if os.path.isdir(os.path.join(data, d)))
+        test = [i for i in ids if is_test_subject(i, c.test_fraction)]
+        if not test or len(test) == len(ids):
+            raise ValueError(f"{len(ids)} subjects under {data!r} give {len(test)} held-out subjects at "
+                             f"test_fraction={c.test_fraction}: both splits need subjects")
+        self.info.metadata.update(held_out_subjects=test, input_file=c.input_file, test_fraction=c.test_fraction,
+                                  skipped_subjects={})
+        paths = lambda i: {"image": (os.path.join(uv_dir, f"{i}.png") if c.input_file == "uv_map"
+                                     else os.path.join(data, i, f"{c.input_file}.png")),
+                           **{p: os.path.join(data, i, f"{stem}.png") for p, stem in PASS_FILES.items()}}
+        return {"train": self._generate_examples([(i, paths(i)) for i in ids if i not in set(test)]),
+                "test": self._generate_examples([(i, paths(i)) for i in test])}
+
+    def _generate_examples(self, subjects):
+        size = self.builder_config.resolution
+        for subject, paths in subjects:
+            try:
+                record = {k: read_checked(path, subject, CHANNELS[k], size, np.uint16 if k == "normal" else np.uint8)
+                          for k, path in paths.items()}
+            except BadSubjectData as e:
+                if not self._lenient:
+                    raise
+                self.info.metadata["skipped_subjects"][subject] = f"{e.path}: {e.reason}"
+                continue
+            record["mask"] = np.where(np.any(record["albedo"] > 0, axis=-1, keepdims=True), 255, 0).astype(np.uint8)
+            yield subject, {"subject_id": subject, **record}
+
+
+def prepare(root: str, *, tfds_dir: str = "", resolution: int = 512, input_file: str = "uv_map",
+            uv_maps_dir: str = "", test_fraction: float = 0.05, lenient: bool = False):
+    """The prepared builder for these options, building it first (with progress bars) when absent.
+
+    Raises ValueError (bad options or data; BadSubjectData names the subject and file).
+    """
+    builder = FfhqUvIntrinsics(config=make_config(resolution, input_file, test_fraction), data_dir=tfds_dir or None,
+                               file_format="array_record", uv_maps_dir=uv_maps_dir, lenient=lenient)
+    if not builder.is_prepared():
+        import jax  # only here: building needs no jax
+        if jax.process_count() > 1:
+            raise ValueError(f"the prepared dataset {builder.data_dir} does not exist; build it once before a "
+                             f"multi-host run: python -m data_pipeline.build_ffhq_uv_intrinsics --root {root}")
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
+    return builder

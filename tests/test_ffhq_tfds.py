@@ -1,0 +1,141 @@
+"""The `ffhq_uv_intrinsics` TFDS builder on fixture trees in the dataset's exact layout: build, split, masks,
+bad data (strict and lenient), atomic builds, the build CLI, and training on the prepared dataset."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from conftest import REPO, smoke
+from data_pipeline import loader, make_fixture, sources
+from data_pipeline.ffhq_tfds import BadSubjectData, prepare
+from data_pipeline.ffhq_uv_intrinsics import FFHQUVIntrinsicsSource, is_test_subject
+
+PASSES = ("albedo", "ambient_occlusion", "normal", "specular", "translucency", "raw_diffuse")
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("raw"))
+    make_fixture.write_fixture(root, num_subjects=24, resolution=64, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(raw, tmp_path_factory):
+    tfds_dir = str(tmp_path_factory.mktemp("tfds"))
+    return prepare(raw, tfds_dir=tfds_dir, resolution=32, test_fraction=0.25), tfds_dir
+
+
+def test_split_by_subject_hash_listed_in_the_info(built):
+    builder, _ = built
+    held_out = builder.info.metadata["held_out_subjects"]
+    assert held_out == [f"{i:06d}" for i in range(24) if is_test_subject(f"{i:06d}", 0.25)] and held_out
+    ds = builder.as_data_source()
+    assert len(ds["train"]) + len(ds["test"]) == 24 and len(ds["test"]) == len(held_out)
+    assert sorted(ds["test"][i]["subject_id"].decode() for i in range(len(ds["test"]))) == held_out
+    assert builder.info.metadata["skipped_subjects"] == {}
+
+
+def test_records_match_the_raw_reader(built, raw):
+    builder, _ = built
+    ds = builder.as_data_source(split="test")
+    raw_src = FFHQUVIntrinsicsSource(raw, split="test", resolution=32, passes=PASSES, test_fraction=0.25)
+    order = {ds[i]["subject_id"].decode(): i for i in range(len(ds))}
+    for j, subject in enumerate(raw_src._ids):
+        ours, theirs = ds[order[subject]], raw_src[j]
+        np.testing.assert_array_equal(ours["mask"], theirs["mask"])
+        for k in ("image", *PASSES):
+            scale = 257 if k == "normal" else 1  # 16-bit stored normals vs the raw reader's 8-bit codes
+            diff = np.abs(ours[k].astype(np.int64) - theirs[k].astype(np.int64) * scale)
+            assert diff.max() <= scale, k  # 2×2 area averages rounded once or twice
+        assert ours["normal"].dtype == np.uint16 and ours["mask"].shape == (32, 32, 1)
+
+
+def test_grain_reads_the_prepared_dataset(built, raw):
+    _, tfds_dir = built
+    c = ConfigDict(dict(source="ffhq_uv_intrinsics", root=raw, tfds_dir=tfds_dir, resolution=32,
+                        input_file="uv_map", uv_maps_dir="", test_fraction=0.25, lenient=False, seed=0))
+    src = sources.make_source(c, "train", 0, ("albedo", "normal"))
+    batch = next(iter(loader.make_loader(src, batch_size=4, crop_size=24, train=True, seed=0)))
+    assert set(batch) == {"image", "mask", "albedo", "normal"}
+    assert batch["normal"].shape == (4, 24, 24, 3) and batch["normal"].dtype == np.float32
+    assert set(np.unique(batch["mask"])) <= {0.0, 1.0}
+
+
+def test_split_is_stable_when_subjects_are_added(built, raw, tmp_path):
+    bigger = str(tmp_path / "raw")
+    shutil.copytree(raw, bigger)
+    make_fixture.write_fixture(str(tmp_path / "more"), num_subjects=30, resolution=64, seed=0)
+    for i in range(24, 30):
+        shutil.copytree(tmp_path / "more" / "Data" / f"{i:06d}", os.path.join(bigger, "Data", f"{i:06d}"))
+        shutil.copy(tmp_path / "more" / "uv-maps" / f"{i:06d}.png", os.path.join(bigger, "uv-maps"))
+    grown = prepare(bigger, tfds_dir=str(tmp_path / "tfds"), resolution=32, test_fraction=0.25)
+    old = built[0].info.metadata["held_out_subjects"]
+    new = grown.info.metadata["held_out_subjects"]
+    assert [s for s in new if int(s) < 24] == old
+
+
+def _break(root, case):
+    folder = os.path.join(root, "Data", "000005")
+    from PIL import Image
+    if case == "truncated":
+        data = open(os.path.join(folder, "normal.png"), "rb").read()
+        open(os.path.join(folder, "normal.png"), "wb").write(data[:200])
+        return "normal.png", "corrupt or truncated"
+    if case == "missing":
+        os.remove(os.path.join(folder, "specular.png"))
+        return "specular.png", "missing"
+    if case == "size":
+        Image.new("L", (64, 48)).save(os.path.join(folder, "translucency.png"))
+        return "translucency.png", "size 64x48"
+    Image.new("L", (64, 64), 128).save(os.path.join(folder, "light_normalized.png"))
+    return "light_normalized.png", "1 channel (mode L); expected 3"
+
+
+@pytest.mark.parametrize("case", ["truncated", "missing", "size", "channels"])
+def test_bad_data_strict_then_lenient(raw, tmp_path, case):
+    root = str(tmp_path / "raw")
+    shutil.copytree(raw, root)
+    name, reason = _break(root, case)
+    tfds_dir = str(tmp_path / "tfds")
+    with pytest.raises(BadSubjectData) as e:
+        prepare(root, tfds_dir=tfds_dir, resolution=32, test_fraction=0.25)
+    assert e.value.subject == "000005" and e.value.path.endswith(name) and reason in str(e.value)
+    assert "subject 000005" in str(e.value) and name in str(e.value)
+    # nothing that a later read would take for a complete dataset
+    dataset_dir = os.path.join(tfds_dir, "ffhq_uv_intrinsics", "r32-uv_map-test250")
+    assert not os.path.isdir(dataset_dir) or os.listdir(dataset_dir) == []
+    lenient = prepare(root, tfds_dir=tfds_dir, resolution=32, test_fraction=0.25, lenient=True)
+    skipped = lenient.info.metadata["skipped_subjects"]
+    assert list(skipped) == ["000005"] and name in skipped["000005"]
+    assert sum(s.num_examples for s in lenient.info.splits.values()) == 23
+
+
+def test_build_cli(raw, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "data_pipeline.build_ffhq_uv_intrinsics", *a],
+                                    cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    root = str(tmp_path / "raw")
+    shutil.copytree(raw, root)
+    os.remove(os.path.join(root, "Data", "000007", "diffuse.png"))
+    args = [f"--root={root}", f"--tfds_dir={tmp_path / 'tfds'}", "--resolution=32", "--test_fraction=0.25"]
+    r = run(*args)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("build_ffhq_uv_intrinsics: error: subject 000007: ")
+    r = run(*args, "--lenient")
+    assert r.returncode == 0 and "skipped 1: ['000007']" in r.stdout
+
+
+def test_training_prepares_the_dataset_on_first_use(raw, tmp_path):
+    from maginet_jax.training import loop
+    c = smoke("albedo", **{"data.source": "ffhq_uv_intrinsics", "data.root": raw, "data.resolution": 32,
+                           "data.tfds_dir": str(tmp_path / "tfds"), "data.test_fraction": 0.25,
+                           "num_train_steps": 2, "eval_every_steps": 2})
+    state = loop.train_and_evaluate(c, str(tmp_path / "run"))
+    assert int(state.step) == 2
+    assert os.path.isdir(tmp_path / "tfds" / "ffhq_uv_intrinsics" / "r32-uv_map-test250" / "1.0.0")
