@@ -2,7 +2,7 @@ r"""Prepares a raw FFHQ-UV-Intrinsics copy as the `ffhq_uv_intrinsics` TFDS data
 
     python -m data_pipeline.build_ffhq_uv_intrinsics --root /data/FFHQ-UV-Intrinsics \
         [--uv_maps_dir /data/FFHQ-UV/uv-maps] [--resolution 512|1024] [--input_file uv_map|diffuse|...] \
-        [--test_fraction 0.05] [--tfds_dir ~/tensorflow_datasets] [--lenient]
+        [--pass_files albedo=diffuse,...] [--test_fraction 0.05] [--tfds_dir ~/tensorflow_datasets] [--lenient]
 
 Training with `--config.data.source=ffhq_uv_intrinsics --config.data.root=DIR` does the same on first use;
 run this ahead of a multi-host job, so that hosts do not all build it. Bad data (a missing pass, a corrupt or
@@ -24,6 +24,7 @@ _ROOT = flags.DEFINE_string("root", None, "The raw copy: the directory holding D
 _UV = flags.DEFINE_string("uv_maps_dir", "", "FFHQ-UV's uv-maps/ (default: <root>/uv-maps).")
 _RES = flags.DEFINE_integer("resolution", 512, "Stored size (512 or 1024 in the paper).")
 _INPUT = flags.DEFINE_string("input_file", "uv_map", "Network input: 'uv_map' or a pass file stem, e.g. 'diffuse'.")
+_PASS_FILES = flags.DEFINE_string("pass_files", "", "Targets whose file is not the default, e.g. 'albedo=diffuse'.")
 _TEST = flags.DEFINE_float("test_fraction", 0.05, "Held-out share of subjects (hash of the subject ID).")
 _DIR = flags.DEFINE_string("tfds_dir", "", "Where prepared datasets live (default: TFDS's, ~/tensorflow_datasets).")
 _LENIENT = flags.DEFINE_bool("lenient", False, "Skip subjects with bad data (recorded) instead of stopping.")
@@ -35,7 +36,8 @@ def main(argv) -> None:
         sys.exit(f"build_ffhq_uv_intrinsics: error: unexpected arguments {argv[1:]}")
     try:
         builder = prepare(_ROOT.value, tfds_dir=_DIR.value, resolution=_RES.value, input_file=_INPUT.value,
-                          uv_maps_dir=_UV.value, test_fraction=_TEST.value, lenient=_LENIENT.value)
+                          pass_files=_PASS_FILES.value, uv_maps_dir=_UV.value, test_fraction=_TEST.value,
+                          lenient=_LENIENT.value)
     except ValueError as e:
         sys.exit(f"build_ffhq_uv_intrinsics: error: {e}")
     meta = builder.info.metadata

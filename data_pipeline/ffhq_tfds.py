@@ -67,8 +67,22 @@ def read_checked(path: str, subject: str, channels: int, size: int, dtype=np.uin
     return np.round(np.clip(arr, 0.0, 1.0) * top).astype(dtype)
 
 
-def config_name(resolution: int, input_file: str, test_fraction: float) -> str:
-    return f"r{resolution}-{input_file}-test{round(test_fraction * 1000):03d}"
+def parse_pass_files(spec: str) -> dict[str, str]:
+    """"albedo=diffuse,raw_diffuse=light_normalized" → PASS_FILES with those targets replaced ("" = default)."""
+    files = dict(PASS_FILES)
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, stem = item.partition("=")
+        if name not in PASS_FILES or not stem:
+            raise ValueError(f"pass_files entry {item!r}: expected <pass>=<file stem> with a pass from "
+                             f"{tuple(PASS_FILES)}")
+        files[name] = stem
+    return files
+
+
+def config_name(resolution: int, input_file: str, test_fraction: float, pass_files: str = "") -> str:
+    name = f"r{resolution}-{input_file}-test{round(test_fraction * 1000):03d}"
+    changed = sorted(f"{k}={v}" for k, v in parse_pass_files(pass_files).items() if PASS_FILES[k] != v)
+    return name + ("-" + "-".join(c.replace("=", ".") for c in changed) if changed else "")
 
 
 @dataclasses.dataclass
@@ -78,10 +92,11 @@ class FfhqUvIntrinsicsConfig(tfds.core.BuilderConfig):
     resolution: int = 512
     input_file: str = "uv_map"  # FFHQ-UV's texture, or a pass file stem such as "diffuse"
     test_fraction: float = 0.05
+    pass_files: str = ""  # target file of each pass where not the default, e.g. "albedo=diffuse"
 
 
-def make_config(resolution: int = 512, input_file: str = "uv_map",
-                test_fraction: float = 0.05) -> FfhqUvIntrinsicsConfig:
+def make_config(resolution: int = 512, input_file: str = "uv_map", test_fraction: float = 0.05,
+                pass_files: str = "") -> FfhqUvIntrinsicsConfig:
     """A builder config, validated; ValueError names the bad option."""
     if resolution < 16:
         raise ValueError(f"resolution {resolution} is below 16 (the paper's are {RESOLUTIONS})")
@@ -89,8 +104,10 @@ def make_config(resolution: int = 512, input_file: str = "uv_map",
         raise ValueError(f"input_file {input_file!r} is not 'uv_map' or one of {sorted(PASS_FILES.values())}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction {test_fraction} must be in (0, 1)")
-    return FfhqUvIntrinsicsConfig(name=config_name(resolution, input_file, test_fraction), resolution=resolution,
-                                  input_file=input_file, test_fraction=test_fraction)
+    parse_pass_files(pass_files)
+    return FfhqUvIntrinsicsConfig(name=config_name(resolution, input_file, test_fraction, pass_files),
+                                  resolution=resolution, input_file=input_file, test_fraction=test_fraction,
+                                  pass_files=pass_files)
 
 
 class FfhqUvIntrinsics(tfds.core.GeneratorBasedBuilder):
@@ -133,11 +150,12 @@ class FfhqUvIntrinsics(tfds.core.GeneratorBasedBuilder):
         if not test or len(test) == len(ids):
             raise ValueError(f"{len(ids)} subjects under {data!r} give {len(test)} held-out subjects at "
                              f"test_fraction={c.test_fraction}: both splits need subjects")
-        self.info.metadata.update(held_out_subjects=test, input_file=c.input_file, test_fraction=c.test_fraction,
-                                  skipped_subjects={})
+        targets = parse_pass_files(c.pass_files)
+        self.info.metadata.update(held_out_subjects=test, input_file=c.input_file, pass_files=targets,
+                                  test_fraction=c.test_fraction, skipped_subjects={})
         paths = lambda i: {"image": (os.path.join(uv_dir, f"{i}.png") if c.input_file == "uv_map"
                                      else os.path.join(data, i, f"{c.input_file}.png")),
-                           **{p: os.path.join(data, i, f"{stem}.png") for p, stem in PASS_FILES.items()}}
+                           **{p: os.path.join(data, i, f"{stem}.png") for p, stem in targets.items()}}
         return {"train": self._generate_examples([(i, paths(i)) for i in ids if i not in set(test)]),
                 "test": self._generate_examples([(i, paths(i)) for i in test])}
 
@@ -157,12 +175,12 @@ class FfhqUvIntrinsics(tfds.core.GeneratorBasedBuilder):
 
 
 def prepare(root: str, *, tfds_dir: str = "", resolution: int = 512, input_file: str = "uv_map",
-            uv_maps_dir: str = "", test_fraction: float = 0.05, lenient: bool = False):
+            pass_files: str = "", uv_maps_dir: str = "", test_fraction: float = 0.05, lenient: bool = False):
     """The prepared builder for these options, building it first (with progress bars) when absent.
 
     Raises ValueError (bad options or data; BadSubjectData names the subject and file).
     """
-    builder = FfhqUvIntrinsics(config=make_config(resolution, input_file, test_fraction), data_dir=tfds_dir or None,
+    builder = FfhqUvIntrinsics(config=make_config(resolution, input_file, test_fraction, pass_files), data_dir=tfds_dir or None,
                                file_format="array_record", uv_maps_dir=uv_maps_dir, lenient=lenient)
     if not builder.is_prepared():
         import jax  # only here: building needs no jax

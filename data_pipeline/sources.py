@@ -99,6 +99,7 @@ def make_source(data_config, split: str, num_records: int, passes: Sequence[str]
                                       uv_maps_dir=data_config.uv_maps_dir, test_fraction=data_config.test_fraction)
     from data_pipeline.ffhq_tfds import prepare
     builder = prepare(data_config.root, tfds_dir=data_config.tfds_dir, resolution=data_config.resolution,
-                      input_file=data_config.input_file, uv_maps_dir=data_config.uv_maps_dir,
-                      test_fraction=data_config.test_fraction, lenient=data_config.lenient)
+                      input_file=data_config.input_file, pass_files=data_config.pass_files,
+                      uv_maps_dir=data_config.uv_maps_dir, test_fraction=data_config.test_fraction,
+                      lenient=data_config.lenient)
     return PreparedSource(builder.as_data_source(split=split), passes)

@@ -59,7 +59,8 @@ def test_records_match_the_raw_reader(built, raw):
 def test_grain_reads_the_prepared_dataset(built, raw):
     _, tfds_dir = built
     c = ConfigDict(dict(source="ffhq_uv_intrinsics", root=raw, tfds_dir=tfds_dir, resolution=32,
-                        input_file="uv_map", uv_maps_dir="", test_fraction=0.25, lenient=False, seed=0))
+                        input_file="uv_map", uv_maps_dir="", test_fraction=0.25, lenient=False, seed=0,
+                        pass_files=""))
     src = sources.make_source(c, "train", 0, ("albedo", "normal"))
     batch = next(iter(loader.make_loader(src, batch_size=4, crop_size=24, train=True, seed=0)))
     assert set(batch) == {"image", "mask", "albedo", "normal"}
@@ -139,3 +140,15 @@ def test_training_prepares_the_dataset_on_first_use(raw, tmp_path):
     state = loop.train_and_evaluate(c, str(tmp_path / "run"))
     assert int(state.step) == 2
     assert os.path.isdir(tmp_path / "tfds" / "ffhq_uv_intrinsics" / "r32-uv_map-test250" / "1.0.0")
+
+
+def test_target_files_are_an_option(built, raw):
+    builder, tfds_dir = built
+    swapped = prepare(raw, tfds_dir=tfds_dir, resolution=32, test_fraction=0.25, pass_files="albedo=diffuse")
+    assert swapped.builder_config.name == "r32-uv_map-test250-albedo.diffuse"
+    assert swapped.info.metadata["pass_files"]["albedo"] == "diffuse"
+    a, b = builder.as_data_source(split="test")[0], swapped.as_data_source(split="test")[0]
+    assert a["subject_id"] == b["subject_id"]
+    np.testing.assert_array_equal(b["albedo"], a["raw_diffuse"])
+    with pytest.raises(ValueError, match="expected <pass>=<file stem>"):
+        prepare(raw, tfds_dir=tfds_dir, resolution=32, test_fraction=0.25, pass_files="albdo=diffuse")
