@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data_pipeline.ffhq_uv_intrinsics import CHANNELS, PASS_FILES, is_test_subject
+from data_pipeline.ffhq_uv_intrinsics import CHANNELS, PASS_FILES, decode, is_test_subject
 
 RESOLUTIONS = (512, 1024)  # the predefined configs; any size >= 16 works (tests use small ones)
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
@@ -35,7 +35,7 @@ class BadSubjectData(ValueError):
 def read_checked(path: str, subject: str, channels: int, size: int, dtype=np.uint8) -> np.ndarray:
     """An (size, size, channels) array of `dtype` from one PNG, or BadSubjectData saying what is wrong.
 
-    Files must be square and at least `size` wide (area-downsampled to it); 3-channel passes must be colour.
+    Files must be square and at least `size` wide (box-filtered down to it); 3-channel passes must be colour.
     """
     if not os.path.isfile(path):
         raise BadSubjectData(subject, path, "missing")
@@ -47,24 +47,15 @@ def read_checked(path: str, subject: str, channels: int, size: int, dtype=np.uin
                 raise BadSubjectData(subject, path, f"size {w}x{h}; expected a square of at least {size}")
             if channels == 3 and mode in _GREY_MODES:
                 raise BadSubjectData(subject, path, f"1 channel (mode {mode}); expected 3")
-            if mode.startswith("I"):
-                arr = (np.asarray(im, np.float64) / 65535.0)[..., None]
-            else:
-                arr = np.asarray(im.convert("RGB" if channels == 3 else "L"), np.float64) / 255.0
+            arr = decode(im, channels, size)
     except (OSError, SyntaxError, ValueError) as e:
         if isinstance(e, BadSubjectData):
             raise
         raise BadSubjectData(subject, path, f"corrupt or truncated image ({e})") from None
-    arr = arr.reshape(h, w, -1)[..., :channels] if arr.ndim == 3 else arr[..., None]
-    if w != size:  # area downsample by an integer factor, else a box filter
-        f = w // size
-        if f * size == w:
-            arr = arr.reshape(size, f, size, f, -1).mean(axis=(1, 3))
-        else:
-            arr = np.stack([np.asarray(Image.fromarray(arr[..., c].astype(np.float32), mode="F").resize(
-                (size, size), Image.BOX)) for c in range(arr.shape[-1])], axis=-1)
-    top = np.iinfo(dtype).max
-    return np.round(np.clip(arr, 0.0, 1.0) * top).astype(dtype)
+    if arr.dtype == dtype:
+        return arr
+    scale = np.iinfo(dtype).max / np.iinfo(arr.dtype).max  # 8 → 16 bits is ×257, exact
+    return np.round(arr.astype(np.float64) * scale).astype(dtype)
 
 
 def parse_pass_files(spec: str) -> dict[str, str]:

@@ -29,21 +29,27 @@ def is_test_subject(subject_id: str, test_fraction: float) -> bool:
     return h / 2**32 < test_fraction
 
 
-def read_png(path: str, channels: int, size: int) -> np.ndarray:
-    """An HWC uint8/uint16 array with `channels` channels at size×size (area-resized if needed)."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I"):  # 16-bit grey
-            arr = np.asarray(im, np.uint16)[..., None]
-        else:
-            arr = np.asarray(im.convert("RGB" if channels == 3 else "L"))
-            arr = arr[..., None] if arr.ndim == 2 else arr
+def decode(im: Image.Image, channels: int, size: int) -> np.ndarray:
+    """An opened, loaded image as an HWC uint8/uint16 array with `channels` channels at size×size
+    (box-filtered if needed)."""
+    if im.mode in ("I;16", "I;16B", "I"):  # 16-bit grey
+        arr = np.asarray(im, np.uint16)[..., None]
+    else:
+        arr = np.asarray(im.convert("RGB" if channels == 3 else "L"))
+        arr = arr[..., None] if arr.ndim == 2 else arr
     if arr.shape[2] != channels:
         arr = np.repeat(arr[..., :1], channels, axis=2) if arr.shape[2] == 1 else arr[..., :channels]
     if arr.shape[:2] != (size, size):
         chans = [np.asarray(Image.fromarray(arr[..., c]).resize((size, size), Image.BOX)) for c in range(channels)]
         arr = np.stack(chans, axis=-1).astype(arr.dtype)
     return arr
+
+
+def read_png(path: str, channels: int, size: int) -> np.ndarray:
+    """`decode` of the file at `path`."""
+    with Image.open(path) as im:
+        im.load()
+        return decode(im, channels, size)
 
 
 class FFHQUVIntrinsicsSource:

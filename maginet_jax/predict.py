@@ -70,6 +70,7 @@ class Predictor:
         from maginet_jax.stages.passes import build_models
         from maginet_jax.stages.supervised import albedo_multiple
         from maginet_jax.training import runs, sharding
+        from maginet_jax.training.objectives import split_channels
 
         mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(shape=(1,), axes=("data",))), jax.devices()[:1])
         init = ml_collections.ConfigDict(dict(albedo_workdir=albedo_workdir, refine_workdir=refine_workdir))
@@ -83,16 +84,15 @@ class Predictor:
                               pix2pixhd.generator_multiple(config.model)))
         if self.size % multiple:
             raise UserError(f"working size {self.size} must be a multiple of {multiple} for these networks")
-        edges = np.cumsum([config.pass_channels[p] for p in self.passes])[:-1]
+        channels = [config.pass_channels[p] for p in self.passes]
 
         def run(frozen, image):
             albedo = upstream.refined_albedo(frozen["upstream"], {"image": image})
             fake = nnx.merge(g_graphdef, frozen["generator"])(albedo * 2.0 - 1.0)
-            return albedo, (fake + 1.0) / 2.0
+            return {"albedo": albedo, **dict(zip(self.passes, split_channels((fake + 1.0) / 2.0, channels)))}
 
         self._frozen = {"upstream": upstream.params, "generator": g_params}
         self._run = jax.jit(run)
-        self._edges = edges
 
     def __call__(self, image: np.ndarray, native: bool = False) -> dict[str, np.ndarray]:
         """{"albedo": ..., pass: ...} as HWC float arrays in [0, 1], at the input's size unless `native`."""
@@ -100,9 +100,8 @@ class Predictor:
         side = max(h, w)
         top, left = (side - h) // 2, (side - w) // 2
         square = np.pad(image, ((top, side - h - top), (left, side - w - left), (0, 0)), mode="edge")
-        albedo, passes = self._run(self._frozen, resize(square, self.size, self.size)[None])
-        outputs = {"albedo": np.asarray(albedo[0])}
-        outputs.update(zip(self.passes, np.split(np.asarray(passes[0]), self._edges, axis=-1)))
+        got = self._run(self._frozen, resize(square, self.size, self.size)[None])
+        outputs = {k: np.asarray(got[k][0]) for k in ("albedo", *self.passes)}  # jit returns keys sorted
         if not native:
             outputs = {k: resize(v, side, side)[top:top + h, left:left + w] for k, v in outputs.items()}
         outputs = {k: np.clip(v, 0.0, 1.0) for k, v in outputs.items()}

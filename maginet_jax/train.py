@@ -19,7 +19,7 @@ import tempfile
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from maginet_jax.errors import UserError
+from maginet_jax.errors import UserError, check_choices
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file, e.g. configs/albedo.py:demo.",
                                           lock_config=True)
@@ -40,11 +40,9 @@ def validate_config(config) -> None:
     d = config.data
     if d.crop_size > d.resolution:
         raise UserError(f"data.crop_size {d.crop_size} exceeds data.resolution {d.resolution}")
-    choices = {"optim.schedule": (config.optim.schedule, optim.SCHEDULES), "data.source": (d.source, sources.SOURCES),
-               "model.dtype": (config.model.dtype, ("float32", "bfloat16", "float16"))}
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise UserError(f"{key}={value!r} is not one of {allowed}")
+    check_choices({"optim.schedule": (config.optim.schedule, optim.SCHEDULES),
+                   "data.source": (d.source, sources.SOURCES),
+                   "model.dtype": (config.model.dtype, ("float32", "bfloat16", "float16"))})
     for key in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
                 "eval.batch_size", "eval.num_examples", "data.num_train_examples", "max_checkpoints_to_keep"):
         value = config

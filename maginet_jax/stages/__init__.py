@@ -7,30 +7,28 @@ A stage provides `initial_state` (sharded), `state_sharding`, jitted `train_step
 
 from __future__ import annotations
 
-from maginet_jax.errors import UserError
+import importlib
 
-STAGES = ("albedo", "refine", "passes")
+from maginet_jax.errors import check_choices
+
+# stage → (module, stage class, config check)
+_STAGES = {"albedo": ("supervised", "AlbedoStage", "validate_albedo"),
+           "refine": ("supervised", "RefineStage", "validate_refine"),
+           "passes": ("passes", "PassesStage", "validate_passes")}
+STAGES = tuple(_STAGES)
+
+
+def _lookup(config, which: int):
+    check_choices({"stage": (config.stage, STAGES)})
+    module, *names = _STAGES[config.stage]
+    return getattr(importlib.import_module(f"maginet_jax.stages.{module}"), names[which])
 
 
 def make_stage(config, mesh):
     """The stage `config.stage` names, built (networks initialised, steps jitted) on `mesh`."""
-    if config.stage == "albedo":
-        from maginet_jax.stages.supervised import AlbedoStage
-        return AlbedoStage(config, mesh)
-    if config.stage == "refine":
-        from maginet_jax.stages.supervised import RefineStage
-        return RefineStage(config, mesh)
-    if config.stage == "passes":
-        from maginet_jax.stages.passes import PassesStage
-        return PassesStage(config, mesh)
-    raise UserError(f"stage={config.stage!r} is not one of {STAGES}")
+    return _lookup(config, 0)(config, mesh)
 
 
 def validate(config) -> None:
     """The stage's own config checks (models, inputs from earlier stages); UserError on the first problem."""
-    from maginet_jax.stages import passes, supervised
-    checks = {"albedo": supervised.validate_albedo, "refine": supervised.validate_refine,
-              "passes": passes.validate_passes}
-    if config.stage not in checks:
-        raise UserError(f"stage={config.stage!r} is not one of {STAGES}")
-    checks[config.stage](config)
+    _lookup(config, 1)(config)

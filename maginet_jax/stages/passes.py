@@ -19,13 +19,13 @@ from jax.sharding import Mesh
 
 from data_pipeline import shading
 from maginet_jax import gan_losses, losses
-from maginet_jax.errors import UserError
+from maginet_jax.errors import UserError, check_choices
 from maginet_jax.models import pix2pixhd
 from maginet_jax.stages.inputs import Upstream
 from maginet_jax.training import optim, runs, steps
 from maginet_jax.training.gan_step import gan_train_step, init_gan_state
 from maginet_jax.perceptual.losses import VGG_BACKBONES
-from maginet_jax.training.objectives import PassesObjective
+from maginet_jax.training.objectives import PASSES_TERMS, PassesObjective, active_weights
 
 CONDITION_CHANNELS = 3
 IMPORT_STAGE = "pix2pixhd_import"
@@ -75,7 +75,7 @@ class PassesStage:
         self.initial_state = state
         self.state_sharding = jax.tree.map(lambda x: x.sharding, state)
 
-        frozen = {"objective": self.objective.frozen, "inputs": self.upstream.params}
+        frozen = steps.place_frozen({"objective": self.objective.frozen, "inputs": self.upstream.params}, mesh)
         names = ("g_loss", "d", "g_gan", *(("g_fm",) if config.losses.fm > 0 else ()), *self.objective.terms,
                  "learning_rate")
         train = functools.partial(self._train_step, g_tx=g_tx, d_tx=d_tx, schedule=schedule,
@@ -143,10 +143,9 @@ def _start_from(config, state):
     source = runs.read_config(directory, expect_stage=(IMPORT_STAGE, "passes"), what=what)
     check_same_architecture(source, config, what)
     folder = runs.params_dir(directory, what=what)
-    like = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-    g = runs.restore_params(folder, like(state.g_params), key="g_params", what=what)
+    g = runs.restore_params(folder, state.g_params, key="g_params", what=what)
     has_d = source.stage == "passes" or source.get("has_discriminator", False)
-    d = runs.restore_params(folder, like(state.d_params), key="d_params", what=what) if has_d else state.d_params
+    d = runs.restore_params(folder, state.d_params, key="d_params", what=what) if has_d else state.d_params
     return state.replace(g_params=g, d_params=d)
 
 
@@ -177,10 +176,7 @@ def validate_passes(config) -> None:
     if bad:
         raise UserError(f"pass_channels must be 1 or 3 for every pass, got {bad}")
     m = config.model
-    if m.netG not in pix2pixhd.GENERATORS:
-        raise UserError(f"model.netG={m.netG!r} is not one of {pix2pixhd.GENERATORS}")
-    if config.gan.mode not in gan_losses.GAN_MODES:
-        raise UserError(f"gan.mode={config.gan.mode!r} is not one of {gan_losses.GAN_MODES}")
+    check_choices({"model.netG": (m.netG, pix2pixhd.GENERATORS), "gan.mode": (config.gan.mode, gan_losses.GAN_MODES)})
     multiple = pix2pixhd.generator_multiple(m)
     if config.data.crop_size % multiple:
         raise UserError(f"data.crop_size {config.data.crop_size} is not divisible by {multiple}, which the "
@@ -192,10 +188,9 @@ def validate_passes(config) -> None:
         raise UserError(f"optim.niter_fix_global={fix} must be in [0, num_train_steps={config.num_train_steps})")
     if config.losses.fm > 0 and not m.getIntermFeat:
         raise UserError("losses.fm > 0 (feature matching) needs model.getIntermFeat=True, as in pix2pixHD")
-    if min(config.losses.fm, config.losses.mse, config.losses.vgg) < 0:
-        raise UserError(f"loss weights must be >= 0, got {dict(config.losses)}")
-    if config.losses.vgg > 0 and config.perceptual.vgg_backbone not in VGG_BACKBONES:
-        raise UserError(f"perceptual.vgg_backbone={config.perceptual.vgg_backbone!r} is not one of {VGG_BACKBONES}")
+    active_weights(config.losses, PASSES_TERMS, allow_none=True)
+    if config.losses.vgg > 0:
+        check_choices({"perceptual.vgg_backbone": (config.perceptual.vgg_backbone, VGG_BACKBONES)})
     validate_inputs(config, refine=True)
     if config.init.pix2pixhd:
         source = runs.read_config(config.init.pix2pixhd, expect_stage=(IMPORT_STAGE, "passes"), what="init.pix2pixhd")

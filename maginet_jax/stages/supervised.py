@@ -11,7 +11,7 @@ from clu import parameter_overview
 from flax import nnx
 from jax.sharding import Mesh
 
-from maginet_jax.errors import UserError
+from maginet_jax.errors import UserError, check_choices
 from maginet_jax.models import attention, layers
 from maginet_jax.models.albedo_net import ARCHS, FUSIONS, build_albedo_net
 from maginet_jax.models.layers import resize_to
@@ -80,12 +80,6 @@ class RefineStage(SupervisedStage):
                          upstream.params)
 
 
-def _check_choices(choices: dict) -> None:
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise UserError(f"{key}={value!r} is not one of {tuple(allowed)}")
-
-
 def albedo_multiple(model_config) -> int:
     """AlbedoNet halves the image once per level after the first."""
     return 2 ** (len(model_config.widths) - 1)
@@ -99,7 +93,7 @@ def validate_albedo(config) -> None:
     if crop % albedo_multiple(m):
         raise UserError(f"data.crop_size {crop} is not divisible by {albedo_multiple(m)}: a {len(m.widths)}-level "
                         f"AlbedoNet halves the image {len(m.widths) - 1} times")
-    _check_choices({"model.arch": (m.get("arch", "maginet"), ARCHS), "model.norm": (m.norm, layers.NORMS),
+    check_choices({"model.arch": (m.get("arch", "maginet"), ARCHS), "model.norm": (m.norm, layers.NORMS),
                     "model.attention": (m.attention, attention.ATTENTIONS), "model.fusion": (m.fusion, FUSIONS),
                     "model.activation": (m.activation, layers.ACTIVATIONS)})
     if m.get("arch") == "unet" and config.losses.side > 0:
@@ -130,6 +124,6 @@ def validate_refine(config) -> None:
     """Checks config.model of stage 2 and its inputs."""
     if len(config.model.widths) != 2:
         raise UserError(f"model.widths of RefinementNet are its two hidden widths, got {tuple(config.model.widths)}")
-    _check_choices({"model.activation": (config.model.activation, layers.ACTIVATIONS)})
+    check_choices({"model.activation": (config.model.activation, layers.ACTIVATIONS)})
     _check_losses(config)
     validate_inputs(config, refine=False)

@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from maginet_jax import gan_losses
 from maginet_jax.training import sharding
+from maginet_jax.training.state import abstract_model
 
 
 @flax.struct.dataclass
@@ -86,7 +87,6 @@ def init_gan_state(build_generator: Callable[[nnx.Rngs], nnx.Module],
         return GANState(step=jnp.zeros((), jnp.int32), g_params=g, d_params=d, g_opt_state=g_tx.init(g),
                         d_opt_state=d_tx.init(d), rng=step_key)
 
-    g_graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_generator(nnx.Rngs(params=0))), nnx.Param)
-    d_graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_discriminator(nnx.Rngs(params=0))), nnx.Param)
+    (g_graphdef, _), (d_graphdef, _) = abstract_model(build_generator), abstract_model(build_discriminator)
     state = jax.jit(init, out_shardings=sharding.replicated(mesh))(g_key, d_key, step_key)
     return g_graphdef, d_graphdef, state

@@ -14,15 +14,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maginet_jax import losses
-from maginet_jax.errors import UserError
+from maginet_jax.errors import UserError, check_choices
 from maginet_jax.perceptual import lpips as lpips_lib
 from maginet_jax.perceptual.losses import VGG_BACKBONES, PatchLPIPSLoss, VGGPerceptualLoss, to_rgb
 
 ALBEDO_TERMS = ("mse", "edge", "side", "vgg", "lpips")
 
 
-def active_weights(loss_weights, terms: tuple[str, ...] = ALBEDO_TERMS) -> dict[str, float]:
-    """The non-zero loss weights, after checking names and signs."""
+def active_weights(loss_weights, terms: tuple[str, ...] = ALBEDO_TERMS, *,
+                   allow_none: bool = False) -> dict[str, float]:
+    """The non-zero loss weights, after checking names and signs; all zero is an error unless `allow_none`
+    (a stage with another loss of its own, such as the GAN term)."""
     weights = dict(loss_weights)
     unknown = sorted(set(weights) - set(terms))
     if unknown:
@@ -30,17 +32,15 @@ def active_weights(loss_weights, terms: tuple[str, ...] = ALBEDO_TERMS) -> dict[
     if any(w < 0 for w in weights.values()):
         raise UserError(f"loss weights must be >= 0, got {weights}")
     active = {k: float(w) for k, w in weights.items() if w > 0}
-    if not active:
+    if not active and not allow_none:
         raise UserError("every loss weight is 0: nothing to train")
     return active
 
 
 def check_perceptual_config(p, crop_size: int) -> None:
     """Validates `config.perceptual` without loading any network."""
-    if p.vgg_backbone not in VGG_BACKBONES:
-        raise UserError(f"perceptual.vgg_backbone={p.vgg_backbone!r} is not one of {VGG_BACKBONES}")
-    if p.lpips_net not in lpips_lib.NETS:
-        raise UserError(f"perceptual.lpips_net={p.lpips_net!r} is not one of {lpips_lib.NETS}")
+    check_choices({"perceptual.vgg_backbone": (p.vgg_backbone, VGG_BACKBONES),
+                   "perceptual.lpips_net": (p.lpips_net, lpips_lib.NETS)})
     smallest = lpips_lib.MIN_SIZE[p.lpips_net]
     if not smallest <= p.patch_size <= crop_size:
         raise UserError(f"perceptual.patch_size {p.patch_size} must be in [{smallest}, data.crop_size={crop_size}] "
@@ -94,6 +94,11 @@ class AlbedoObjective:
 PASSES_TERMS = ("mse", "vgg", "fm")
 
 
+def split_channels(x: jax.Array, channels) -> list[jax.Array]:
+    """Passes concatenated on the last axis → one array per pass, of `channels` channels each."""
+    return jnp.split(x, list(itertools.accumulate(channels))[:-1], axis=-1)
+
+
 class PassesObjective:
     """Stage-3 reconstruction terms on every pass: masked MSE and VGG perceptual, each averaged over passes.
 
@@ -102,11 +107,8 @@ class PassesObjective:
     """
 
     def __init__(self, loss_weights, perceptual_config, channels: tuple[int, ...]):
-        weights = dict(loss_weights)
-        unknown = sorted(set(weights) - set(PASSES_TERMS))
-        if unknown or any(w < 0 for w in weights.values()):
-            raise UserError(f"loss weights {weights}: expected non-negative weights for {PASSES_TERMS}")
-        self.weights = {k: float(weights[k]) for k in ("mse", "vgg") if weights.get(k, 0) > 0}
+        active = active_weights(loss_weights, PASSES_TERMS, allow_none=True)
+        self.weights = {k: active[k] for k in ("mse", "vgg") if k in active}
         self.channels = tuple(channels)
         nets = PerceptualNets(perceptual_config, vgg=True, lpips=False) if "vgg" in self.weights else nnx.Dict()
         self._graphdef, self.frozen = nnx.split(nets)
@@ -117,7 +119,7 @@ class PassesObjective:
 
     def split(self, x: jax.Array) -> list[jax.Array]:
         """Channel-concatenated passes → one array per pass."""
-        return jnp.split(x, list(itertools.accumulate(self.channels))[:-1], axis=-1)
+        return split_channels(x, self.channels)
 
     def __call__(self, frozen, pred: jax.Array, target: jax.Array, mask: jax.Array):
         """`pred` and `target` hold all passes concatenated on channels, in [0, 1]."""

@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 
 from maginet_jax.errors import UserError
 from maginet_jax.training import sharding
+from maginet_jax.training.state import abstract_model
 
 
 def read_config(workdir: str, *, expect_stage: str | tuple[str, ...], what: str) -> ml_collections.ConfigDict:
@@ -55,13 +56,14 @@ def params_dir(workdir: str, *, what: str) -> str:
 
 def abstract_params(build: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State]:
     """(graphdef, parameter shapes) of the module `build` makes, without allocating it; leaves are replicated."""
-    graphdef, params = nnx.split(nnx.eval_shape(lambda: build(nnx.Rngs(params=0))), nnx.Param)
+    graphdef, params = abstract_model(build)
     replicated = sharding.replicated(mesh)
     return graphdef, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), params)
 
 
 def restore_params(directory: str, like: nnx.State, *, key: str = "params", what: str) -> nnx.State:
-    """The subtree `key` of the saved state in `directory`, shaped, typed and sharded like `like`."""
+    """The subtree `key` of the saved state in `directory`, shaped, typed and sharded like `like` (arrays or
+    ShapeDtypeStructs)."""
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), like)
     try:
         with ocp.PyTreeCheckpointer() as checkpointer:

@@ -26,6 +26,11 @@ class TrainState:
     rng: jax.Array  # raw uint32 key: split every step, so stochastic loss terms resume exactly
 
 
+def abstract_model(build_model: Callable[[nnx.Rngs], nnx.Module]) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, parameter shapes) of the module `build_model` makes, without allocating it."""
+    return nnx.split(nnx.eval_shape(lambda: build_model(nnx.Rngs(params=0))), nnx.Param)
+
+
 def init_train_state(build_model: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation,
                      seed: int, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState]:
     """Builds the model on-device (parameters replicated over `mesh`) and returns (graphdef, state).
@@ -40,6 +45,6 @@ def init_train_state(build_model: Callable[[nnx.Rngs], nnx.Module], tx: optax.Gr
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           rng=step_key)
 
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(nnx.Rngs(params=0))), nnx.Param)
+    graphdef, _ = abstract_model(build_model)
     state = jax.jit(init, out_shardings=sharding.replicated(mesh))(params_key, step_key)
     return graphdef, state

@@ -29,27 +29,29 @@ def train_metrics_class(terms: tuple[str, ...]) -> type[clu_metrics.Collection]:
 EvalMetrics = metrics_class(("albedo_mse", "psnr", "copy_input_mse"))
 
 
+def place_frozen(frozen, mesh: Mesh):
+    """Networks that are not trained (perceptual nets, earlier stages), replicated on the devices once.
+
+    They go into the steps as an argument: closing over them would bake their weights into the program.
+    """
+    return jax.device_put(frozen, sharding.replicated(mesh))
+
+
+def _bind(fn: Callable, mesh: Mesh, state_sharding, frozen, out_shardings, donate: tuple[int, ...]) -> Callable:
+    jitted = jax.jit(fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+                     out_shardings=out_shardings, donate_argnums=donate)
+    return lambda state, batch: jitted(state, batch, frozen)
+
+
 def jit_train_step(fn: Callable, mesh: Mesh, state_sharding, frozen) -> Callable:
     """`fn(state, batch, frozen) -> (state, metrics)` as `(state, batch) -> (state, metrics)`, jitted with
-    explicit shardings and the input state donated.
-
-    `frozen` (networks that are not trained: perceptual nets, earlier stages) goes in as a replicated
-    argument, placed on the devices once; closing over it would bake its weights into the program.
-    """
-    replicated = sharding.replicated(mesh)
-    jitted = jax.jit(fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh), replicated),
-                     out_shardings=(state_sharding, replicated), donate_argnums=0)
-    frozen = jax.device_put(frozen, replicated)
-    return lambda state, batch: jitted(state, batch, frozen)
+    explicit shardings and the input state donated; `frozen` comes from `place_frozen`."""
+    return _bind(fn, mesh, state_sharding, frozen, (state_sharding, sharding.replicated(mesh)), (0,))
 
 
 def jit_eval_step(fn: Callable, mesh: Mesh, state_sharding, frozen) -> Callable:
     """`fn(state, batch, frozen) -> (metrics, images)` as `(state, batch) -> ...`; images stay batch-sharded."""
-    replicated = sharding.replicated(mesh)
-    jitted = jax.jit(fn, in_shardings=(state_sharding, sharding.batch_sharding(mesh), replicated),
-                     out_shardings=(replicated, sharding.batch_sharding(mesh)))
-    frozen = jax.device_put(frozen, replicated)
-    return lambda state, batch: jitted(state, batch, frozen)
+    return _bind(fn, mesh, state_sharding, frozen, (sharding.replicated(mesh), sharding.batch_sharding(mesh)), ())
 
 
 def supervised_train_step(state: TrainState, batch, frozen, *, forward, objective, tx, schedule, metrics_cls):
@@ -83,7 +85,7 @@ def supervised_eval_step(state: TrainState, batch, frozen, *, forward):
 
 def make_supervised_steps(forward: Callable, objective, tx, schedule, mesh: Mesh, state_sharding, inputs):
     """(train_step, eval_step) for a stage trained on `objective` alone; `inputs` are its frozen inputs."""
-    frozen = {"objective": objective.frozen, "inputs": inputs}
+    frozen = place_frozen({"objective": objective.frozen, "inputs": inputs}, mesh)
     train = functools.partial(supervised_train_step, forward=forward, objective=objective, tx=tx,
                               schedule=schedule, metrics_cls=train_metrics_class(objective.terms))
     evaluate = functools.partial(supervised_eval_step, forward=forward)
