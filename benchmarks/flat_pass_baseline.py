@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data_pipeline import sources, transforms  # noqa: E402
+from data_pipeline import loader, synthetic  # noqa: E402
 
 PASSES = ("ambient_occlusion", "normal", "specular", "translucency", "raw_diffuse")
 
@@ -25,9 +25,9 @@ def main() -> None:
     parser.add_argument("--num_examples", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="the synthetic dataset's data.seed")
     args = parser.parse_args()
-    src = sources.SyntheticSource(num_records=args.num_examples, resolution=args.resolution, split="test",
+    src = synthetic.SyntheticSource(num_records=args.num_examples, resolution=args.resolution, split="test",
                                   seed=args.seed, passes=PASSES)
-    records = [transforms.Decode().map(src[i]) for i in range(len(src))]
+    records = [loader.Decode().map(src[i]) for i in range(len(src))]
     masks = np.stack([r["mask"] for r in records])
     scores = {}
     for p in PASSES:

@@ -18,7 +18,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import jax  # noqa: E402
+from flax import nnx  # noqa: E402
+
 from data_pipeline import shading, synthetic  # noqa: E402
+from maginet_jax.errors import UserError  # noqa: E402
+from maginet_jax.stages import supervised  # noqa: E402
+from maginet_jax.training import runs, sharding  # noqa: E402
 
 
 def main() -> None:
@@ -28,17 +34,13 @@ def main() -> None:
     parser.add_argument("--num_lights", type=int, default=8)
     args = parser.parse_args()
 
-    import jax
-    import ml_collections
-    from flax import nnx
-    from maginet_jax.models.albedo_net import build_albedo_net
-    from maginet_jax.training import runs, sharding
-
-    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(shape=(1,), axes=("data",))), jax.devices()[:1])
-    config, graphdef, params = runs.load_model_params(
-        args.workdir, stage="albedo", what="--workdir", mesh=mesh,
-        build=lambda c, rngs: build_albedo_net(c.model, rngs=rngs))
-    predict = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x)[0])
+    mesh = sharding.make_mesh((("data", 1),), jax.devices()[:1])
+    try:
+        config, graphdefs, params = runs.load_params(args.workdir, supervised.networks, stage="albedo",
+                                                     what="--workdir", mesh=mesh)
+    except UserError as e:
+        sys.exit(f"lighting_invariance.py: error: {e}")
+    predict = jax.jit(lambda p, x: nnx.merge(graphdefs["model"], p["model"])(x)[0])
     size = config.data.crop_size
     spreads, errors = [], []
     for i in range(args.num_textures):

@@ -1,9 +1,10 @@
-r"""Added cost per train step of the VGG-perceptual and patch-LPIPS terms (stage 1).
+r"""Added cost per train step of the VGG-perceptual and patch-LPIPS terms (stages 1 and 2).
 
-    python benchmarks/perceptual_cost.py [--config=configs/albedo.py:demo] [--steps=10]
+    python benchmarks/perceptual_cost.py [--config=configs/albedo.py:demo] [--steps=10] [--variants=...]
 
-Times the jitted, sharded train step (compiled and warmed up first) with the base terms (mse, edge, side),
-then with each perceptual term added, then both, on one fixed synthetic batch; prints ms/step.
+Times the stage's jitted, sharded train step (exactly as `python -m maginet_jax.train` runs it; compiled and
+warmed up first) with the base terms, then with each perceptual term added, then both, on one fixed synthetic
+batch; prints ms/step.
 """
 
 from __future__ import annotations
@@ -16,58 +17,61 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-from data_pipeline import loader, sources  # noqa: E402
-from maginet_jax.models.albedo_net import build_albedo_net  # noqa: E402
-from maginet_jax.training import optim, sharding, steps  # noqa: E402
-from maginet_jax.training.objectives import AlbedoObjective  # noqa: E402
-from maginet_jax.training.state import init_train_state  # noqa: E402
+from configs import albedo  # noqa: E402
+from data_pipeline import loader  # noqa: E402
+from maginet_jax import train  # noqa: E402
+from maginet_jax.training import sharding  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/albedo.py:demo", "Stage config.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per variant.")
+VARIANTS = {"base": (False, False), "vgg": (True, False), "lpips": (False, True), "both": (True, True)}
+_VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"Which to time, of {list(VARIANTS)}.")
 
 
 def time_variant(c, batch, mesh, vgg: float, lpips: float) -> float:
     """Mean seconds per train step with the given perceptual weights."""
     c = c.copy_and_resolve_references()
     c.losses.vgg, c.losses.lpips = vgg, lpips
-    objective = AlbedoObjective(c.losses, c.perceptual)
-    tx = optim.make_optimizer(c.optim, c.num_train_steps)
-    graphdef, state = init_train_state(lambda r: build_albedo_net(c.model, rngs=r), tx, c.seed, mesh)
-    step = steps.make_train_step(graphdef, objective, tx, optim.make_schedule(c.optim, c.num_train_steps), mesh,
-                                 jax.tree.map(lambda x: x.sharding, state))
-    batch = sharding.to_global(batch, mesh)
+    stage = train.STAGES[c.stage]
+    graphdefs, state = stage.init(c, mesh)
+    frozen_nets = jax.device_put(stage.frozen_nets(c, mesh), sharding.replicated(mesh))
+    step = train.jit_train_step(c, graphdefs, mesh, jax.tree.map(lambda x: x.sharding, state))
     for _ in range(2):  # compile + warm-up
-        state, m = step(state, batch)
+        state, m = step(state, batch, frozen_nets)
     jax.block_until_ready(m)
     t = time.perf_counter()
     for _ in range(_STEPS.value):
-        state, m = step(state, batch)
+        state, m = step(state, batch, frozen_nets)
     jax.block_until_ready((state, m))
     return (time.perf_counter() - t) / _STEPS.value
 
 
 def main(argv):
     del argv
-    c = _CONFIG.value
+    c = train.CONFIG.value or albedo.get_config("demo")  # train's --config flag, stage 1 or 2
+    if c.stage not in ("albedo", "refine"):
+        sys.exit(f"perceptual_cost.py: error: the perceptual terms are weighed on stage 1 or 2, not {c.stage!r}")
+    if not set(_VARIANTS.value) <= set(VARIANTS):
+        sys.exit(f"perceptual_cost.py: error: --variants must be of {list(VARIANTS)}, got {_VARIANTS.value}")
+    train.validate(c)
     mesh = sharding.make_mesh(c.mesh)
-    src = sources.make_source(c.data, "train", c.batch_size, ("albedo",))
+    src = loader.make_source(c.data, "train", c.batch_size, ("albedo",))
     batch = next(iter(loader.make_loader(src, batch_size=c.batch_size, crop_size=c.data.crop_size, train=True,
                                          seed=0)))
+    batch = sharding.to_global(batch, mesh)
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}), jax {jax.__version__}")
-    print(f"batch {c.batch_size} x {c.data.crop_size}², widths {tuple(c.model.widths)}, vgg {c.perceptual.vgg_backbone}, "
-          f"lpips {c.perceptual.lpips_net} {c.perceptual.num_patches}x{c.perceptual.patch_size}² patches/image")
+    print(f"stage {c.stage}, batch {c.batch_size} x {c.data.crop_size}², widths {tuple(c.model.widths)}, "
+          f"vgg {c.perceptual.vgg_backbone}, lpips {c.perceptual.lpips_net} {c.perceptual.num_patches}x"
+          f"{c.perceptual.patch_size}² patches/image")
     w_vgg, w_lp = c.losses.vgg or 1.0, c.losses.lpips or 1.0
-    base = time_variant(c, batch, mesh, 0.0, 0.0)
-    rows = [("mse + edge + side", base)]
-    rows.append(("+ vgg", time_variant(c, batch, mesh, w_vgg, 0.0)))
-    rows.append(("+ patch-lpips", time_variant(c, batch, mesh, 0.0, w_lp)))
-    rows.append(("+ vgg + patch-lpips", time_variant(c, batch, mesh, w_vgg, w_lp)))
+    names = {"base": "base terms", "vgg": "+ vgg", "lpips": "+ patch-lpips", "both": "+ vgg + patch-lpips"}
+    rows = [(names[v], time_variant(c, batch, mesh, w_vgg * VARIANTS[v][0], w_lp * VARIANTS[v][1]))
+            for v in _VARIANTS.value]
+    base = dict(rows).get("base terms")
     print(f"{'terms':<22}{'ms/step':>10}{'added ms':>10}")
     for name, sec in rows:
-        print(f"{name:<22}{sec * 1e3:>10.1f}{(sec - base) * 1e3:>10.1f}")
-
+        added = f"{(sec - base) * 1e3:>10.1f}" if base is not None else f"{'-':>10}"
+        print(f"{name:<22}{sec * 1e3:>10.1f}{added}")
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: train.parse_flags(argv, prog="perceptual_cost.py"))

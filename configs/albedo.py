@@ -17,13 +17,13 @@ Data: the embedded synthetic generator unless `data.source` / `data.root` point 
 
 import ml_collections
 
-from maginet_jax import config_base
+from configs import common
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    """Returns the stage-1 config; `arg` picks a variant from config_base.VARIANTS."""
-    config_base.check_variant(arg, "albedo")
-    c = config_base.base_config("albedo", resolution=512)
+    """Returns the stage-1 config; `arg` picks a variant from common.VARIANTS."""
+    common.check_variant(arg, "albedo")
+    c = common.base_config("albedo", resolution=512)
 
     c.model = ml_collections.ConfigDict()
     c.model.arch = "maginet"  # maginet (AlbedoNet) | unet (the plain baseline, configs/unet_baseline.py)
@@ -48,7 +48,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.losses.lpips = 0.2  # patch-based LPIPS
 
     if arg == "demo":
-        config_base.apply_demo(c, resolution=128, steps=400)
+        common.apply_demo(c, resolution=128, steps=400)
         c.model.widths = (16, 32, 64, 64)
         c.model.attention_reduction = 8
         # VGG16 adds ~1.5 s to a ~0.75 s step on a 2-core CPU (benchmarks/perceptual_cost.py), which would
@@ -57,7 +57,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.optim.learning_rate = 2e-3
         c.optim.warmup_steps = 50
     elif arg == "smoke":
-        config_base.apply_smoke(c, resolution=40, crop_size=32)
+        common.apply_smoke(c, resolution=40, crop_size=32)
         c.model.widths = (8, 16, 16)
         c.model.attention_reduction = 4
         c.losses.vgg = 0.0  # compiling VGG16 doubles a smoke run; tests switch it on where they need it

@@ -19,13 +19,13 @@ output or from an earlier passes run.
 
 import ml_collections
 
-from maginet_jax import config_base
+from configs import common
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    """Returns the stage-3 config; `arg` picks a variant from config_base.VARIANTS."""
-    config_base.check_variant(arg, "passes")
-    c = config_base.base_config("passes", resolution=1024)
+    """Returns the stage-3 config; `arg` picks a variant from common.VARIANTS."""
+    common.check_variant(arg, "passes")
+    c = common.base_config("passes", resolution=1024)
     c.batch_size = 8
     c.num_train_steps = 100_000
 
@@ -72,7 +72,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.optim.niter_fix_global = 0  # netG=local: train only the local enhancer for this many steps first
 
     if arg == "demo":
-        config_base.apply_demo(c, resolution=256, steps=300, batch_size=4)
+        common.apply_demo(c, resolution=256, steps=300, batch_size=4)
         c.eval.batch_size = 8
         c.model.netG = "global"
         c.model.ngf = 8  # ngf=ndf=16 runs at 0.24 steps/s on 2 CPU cores; 8 at 0.8
@@ -83,7 +83,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.optim.learning_rate = 1e-3
         c.optim.decay_steps = 150
     elif arg == "smoke":
-        config_base.apply_smoke(c, resolution=40, crop_size=32)
+        common.apply_smoke(c, resolution=40, crop_size=32)
         c.model.netG = "global"
         c.model.ngf = 4
         c.model.n_downsample_global = 2

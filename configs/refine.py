@@ -17,13 +17,13 @@ albedo degraded by area-downsampling ×2 (RefinementNet upsamples it back itself
 
 import ml_collections
 
-from maginet_jax import config_base
+from configs import common
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    """Returns the stage-2 config; `arg` picks a variant from config_base.VARIANTS."""
-    config_base.check_variant(arg, "refine")
-    c = config_base.base_config("refine", resolution=1024)
+    """Returns the stage-2 config; `arg` picks a variant from common.VARIANTS."""
+    common.check_variant(arg, "refine")
+    c = common.base_config("refine", resolution=1024)
     c.batch_size = 8
     c.num_train_steps = 50_000
     c.optim.warmup_steps = 500
@@ -44,13 +44,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.losses.lpips = 0.2
 
     if arg == "demo":
-        config_base.apply_demo(c, resolution=256, steps=200, batch_size=4)
+        common.apply_demo(c, resolution=256, steps=200, batch_size=4)
         c.eval.batch_size = 8
         c.losses.vgg = 0.0  # see configs/albedo.py: VGG16 triples a CPU step
         c.optim.learning_rate = 1e-3
         c.optim.warmup_steps = 20
     elif arg == "smoke":
-        config_base.apply_smoke(c, resolution=40, crop_size=32)
+        common.apply_smoke(c, resolution=40, crop_size=32)
         c.model.widths = (8, 8)
         c.losses.vgg = 0.0
         c.optim.learning_rate = 3e-3

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -180,3 +181,20 @@ def prepare(root: str, *, tfds_dir: str = "", resolution: int = 512, input_file:
                              f"multi-host run: python -m data_pipeline.build_ffhq_uv_intrinsics --root {root}")
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
     return builder
+
+
+class PreparedSource:
+    """One split of the prepared (TFDS array_record) FFHQ-UV-Intrinsics, records like `SyntheticSource`'s."""
+
+    def __init__(self, data_source, passes: Sequence[str]):
+        self._ds, self._keys = data_source, ("image", "mask", *passes)
+
+    def __len__(self) -> int:
+        return len(self._ds)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        record = self._ds[index]
+        return {k: record[k] for k in self._keys}
+
+    def __repr__(self) -> str:
+        return f"PreparedSource({self._ds!r}, keys={self._keys})"

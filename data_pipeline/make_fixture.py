@@ -14,7 +14,7 @@ import os
 from absl import app, flags
 from PIL import Image
 
-from data_pipeline import sources, synthetic
+from data_pipeline import synthetic
 from data_pipeline.ffhq_uv_intrinsics import PASS_FILES
 
 
@@ -27,9 +27,9 @@ def write_fixture(out: str, num_subjects: int, resolution: int = 64, seed: int =
         folder = os.path.join(out, "Data", subject)
         os.makedirs(folder, exist_ok=True)
         for name, stem in PASS_FILES.items():
-            arr = sources.quantize(sample[name])
+            arr = synthetic.quantize(sample[name])
             Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(os.path.join(folder, f"{stem}.png"))
-        Image.fromarray(sources.quantize(sample["image"])).save(os.path.join(out, "uv-maps", f"{subject}.png"))
+        Image.fromarray(synthetic.quantize(sample["image"])).save(os.path.join(out, "uv-maps", f"{subject}.png"))
     return ids
 
 

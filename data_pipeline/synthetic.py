@@ -1,4 +1,4 @@
-"""Procedural "UV face textures" with all six intrinsic passes.
+"""Procedural "UV face textures" with all six intrinsic passes, and `SyntheticSource`, the dataset of them.
 
 Each sample is a square UV-space face texture: a jittered superellipse mask,
 a skin-tone albedo with lips, brows, eye sockets, cheeks, freckles and pores,
@@ -15,6 +15,7 @@ content) do not depend on the output resolution.
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import numpy as np
 
@@ -255,3 +256,45 @@ def generate(seed: int, index: int, resolution: int, split: str = "train") -> di
     out["mask"] = mask[..., None]
     out["lights"] = shading.lights_to_array(lights)
     return out
+
+
+SPLITS = tuple(SPLIT_IDS)
+
+
+def quantize(x: np.ndarray, dtype=np.uint8) -> np.ndarray:
+    """Float in [0,1] → rounded integer code of `dtype` (uint8 like 8-bit PNGs, uint16 for normals)."""
+    top = np.iinfo(dtype).max
+    return np.round(np.clip(x, 0.0, 1.0) * top).astype(dtype)
+
+
+class SyntheticSource:
+    """The embedded synthetic intrinsic-face dataset, generated on access, deterministic in (seed, split, index).
+
+    `passes` selects which of `shading.PASS_NAMES` each record carries besides "image" and "mask"; normals are
+    coded in 16 bits (a 1-bit error in 8-bit normals is already a 0.5° tilt).
+    """
+
+    def __init__(self, *, num_records: int, resolution: int, split: str = "train", seed: int = 0,
+                 passes: Sequence[str] = ("albedo",)):
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        unknown = sorted(set(passes) - set(shading.PASS_NAMES))
+        if unknown:
+            raise ValueError(f"unknown passes {unknown}; expected names from {shading.PASS_NAMES}")
+        if num_records < 1:
+            raise ValueError(f"num_records must be positive, got {num_records}")
+        self._n, self._res, self._split, self._seed = int(num_records), int(resolution), split, int(seed)
+        self._keys = ("image", "mask", *passes)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        if not 0 <= index < self._n:
+            raise IndexError(f"record {index} out of range for {self._n} records")
+        sample = generate(self._seed, int(index), self._res, self._split)
+        return {k: quantize(sample[k], np.uint16 if k == "normal" else np.uint8) for k in self._keys}
+
+    def __repr__(self) -> str:
+        return (f"SyntheticSource(split={self._split!r}, num_records={self._n}, resolution={self._res}, "
+                f"seed={self._seed}, keys={self._keys})")

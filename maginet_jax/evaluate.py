@@ -1,88 +1,58 @@
 r"""Evaluates a run's latest checkpoint on the held-out split, the way the paper reports results.
 
-    python -m maginet_jax.evaluate --config=configs/albedo.py:demo --workdir=runs/albedo_demo \
-        [--compare=OTHER_WORKDIR] [--config.key=value ...]
+    python -m maginet_jax.evaluate --workdir=runs/albedo_demo [--compare=OTHER_WORKDIR]
+    python -m maginet_jax.evaluate --workdir=runs/albedo_demo --config=configs/albedo.py:demo [--config.key=value ...]
 
-Per pass and averaged over passes: masked MSE (shown ×1e-3, as the paper), PSNR, SSIM (masked; Wang et al.,
-as scikit-image computes it) and LPIPS (AlexNet, v0.1, whole image with the target outside the mask). Next to
-the model, a "copy the input" row: what the network is given, scored as its output. Writes
-`<workdir>/eval/results.json` and `<workdir>/eval/results.md`; `--compare` prints this run beside another
-run's results.json. Stages: albedo; refine; passes, which with `init.albedo_workdir` / `init.refine_workdir`
-is the chained pipeline (its "albedo" row is then the refined stage-1 albedo, scored like the passes).
+Without --config the run's own `config.json` is used as saved; with it, that config and its overrides (e.g. to
+score on another data root). Per pass and averaged over passes: masked MSE (shown ×1e-3, as the paper), PSNR,
+SSIM (masked; Wang et al., as scikit-image computes it) and LPIPS (AlexNet, v0.1, whole image with the target
+outside the mask), computed by `maginet_jax.evaluator`, the training loop's evaluator. Next to the model, a
+"copy the input" row: what the network is given, scored as its output. Writes `<workdir>/eval/results.json`
+and `<workdir>/eval/results.md`; `--compare` prints this run beside another run's results.json. Stages:
+albedo; refine; passes, which with `init.albedo_workdir` / `init.refine_workdir` is the chained pipeline (its
+"albedo" row is then the refined stage-1 albedo, scored like the passes).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 
+import jax
 import numpy as np
 from absl import app, flags, logging
 
-from maginet_jax import train
+from maginet_jax import evaluator, train
 from maginet_jax.errors import UserError
+from maginet_jax.evaluator import METRICS, ROWS
+from maginet_jax.training import runs, sharding
 
 _COMPARE = flags.DEFINE_string("compare", "", "Another workdir holding eval/results.json, printed side by side.")
-METRICS = ("mse", "psnr", "ssim", "lpips")
-ROWS = ("model", "copy the input")
 _HEAD = {"mse": "MSE (×1e-3)", "psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS"}
 
 
-def _score_fn(stage):
-    """Jitted (columns) -> {row: {pass: {metric: per-example values}}}."""
-    import jax
-    from maginet_jax import image_metrics, losses
-    from maginet_jax.perceptual.lpips import LPIPS
-    from maginet_jax.perceptual.losses import composite, to_rgb
-    from maginet_jax.stages.passes import match_channels
-
-    lpips = LPIPS("alex")
-
-    def scores(pred, target, mask):
-        pred = composite(match_channels(pred, target.shape[-1]), target, mask)
-        mse = losses.per_example_masked_mse(pred, target, mask)
-        return {"mse": mse, "psnr": losses.psnr(mse), "ssim": image_metrics.ssim(pred, target, mask),
-                "lpips": lpips(to_rgb(pred) * 2.0 - 1.0, to_rgb(target) * 2.0 - 1.0)}
-
-    def fn(columns):
-        rows = dict(zip(ROWS, (stage.scored, stage.copy_input)))
-        return {row: {p: scores(columns[a], columns[b], columns["mask"]) for p, (a, b) in pairs.items()}
-                for row, pairs in rows.items()}
-    return jax.jit(fn)
-
-
 def evaluate_run(config, workdir: str) -> dict:
-    """Scores the latest checkpoint in `workdir`; writes and returns the results."""
-    import jax
-    from jax.experimental import multihost_utils
-    from maginet_jax import stages
-    from maginet_jax.training import loop, runs, sharding
-
+    """Scores the latest checkpoint in `workdir` (its parameters only); writes and returns the results."""
     mesh = sharding.make_mesh(config.mesh)
-    stage = stages.make_stage(config, mesh)
+    stage = train.STAGES[config.stage]
     directory = runs.params_dir(workdir, what="--workdir")
     if os.path.basename(directory) != "state":
         raise UserError(f"--workdir {workdir!r} holds imported weights, not a trained run")
     step = int(os.path.basename(os.path.dirname(directory)))
-    state = stage.initial_state
-    state = state.replace(**{k: runs.restore_params(directory, getattr(state, k), key=k, what="--workdir")
-                             for k in stage.param_keys})
-    score = _score_fn(stage)
-    sums, count = None, 0
-    for _, columns, valid in loop.eval_batches(config, mesh, stage, state):
-        got = multihost_utils.process_allgather({"s": score(columns), "valid": valid}, tiled=True)
-        keep = np.asarray(got["valid"], bool)
-        batch_sums = jax.tree.map(lambda v: float(np.sum(np.asarray(v, np.float64)[keep])), got["s"])
-        sums = batch_sums if sums is None else jax.tree.map(lambda a, b: a + b, sums, batch_sums)
-        count += int(keep.sum())
-    passes = list(stage.scored)
-    rows = {row: {p: {m: sums[row][p][m] / count for m in METRICS} for p in passes} for row in ROWS}
+    graphdefs, like = runs.abstract_networks(stage.networks(config), mesh)
+    params = runs.restore_params(directory, like, what="--workdir")
+    frozen_nets = jax.device_put(stage.frozen_nets(config, mesh), sharding.replicated(mesh))
+    predict = functools.partial(stage.predict, config=config, graphdefs=graphdefs)
+    means, _, count = evaluator.evaluate(predict, params, frozen_nets, config, mesh, full=True)
+    passes = [p for p in ("albedo", *config.get("passes", ())) if p in means["model"]]
+    rows = {row: {p: means[row][p] for p in passes} for row in ROWS}
     if len(passes) > 1:
         for row in rows.values():
             row["mean"] = {m: float(np.mean([row[p][m] for p in passes])) for m in METRICS}
-    results = {"stage": config.stage, "workdir": os.path.abspath(workdir), "step": step, "num_examples": count,
-               "passes": passes, "rows": rows}
+    results = {"stage": config.stage, "workdir": os.path.abspath(workdir), "step": step,
+               "num_examples": count, "passes": passes, "rows": rows}
     if jax.process_index() == 0:
         out = os.path.join(workdir, "eval")
         os.makedirs(out, exist_ok=True)
@@ -132,9 +102,11 @@ def main(argv) -> None:
     if len(argv) > 1:
         sys.exit(f"maginet_jax.evaluate: error: unexpected arguments {argv[1:]}")
     try:
-        config, workdir = train.CONFIG.value, train.WORKDIR.value
+        workdir, config = train.WORKDIR.value, train.CONFIG.value
+        if config is None:
+            config = runs.read_config(workdir, expect_stage=tuple(train.STAGES), what="--workdir")
         other = read_results(_COMPARE.value) if _COMPARE.value else None
-        train.validate_config(config)
+        train.validate(config)
         results = evaluate_run(config, workdir)
     except UserError as e:
         sys.exit(f"maginet_jax.evaluate: error: {e}")
@@ -143,5 +115,15 @@ def main(argv) -> None:
         print(side_by_side(results, other))
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """train's flag parsing; config overrides without --config are one error line (there is no file to
+    override: the run's config.json is used as saved)."""
+    if any(a.startswith("--config.") for a in argv) and not any(a.startswith("--config=") for a in argv):
+        sys.exit("maginet_jax.evaluate: error: --config.KEY=VALUE overrides need --config=FILE; without "
+                 "--config the run's config.json is used as saved")
+    return train.parse_flags(argv, prog="maginet_jax.evaluate")
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=lambda argv: train.parse_flags(argv, prog="maginet_jax.evaluate"))
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main, flags_parser=parse_flags)

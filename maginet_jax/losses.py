@@ -1,7 +1,8 @@
 """Image losses for MAGINet's stages (NHWC, masks (B,H,W,1) with 1 = face region).
 
 Every loss here reduces over the batch with the mask as weights, so padding or non-face texels never
-contribute. Perceptual terms (VGG, patch-LPIPS) plug into `maginet_jax.training.objectives` beside these.
+contribute. The perceptual terms (VGG, patch-LPIPS) are in `maginet_jax.perceptual.losses`; each stage sums
+its terms in its train step.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from maginet_jax.errors import UserError
 
 _EPS = 1e-8
 _SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], np.float32) / 8.0
@@ -71,3 +74,18 @@ def deep_supervision_loss(sides: list[jax.Array], target: jax.Array, mask: jax.A
         f = target.shape[1] // side.shape[1]
         terms.append(masked_mse(side, area_downsample(target, f), area_downsample(mask, f)))
     return sum(terms) / len(terms)
+
+
+def active_weights(loss_weights, terms: tuple[str, ...], *, allow_none: bool = False) -> dict[str, float]:
+    """The non-zero loss weights of `config.losses`, after checking names and signs; all zero is an error
+    unless `allow_none` (a stage with another loss of its own, such as the GAN term)."""
+    weights = dict(loss_weights)
+    unknown = sorted(set(weights) - set(terms))
+    if unknown:
+        raise UserError(f"unknown loss terms {unknown}; this stage has {terms}")
+    if any(w < 0 for w in weights.values()):
+        raise UserError(f"loss weights must be >= 0, got {weights}")
+    active = {k: float(w) for k, w in weights.items() if w > 0}
+    if not active and not allow_none:
+        raise UserError("every loss weight is 0: nothing to train")
+    return active

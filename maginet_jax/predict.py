@@ -22,13 +22,23 @@ stage) is one error line and exit status 1.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
+import jax
+import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from PIL import Image
+from tqdm import tqdm
 
+from maginet_jax import image_io
 from maginet_jax.errors import UserError
+from maginet_jax.models import pix2pixhd
+from maginet_jax.models.albedo_net import size_multiple
+from maginet_jax.stages import passes, supervised
+from maginet_jax.training import images, runs, sharding
 
 _ALBEDO = flags.DEFINE_string("albedo_workdir", None, "A finished stage-1 (configs/albedo.py) run.")
 _REFINE = flags.DEFINE_string("refine_workdir", "", "A finished stage-2 (configs/refine.py) run; without it the "
@@ -43,7 +53,6 @@ flags.mark_flags_as_required(["albedo_workdir", "passes_workdir", "input", "outp
 
 def resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear (area-filtered when shrinking) resize of an HWC float image, channel by channel."""
-    from PIL import Image
     if x.shape[:2] == (height, width):
         return x
     return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(x[..., c]), mode="F").resize(
@@ -59,40 +68,22 @@ def unit_normals(encoded: np.ndarray) -> np.ndarray:
 
 
 class Predictor:
-    """The chained networks of three finished runs, jitted at one working size."""
+    """The chained networks of three finished runs (`stages.passes.predict`), jitted at one working size."""
 
     def __init__(self, albedo_workdir: str, refine_workdir: str, passes_workdir: str, size: int = 0):
-        import jax
-        import ml_collections
-        from flax import nnx
-        from maginet_jax.models import pix2pixhd
-        from maginet_jax.stages.inputs import Upstream
-        from maginet_jax.stages.passes import build_models
-        from maginet_jax.stages.supervised import albedo_multiple
-        from maginet_jax.training import runs, sharding
-        from maginet_jax.training.objectives import split_channels
-
-        mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(shape=(1,), axes=("data",))), jax.devices()[:1])
+        mesh = sharding.make_mesh((("data", 1),), jax.devices()[:1])
         init = ml_collections.ConfigDict(dict(albedo_workdir=albedo_workdir, refine_workdir=refine_workdir))
-        upstream = Upstream(init, mesh, refine=True, label="--{}_workdir")
-        config, g_graphdef, g_params = runs.load_model_params(
-            passes_workdir, stage="passes", what="--passes_workdir", mesh=mesh,
-            build=lambda c, rngs: build_models(c)[0](rngs), key="g_params")
+        upstream = supervised.load_upstream(init, mesh, label="--{}_workdir")
+        albedo = runs.read_config(albedo_workdir, expect_stage="albedo", what="--albedo_workdir")
+        config, graphdefs, params = runs.load_params(passes_workdir, passes.networks, stage="passes",
+                                                     what="--passes_workdir", mesh=mesh, names=("generator",))
         self.passes = tuple(config.passes)
         self.size = size or config.data.crop_size
-        multiple = int(np.lcm(2 * albedo_multiple(upstream.configs["albedo"].model),
-                              pix2pixhd.generator_multiple(config.model)))
+        multiple = int(np.lcm(2 * size_multiple(albedo.model), pix2pixhd.generator_multiple(config.model)))
         if self.size % multiple:
             raise UserError(f"working size {self.size} must be a multiple of {multiple} for these networks")
-        channels = [config.pass_channels[p] for p in self.passes]
-
-        def run(frozen, image):
-            albedo = upstream.refined_albedo(frozen["upstream"], {"image": image})
-            fake = nnx.merge(g_graphdef, frozen["generator"])(albedo * 2.0 - 1.0)
-            return {"albedo": albedo, **dict(zip(self.passes, split_channels((fake + 1.0) / 2.0, channels)))}
-
-        self._frozen = {"upstream": upstream.params, "generator": g_params}
-        self._run = jax.jit(run)
+        self._params, self._frozen_nets = params, {"upstream": upstream}
+        self._run = jax.jit(functools.partial(passes.predict, config=config, graphdefs=graphdefs))
 
     def __call__(self, image: np.ndarray, native: bool = False) -> dict[str, np.ndarray]:
         """{"albedo": ..., pass: ...} as HWC float arrays in [0, 1], at the input's size unless `native`."""
@@ -100,7 +91,7 @@ class Predictor:
         side = max(h, w)
         top, left = (side - h) // 2, (side - w) // 2
         square = np.pad(image, ((top, side - h - top), (left, side - w - left), (0, 0)), mode="edge")
-        got = self._run(self._frozen, resize(square, self.size, self.size)[None])
+        got, _ = self._run(self._params, self._frozen_nets, {"image": resize(square, self.size, self.size)[None]})
         outputs = {k: np.asarray(got[k][0]) for k in ("albedo", *self.passes)}  # jit returns keys sorted
         if not native:
             outputs = {k: resize(v, side, side)[top:top + h, left:left + w] for k, v in outputs.items()}
@@ -130,8 +121,6 @@ def list_inputs(path: str) -> list[str]:
 
 def write_outputs(output_dir: str, stem: str, image: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
     """The pass PNGs and the labelled contact sheet of one input."""
-    from maginet_jax import image_io
-    from maginet_jax.training import images
     for name, x in outputs.items():
         image_io.write_png(os.path.join(output_dir, f"{stem}_{name}.png"), x, bits=16 if name == "normal" else 8)
     tiles = [("input", image)] + [(name.replace("_", " "), x) for name, x in outputs.items()]
@@ -141,12 +130,8 @@ def write_outputs(output_dir: str, stem: str, image: np.ndarray, outputs: dict[s
 def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input_path: str, output_dir: str,
             native: bool = False, size: int = 0) -> list[str]:
     """Runs the whole pipeline; returns the error lines of inputs that were skipped."""
-    from tqdm import tqdm
-    from maginet_jax import image_io
-    from maginet_jax.train import prepare_workdir
-
     files = list_inputs(input_path)
-    prepare_workdir(output_dir)
+    runs.prepare_workdir(output_dir)
     predictor = Predictor(albedo_workdir, refine_workdir, passes_workdir, size)
     if len(files) == 1 and os.path.isfile(input_path):
         image = image_io.read_image(files[0])  # a single unreadable file is the error itself

@@ -20,7 +20,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     Loaded with `weights_only=True` (tensors and containers only). Anything else is one UserError.
     """
     try:
-        import torch
+        import torch  # optional (the test extra): only reading PyTorch files needs it
     except ModuleNotFoundError:
         raise UserError(f"reading the PyTorch file {path!r} needs torch (pip install torch==2.13.0)") from None
     try:

@@ -4,22 +4,40 @@ r"""Trains a MAGINet stage.
         [--config.key=value ...]
 
 Running again with the same --workdir resumes from its latest checkpoint. Bad input (an unknown config key,
-an image size the network cannot take, an unwritable workdir, a missing data root) stops the run before
-anything is written, with one error line and exit status 1.
+an image size the network cannot take, an unwritable workdir, a missing data root, a checkpoint of another
+model) stops the run before anything is written, with one error line and exit status 1.
+
+Read top to bottom: the stages (`STAGES`), the checks of a config, the loop (`train_and_evaluate`), the CLI.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging as pylogging
 import os
 import re
 import sys
-import tempfile
+import time
+from typing import Callable
 
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 from absl import app, flags, logging
+from clu import parameter_overview
+from flax import nnx
 from ml_collections import config_flags
 
-from maginet_jax.errors import UserError, check_choices
+from data_pipeline import loader
+from maginet_jax import evaluator
+from maginet_jax.errors import UserError, check_choices, first_line
+from maginet_jax.perceptual import weights as pretrained
+from maginet_jax.stages import passes, supervised
+from maginet_jax.training import images, runs, sharding
+from maginet_jax.training.state import SCHEDULES, TrainState
+from maginet_jax.training.writers import create_writer
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file, e.g. configs/albedo.py:demo.",
                                           lock_config=True)
@@ -28,40 +46,65 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-host: TPU pods, SLURM/GPU clusters); "
     "the cluster is auto-detected, or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.")
 _LIBRARY_LOGS = flags.DEFINE_bool("library_logs", False, "Show INFO logs of orbax, grain, jax etc. too.")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
-def validate_config(config) -> None:
-    """Checks what would otherwise fail deep inside a run (or silently do the wrong thing)."""
-    from data_pipeline import sources
-    from maginet_jax import stages
-    from maginet_jax.training import optim
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A training stage, as the loop and the evaluator call it: plain functions of the config.
 
-    d = config.data
+    `graphdefs` are the trained networks' graph definitions by name; `frozen_nets` the networks the stage uses
+    but does not train (perceptual networks, earlier stages), replicated on the devices once.
+    """
+
+    validate: Callable  # (config) -> None; UserError on the first problem
+    networks: Callable  # (config) -> {name: build(nnx.Rngs) -> nnx.Module}, the trained networks
+    init: Callable  # (config, mesh) -> (graphdefs, TrainState), replicated over the mesh
+    frozen_nets: Callable  # (config, mesh) -> pytree of (graphdef, state) pairs
+    train_step: Callable  # (state, batch, frozen_nets, *, config, graphdefs) -> (state, {name: scalar})
+    predict: Callable  # (params, frozen_nets, batch, *, config, graphdefs) -> ({pass: image}, {pass: baseline})
+    report: Callable  # (config, evaluator means) -> ({name: eval scalar}, log line)
+    samples: Callable  # (config) -> {grid tag: columns of the evaluator's images}
+
+
+_SUPERVISED = dict(networks=supervised.networks, init=supervised.init, frozen_nets=supervised.frozen_nets,
+                   train_step=supervised.train_step, predict=supervised.predict, report=supervised.report,
+                   samples=supervised.samples)
+STAGES: dict[str, Stage] = {
+    "albedo": Stage(validate=supervised.validate_albedo, **_SUPERVISED),
+    "refine": Stage(validate=supervised.validate_refine, **_SUPERVISED),
+    "passes": Stage(validate=passes.validate, networks=passes.networks, init=passes.init,
+                    frozen_nets=passes.frozen_nets, train_step=passes.train_step, predict=passes.predict,
+                    report=passes.report, samples=passes.samples),
+}
+
+
+def validate(config) -> None:
+    """Checks what would otherwise fail deep inside a run (or silently do the wrong thing): the sections every
+    stage shares, then the stage's own `validate`. UserError on the first problem."""
+    check_choices({"stage": (config.stage, tuple(STAGES))})
+    d, o = config.data, config.optim
     if d.crop_size > d.resolution:
         raise UserError(f"data.crop_size {d.crop_size} exceeds data.resolution {d.resolution}")
-    check_choices({"optim.schedule": (config.optim.schedule, optim.SCHEDULES),
-                   "data.source": (d.source, sources.SOURCES),
+    check_choices({"optim.schedule": (o.schedule, SCHEDULES), "data.source": (d.source, loader.SOURCES),
                    "model.dtype": (config.model.dtype, ("float32", "bfloat16", "float16"))})
     for key in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
                 "eval.batch_size", "eval.num_examples", "data.num_train_examples", "max_checkpoints_to_keep"):
-        value = config
-        for part in key.split("."):
-            value = value[part]
+        value = functools.reduce(lambda c, part: c[part], key.split("."), config)
         if value < 1:
             raise UserError(f"{key} must be >= 1, got {value}")
+    after_warmup = max(config.num_train_steps - min(o.warmup_steps, config.num_train_steps), 1)
+    if o.schedule == "constant_then_linear" and not 0 <= o.decay_steps <= after_warmup:
+        raise UserError(f"optim.decay_steps={o.decay_steps} must be in [0, {after_warmup}] (the steps after warm-up)")
     if d.source == "synthetic" and d.root:
         raise UserError(f"data.root is set but data.source='synthetic' reads no files; "
                         f"did you mean --config.data.source=ffhq_uv_intrinsics?")
     for split, n in (("train", d.num_train_examples), ("test", config.eval.num_examples)):
         try:
-            sources.make_source(d, split, n, ("albedo",))
+            loader.make_source(d, split, n, ("albedo",))
         except ValueError as e:
             raise UserError(str(e)) from None
-    optim.make_schedule(config.optim, config.num_train_steps)
-    stages.validate(config)
+    STAGES[config.stage].validate(config)
     if config.losses.get("vgg", 0) > 0 and config.perceptual.vgg_backbone == "vgg19":  # a bad file fails now
-        from maginet_jax.perceptual import weights as pretrained
         pretrained.torchvision_vgg19_weights(config.perceptual.vgg19_weights)
 
 
@@ -73,28 +116,148 @@ def validate_batch_sizes(config, num_processes: int, data_shards: int) -> None:
                             f"{data_shards} shards of the mesh's data axis")
 
 
-def prepare_workdir(workdir: str) -> None:
-    """Creates `workdir` and proves it writable, or raises UserError; touches nothing already there."""
+def restore_checkpoint(checkpoints: ocp.CheckpointManager, step: int, like: TrainState, data_iter) -> TrainState:
+    """The state saved at `step`, shaped, typed and sharded like `like`; moves `data_iter` to where it was."""
+    describe = (f"checkpoint {step} in {checkpoints.directory} does not fit this config (another model or data "
+                f"setup?)")
+    runs.check_saved_shapes(os.path.join(checkpoints.directory, str(step), "state"), like, describe)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
     try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test"):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot write to workdir {workdir!r}: {e.strerror or e}") from None
+        restored = checkpoints.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), loader=grain.checkpoint.CheckpointRestore(data_iter)))
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{describe}: {first_line(e)}") from None
+    return restored.state
+
+
+def jit_train_step(config, graphdefs, mesh, state_sharding) -> Callable:
+    """The stage's train step jitted with explicit shardings, (state, global batch, frozen_nets) → (state,
+    scalars): state as `state_sharding` (donated), batch split over the data axis, the rest replicated."""
+    return jax.jit(functools.partial(STAGES[config.stage].train_step, config=config, graphdefs=graphdefs),
+                   in_shardings=(state_sharding, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+                   out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def evaluate_and_show(step: int, predict, params, frozen_nets, config, mesh, writer, workdir: str) -> dict:
+    """Scores the held-out split, logs it and writes the sample grids (process 0); returns the eval/* scalars."""
+    stage = STAGES[config.stage]
+    means, shown, _ = evaluator.evaluate(predict, params, frozen_nets, config, mesh,
+                                         num_shown=config.num_sample_images)
+    scalars, message = stage.report(config, means)
+    logging.info("eval step %d: %s", step, message)
+    if jax.process_index() == 0:
+        groups = stage.samples(config)
+        writer.write_images(step, {f"eval/{tag}": images.grid([shown[c] for c in columns])[None]
+                                   for tag, columns in groups.items()})
+        every_column = list(dict.fromkeys(c for columns in groups.values() for c in columns))
+        images.save_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"),
+                        images.grid([shown[c] for c in every_column]))
+    return {f"eval/{k}": v for k, v in scalars.items()}
+
+
+def train_and_evaluate(config, workdir: str) -> TrainState:
+    """Trains the stage `config.stage` names, resuming from `<workdir>/checkpoints` when it holds a checkpoint.
+
+    Returns the final train state.
+    """
+    is_main = jax.process_index() == 0
+    mesh = sharding.make_mesh(config.mesh)
+    stage = STAGES[config.stage]
+
+    # The state is donated to every step; the networks that are not trained are placed on the devices once
+    # and passed as an argument (closing over them would bake their weights into the compiled program).
+    graphdefs, state = stage.init(config, mesh)
+    frozen_nets = jax.device_put(stage.frozen_nets(config, mesh), sharding.replicated(mesh))
+    train_step = jit_train_step(config, graphdefs, mesh, jax.tree.map(lambda x: x.sharding, state))
+    predict = functools.partial(stage.predict, config=config, graphdefs=graphdefs)
+
+    source = loader.make_source(config.data, "train", config.data.num_train_examples,
+                                ("albedo", *config.get("passes", ())))
+    train_iter = iter(loader.make_loader(
+        source, batch_size=config.batch_size // jax.process_count(), crop_size=config.data.crop_size,
+        train=True, seed=config.seed, worker_count=config.data.worker_count, flip=config.data.flip,
+        worker_buffer_size=config.data.worker_buffer_size, read_threads=config.data.read_threads,
+        read_buffer_size=config.data.read_buffer_size))
+
+    # Checkpoints hold the state and the data iterator's position, so a resumed run sees exactly the batches
+    # and random numbers an uninterrupted run would.
+    checkpoints = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                                        options=ocp.CheckpointManagerOptions(
+                                            max_to_keep=config.max_checkpoints_to_keep, create=True,
+                                            enable_async_checkpointing=config.async_checkpointing))
+    writer = None
+    try:  # closing the manager on every exit: its async threads would otherwise spill tracebacks at exit
+        start = checkpoints.latest_step() or 0
+        if start:
+            state = restore_checkpoint(checkpoints, start, state, train_iter)
+        logging.info("%s stage, mesh %s over %d devices (%d processes), %s", config.stage, dict(mesh.shape),
+                     mesh.size, jax.process_count(), f"resumed from step {start}" if start else "from step 0")
+        if is_main and not start:
+            for name, params in state.params.items():
+                logging.info("%s parameters:\n%s", name,
+                             parameter_overview.get_parameter_overview(nnx.to_pure_dict(params)))
+        if is_main:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=2))
+        writer = create_writer(workdir, resume_step=start, is_main=is_main)
+        if start == 0:  # the first eval row is the untrained model
+            writer.write_scalars(0, evaluate_and_show(0, predict, state.params, frozen_nets, config, mesh, writer,
+                                                      workdir))
+
+        history, t_last, s_last, t_start = [], time.time(), start, time.time()
+        for step in range(start + 1, config.num_train_steps + 1):
+            state, step_scalars = train_step(state, sharding.to_global(next(train_iter), mesh), frozen_nets)
+            history.append(step_scalars)  # stays on the devices until the next log step
+            last, scalars = step == config.num_train_steps, {}
+            if step % config.log_every_steps == 0 or last:
+                rows = jax.device_get(history)
+                scalars = {f"train/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
+                now, history = time.time(), []
+                rate = (step - s_last) / max(now - t_last, 1e-9)
+                t_last, s_last = now, step
+                logging.info("step %d/%d  %s  %.2f steps/s  ETA %s", step, config.num_train_steps,
+                             "  ".join(f"{k[6:]} {scalars[k]:.5g}" for k in sorted(scalars, key=_loss_first)), rate,
+                             _format_duration((config.num_train_steps - step) / rate))
+            if step % config.eval_every_steps == 0 or last:
+                scalars.update(evaluate_and_show(step, predict, state.params, frozen_nets, config, mesh, writer,
+                                                 workdir))
+            if scalars:
+                writer.write_scalars(step, scalars)
+            preempted = checkpoints.reached_preemption(step)
+            if step % config.checkpoint_every_steps == 0 or last or preempted:
+                checkpoints.save(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), loader=grain.checkpoint.CheckpointSave(train_iter)))
+            if preempted:
+                logging.warning("preemption at step %d: checkpoint saved, stopping; rerun to resume", step)
+                break
+        checkpoints.wait_until_finished()
+    finally:
+        checkpoints.close()
+        if writer is not None:
+            writer.close()
+    logging.info("done: %d steps in %s", int(state.step) - start, _format_duration(time.time() - t_start))
+    return state
+
+
+def _loss_first(key: str) -> tuple[bool, str]:
+    return not key.endswith("loss"), key
+
+
+def _format_duration(seconds: float) -> str:
+    m, s = divmod(int(max(seconds, 0)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def run(config, workdir: str, distributed: bool = False) -> None:
     """Validates everything cheap first, then trains; raises UserError for bad input."""
-    validate_config(config)
-    import jax  # after validation: a typo should not wait for the backend to start
-
+    validate(config)
     if distributed:
         jax.distributed.initialize()
-
-    from maginet_jax.training import loop, sharding
-    validate_batch_sizes(config, jax.process_count(), sharding.data_size(sharding.make_mesh(config.mesh)))
-    prepare_workdir(workdir)
-    loop.train_and_evaluate(config, workdir)
+    mesh = sharding.make_mesh(config.mesh)
+    validate_batch_sizes(config, jax.process_count(), mesh.shape[sharding.DATA_AXIS])
+    runs.prepare_workdir(workdir)
+    train_and_evaluate(config, workdir)
 
 
 class _OwnInfoOnly(pylogging.Filter):
@@ -103,6 +266,11 @@ class _OwnInfoOnly(pylogging.Filter):
     def filter(self, record) -> bool:
         path = record.pathname.replace(os.sep, "/")
         return record.levelno >= pylogging.WARNING or "/maginet_jax/" in path or "/data_pipeline/" in path
+
+
+def quiet_library_logs() -> None:
+    """Our INFO lines and everyone's warnings only (ABSLHandler passes records to its python_handler)."""
+    logging.get_absl_handler().python_handler.addFilter(_OwnInfoOnly())
 
 
 def _one_line(e: BaseException) -> str:
@@ -132,8 +300,7 @@ def parse_flags(argv: list[str], prog: str = "maginet_jax.train") -> list[str]:
 
 def main(argv) -> None:
     if not _LIBRARY_LOGS.value:
-        # ABSLHandler passes records straight to its python_handler, so the filter goes there.
-        logging.get_absl_handler().python_handler.addFilter(_OwnInfoOnly())
+        quiet_library_logs()
     if len(argv) > 1:
         sys.exit(f"maginet_jax.train: error: unexpected arguments {argv[1:]}")
     try:
@@ -143,5 +310,8 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    # Required here, not at import: `maginet_jax.evaluate` shares these flags and reads a run's own config.json
+    # when --config is not given.
+    flags.mark_flags_as_required(["config", "workdir"])
     logging.set_verbosity(logging.INFO)
     app.run(main, flags_parser=parse_flags)

@@ -28,25 +28,52 @@ def smoke_config():
 
 
 class Interrupted(Exception):
-    """Raised by `crash_during_step` in place of a train step."""
+    """Raised by `crash_during_step` in place of a training batch."""
+
+
+class _CrashingIterator:
+    """A training-data iterator that raises on its `step`-th batch; checkpoints still see the real iterator's
+    state (grain saves it through get_state / set_state)."""
+
+    def __init__(self, it, step: int):
+        self._it, self._left = it, step
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self._left -= 1
+        if self._left == 0:
+            raise Interrupted
+        return next(self._it)
+
+    def get_state(self):
+        return self._it.get_state()
+
+    def set_state(self, state):
+        self._it.set_state(state)
+
+
+class _CrashingLoader:
+    def __init__(self, loader, step: int):
+        self._loader, self._step = loader, step
+
+    def __iter__(self):
+        return _CrashingIterator(iter(self._loader), self._step)
 
 
 def crash_during_step(monkeypatch, step: int) -> None:
-    """Makes the next training run die while running train step number `step` (counted from its start)."""
-    from maginet_jax.training import steps
-    make = steps.jit_train_step
+    """Makes the next training run die at train step number `step` (counted from its start), as a crash
+    would: while reading that step's batch, with the steps before it done and not saved since the last
+    checkpoint."""
+    from data_pipeline import loader
+    make = loader.make_loader
 
-    def crashing(*args, **kwargs):
-        run_step, calls = make(*args, **kwargs), []
+    def crashing(source, **kwargs):
+        data = make(source, **kwargs)
+        return _CrashingLoader(data, step) if kwargs["train"] else data
 
-        def run(state, batch):
-            calls.append(1)
-            if len(calls) == step:
-                raise Interrupted
-            return run_step(state, batch)
-        return run
-
-    monkeypatch.setattr(steps, "jit_train_step", crashing)
+    monkeypatch.setattr(loader, "make_loader", crashing)
 
 
 def smoke(stage: str, **overrides):
@@ -64,18 +91,18 @@ def smoke(stage: str, **overrides):
 
 def train_evals(workdir: str) -> list[dict]:
     """The metrics.jsonl rows of a run that hold eval/* scalars."""
-    from maginet_jax.training import loop
-    return [r for r in loop.read_metrics(workdir) if any(k.startswith("eval/") for k in r)]
+    from maginet_jax.training.writers import read_metrics
+    return [r for r in read_metrics(workdir) if any(k.startswith("eval/") for k in r)]
 
 
 @pytest.fixture(scope="session")
 def chain(tmp_path_factory):
     """Three chained :smoke runs, albedo → refine (from it) → passes (from both): ({stage: workdir}, passes state)."""
-    from maginet_jax.training import loop
+    from maginet_jax.train import train_and_evaluate
     root = tmp_path_factory.mktemp("chain")
     dirs = {s: str(root / s) for s in ("albedo", "refine", "passes")}
-    loop.train_and_evaluate(smoke("albedo"), dirs["albedo"])
-    loop.train_and_evaluate(smoke("refine", **{"init.albedo_workdir": dirs["albedo"]}), dirs["refine"])
-    state = loop.train_and_evaluate(smoke("passes", **{"init.albedo_workdir": dirs["albedo"],
+    train_and_evaluate(smoke("albedo"), dirs["albedo"])
+    train_and_evaluate(smoke("refine", **{"init.albedo_workdir": dirs["albedo"]}), dirs["refine"])
+    state = train_and_evaluate(smoke("passes", **{"init.albedo_workdir": dirs["albedo"],
                                                        "init.refine_workdir": dirs["refine"]}), dirs["passes"])
     return dirs, state

@@ -79,11 +79,42 @@ def test_chained_pipeline_scores_all_six_passes(chain):
     assert table.count("| normal |") == 4
 
 
-def test_compare_without_results_is_one_line(chain, tmp_path):
+def _evaluate_cli(*args):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    r = subprocess.run([sys.executable, "-m", "maginet_jax.evaluate", "--config=configs/albedo.py:smoke",
-                        f"--workdir={chain[0]['albedo']}", f"--compare={tmp_path}"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "maginet_jax.evaluate", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_compare_without_results_is_one_line(chain, tmp_path):
+    r = _evaluate_cli("--config=configs/albedo.py:smoke", f"--workdir={chain[0]['albedo']}", f"--compare={tmp_path}")
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
         f"maginet_jax.evaluate: error: --compare {str(tmp_path)!r} has no eval/results.json: evaluate that run first"]
+
+
+def test_without_config_the_run_config_gives_the_same_results(chain, tmp_path):
+    """`--workdir` alone reads the run's config.json; the numbers equal those of the same run given --config."""
+    import shutil
+    workdir = str(tmp_path / "albedo")
+    shutil.copytree(chain[0]["albedo"], workdir)
+    with_config = _evaluate_cli("--config=configs/albedo.py:smoke", f"--workdir={workdir}")
+    assert with_config.returncode == 0, with_config.stderr
+    want = json.load(open(os.path.join(workdir, "eval", "results.json")))
+    os.remove(os.path.join(workdir, "eval", "results.json"))
+    alone = _evaluate_cli(f"--workdir={workdir}")
+    assert alone.returncode == 0, alone.stderr
+    got = json.load(open(os.path.join(workdir, "eval", "results.json")))
+    assert got == want and got["rows"]["model"]["albedo"]["mse"] > 0
+    assert alone.stdout == with_config.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.data.seed=3"], "--config.KEY=VALUE overrides need --config=FILE"),
+    (["--workdir=/nonexistent/run"], "--workdir='/nonexistent/run' is not a maginet_jax run directory"),
+])
+def test_bad_evaluate_input_is_one_line(chain, args, message):
+    args = args if any(a.startswith("--workdir") for a in args) else [f"--workdir={chain[0]['albedo']}", *args]
+    r = _evaluate_cli(*args)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("maginet_jax.evaluate: error: ") and message in lines[0], r.stderr

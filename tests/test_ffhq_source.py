@@ -32,17 +32,17 @@ def test_split_is_disjoint_complete_and_by_id(fixture_root):
 
 
 def test_records_match_the_generator(fixture_root):
-    from data_pipeline import sources, synthetic
+    from data_pipeline import synthetic
     src = FFHQUVIntrinsicsSource(fixture_root, split="train", resolution=32, test_fraction=0.25,
                                  passes=("albedo", "ambient_occlusion", "normal"))
     subject = src._ids[0]
     rec = src[0]
     sample = synthetic.generate(0, int(subject), 32, "train")
-    np.testing.assert_array_equal(rec["image"], sources.quantize(sample["image"]))
-    np.testing.assert_array_equal(rec["albedo"], sources.quantize(sample["albedo"]))
+    np.testing.assert_array_equal(rec["image"], synthetic.quantize(sample["image"]))
+    np.testing.assert_array_equal(rec["albedo"], synthetic.quantize(sample["albedo"]))
     assert rec["ambient_occlusion"].shape == (32, 32, 1)
     # Texture validity recovers the generator's mask wherever its albedo is not black.
-    np.testing.assert_array_equal(rec["mask"][..., 0] > 0, sources.quantize(sample["albedo"]).any(-1))
+    np.testing.assert_array_equal(rec["mask"][..., 0] > 0, synthetic.quantize(sample["albedo"]).any(-1))
     assert np.mean(rec["mask"] > 0) > 0.5
 
 

@@ -11,7 +11,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from conftest import REPO, smoke
-from data_pipeline import loader, make_fixture, sources
+from data_pipeline import loader, make_fixture
 from data_pipeline.ffhq_tfds import BadSubjectData, prepare
 from data_pipeline.ffhq_uv_intrinsics import FFHQUVIntrinsicsSource, is_test_subject
 
@@ -61,7 +61,7 @@ def test_grain_reads_the_prepared_dataset(built, raw):
     c = ConfigDict(dict(source="ffhq_uv_intrinsics", root=raw, tfds_dir=tfds_dir, resolution=32,
                         input_file="uv_map", uv_maps_dir="", test_fraction=0.25, lenient=False, seed=0,
                         pass_files=""))
-    src = sources.make_source(c, "train", 0, ("albedo", "normal"))
+    src = loader.make_source(c, "train", 0, ("albedo", "normal"))
     batch = next(iter(loader.make_loader(src, batch_size=4, crop_size=24, train=True, seed=0)))
     assert set(batch) == {"image", "mask", "albedo", "normal"}
     assert batch["normal"].shape == (4, 24, 24, 3) and batch["normal"].dtype == np.float32
@@ -133,11 +133,11 @@ def test_build_cli(raw, tmp_path):
 
 
 def test_training_prepares_the_dataset_on_first_use(raw, tmp_path):
-    from maginet_jax.training import loop
+    from maginet_jax.train import train_and_evaluate
     c = smoke("albedo", **{"data.source": "ffhq_uv_intrinsics", "data.root": raw, "data.resolution": 32,
                            "data.tfds_dir": str(tmp_path / "tfds"), "data.test_fraction": 0.25,
                            "num_train_steps": 2, "eval_every_steps": 2})
-    state = loop.train_and_evaluate(c, str(tmp_path / "run"))
+    state = train_and_evaluate(c, str(tmp_path / "run"))
     assert int(state.step) == 2
     assert os.path.isdir(tmp_path / "tfds" / "ffhq_uv_intrinsics" / "r32-uv_map-test250" / "1.0.0")
 

@@ -39,20 +39,20 @@ def test_passes_run_starts_from_the_import(torch_files, tmp_path):
     out = str(tmp_path / "imported")
     import_pix2pixhd.main(["--generator", str(root / "G.pth"), "--discriminator", str(root / "D.pth"),
                            "--netG", "local", "--out", out, *ARCH])
-    from maginet_jax.stages.passes import PassesStage
+    from maginet_jax.stages import passes
     from maginet_jax.training import sharding
     c = smoke("passes", **{"model.netG": "local", "init.pix2pixhd": out})
-    stage = PassesStage(c, sharding.make_mesh(c.mesh))
+    graphdefs, state = passes.init(c, sharding.make_mesh(c.mesh))
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         g_want = g(x).numpy().transpose(0, 2, 3, 1)
         d_want = [[t.numpy().transpose(0, 2, 3, 1) for t in scale]
                   for scale in d(torch.cat([x, torch.from_numpy(g_want.transpose(0, 3, 1, 2))], 1))]
-    state = stage.initial_state
+    run = jax.jit(lambda name, params, x: nnx.merge(graphdefs[name], params)(x), static_argnums=0)
     with jax.default_matmul_precision("highest"):
-        g_got = nnx.merge(stage.g_graphdef, state.g_params)(jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
-        d_got = nnx.merge(stage.d_graphdef, state.d_params)(jnp.concatenate([x.numpy().transpose(0, 2, 3, 1),
-                                                                              g_want], -1))
+        x = jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
+        g_got = run("generator", state.params["generator"], x)
+        d_got = run("discriminator", state.params["discriminator"], jnp.concatenate([x, g_want], -1))
     np.testing.assert_allclose(np.asarray(g_got), g_want, atol=1e-4)
     for got_scale, want_scale in zip(d_got, d_want, strict=True):
         for got, want in zip(got_scale, want_scale, strict=True):
@@ -61,12 +61,12 @@ def test_passes_run_starts_from_the_import(torch_files, tmp_path):
 
 def test_import_of_another_architecture_is_refused_by_the_passes_run(torch_files, tmp_path):
     from maginet_jax.errors import UserError
-    from maginet_jax.stages.passes import validate_passes
+    from maginet_jax.stages import passes
     out = str(tmp_path / "imported")
     import_pix2pixhd.main(["--generator", str(torch_files[0] / "G.pth"), "--netG", "local", "--out", out, *ARCH])
     c = smoke("passes", **{"init.pix2pixhd": out})  # :smoke is netG=global
     with pytest.raises(UserError, match="another architecture: model.netG: 'local' there, 'global' here"):
-        validate_passes(c)
+        passes.validate(c)
 
 
 def _cli(*args):

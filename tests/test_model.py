@@ -1,6 +1,5 @@
 """AlbedoNet: output shapes and ranges, the size rule, attention and fusion variants."""
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,7 @@ def _net(**kw):
 def test_shapes_and_range():
     net = _net(widths=(8, 8, 16, 16))
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 48, 3))
-    out, sides = net(x)
+    out, sides = jax.jit(lambda net, x: net(x))(net, x)  # one compile: op by op takes ~20 s on 2 cores
     assert out.shape == (2, 32, 48, 3)
     # Side outputs coarse → fine at 1/4 and 1/2 (the bottleneck at 1/8 has no head).
     assert [s.shape for s in sides] == [(2, 8, 12, 3), (2, 16, 24, 3)]
@@ -98,25 +97,15 @@ def test_build_from_config(smoke_config):
 
 def test_unet_baseline_matches_albedonet_size_and_interface():
     """The ablation's premise: about AlbedoNet's parameter count, same call signature, no side outputs."""
-    import importlib.util
-    import jax.numpy as jnp
-    from flax import nnx
-    from conftest import REPO
-    from maginet_jax.models.albedo_net import build_albedo_net
+    from configs import albedo, unet_baseline
     from maginet_jax.models.unet import UNet
-
-    def load(name):
-        spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.get_config
 
     count = lambda c: sum(x.size for x in jax.tree.leaves(
         nnx.state(nnx.eval_shape(lambda: build_albedo_net(c.model, rngs=nnx.Rngs(0))), nnx.Param)))
     for variant in ("", "demo"):
-        ours, unet = load("albedo")(variant), load("unet_baseline")(variant)
+        ours, unet = albedo.get_config(variant), unet_baseline.get_config(variant)
         assert abs(count(unet) / count(ours) - 1) < 0.02, variant
-    net = build_albedo_net(load("unet_baseline")("smoke").model, rngs=nnx.Rngs(0))
+    net = build_albedo_net(unet_baseline.get_config("smoke").model, rngs=nnx.Rngs(0))
     assert isinstance(net, UNet)
     out, sides = net(jnp.full((2, 32, 32, 3), 0.5))
     assert out.shape == (2, 32, 32, 3) and sides == [] and float(out.min()) >= 0 and float(out.max()) <= 1

@@ -14,7 +14,8 @@ from conftest import REPO
 from data_pipeline import synthetic
 from maginet_jax.errors import UserError
 from maginet_jax.perceptual import losses as pl
-from maginet_jax.training.objectives import AlbedoObjective
+from maginet_jax.stages import supervised
+from maginet_jax.training import sharding
 
 
 @pytest.fixture(scope="module")
@@ -86,35 +87,40 @@ def test_patch_lpips_zero_positive_and_deterministic(patch_lpips, faces):
     assert float(patch_lpips(x, a, m, jax.random.PRNGKey(4))) != d
 
 
-def _objective(**weights):
+def _config(**weights):
     from configs import albedo
     c = albedo.get_config("smoke")
     for k in c.losses:
         c.losses[k] = weights.get(k, 0.0)
-    return AlbedoObjective(c.losses, c.perceptual)
+    return c
+
+
+def _perceptual(c):
+    mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+    return supervised.frozen_nets(c, mesh)["perceptual"]
 
 
 def test_gradients_reach_the_prediction_not_the_frozen_networks(faces):
-    obj = _objective(mse=1.0, vgg=1.0, lpips=1.0)
+    c = _config(mse=1.0, vgg=1.0, lpips=1.0)
+    perceptual = _perceptual(c)
     batch = {"albedo": faces["albedo"], "mask": faces["mask"]}
-    pred = faces["image"]
 
-    def loss(frozen, pred):
-        return obj(frozen, pred, [], batch, jax.random.PRNGKey(0))[0]
+    def loss(perceptual, pred):
+        terms = supervised.loss_terms(pred, [], batch, perceptual, jax.random.PRNGKey(0), config=c)
+        return sum(terms.values())
 
-    g_frozen, g_pred = jax.grad(loss, argnums=(0, 1))(obj.frozen, pred)
+    g_frozen, g_pred = jax.jit(jax.grad(loss, argnums=(0, 1)))(perceptual, faces["image"])
     assert float(jnp.abs(g_pred).max()) > 0.0
     assert float(jnp.abs(g_pred * (1 - faces["mask"])).max()) == 0.0  # nothing outside the mask
     leaves = jax.tree.leaves(g_frozen)
     assert leaves and all(float(jnp.abs(g).max()) == 0.0 for g in leaves)
-    assert not jax.tree.leaves(nnx.state(nnx.merge(obj._graphdef, obj.frozen), nnx.Param))
+    for pair in perceptual.values():  # no optimizer can see them
+        assert not jax.tree.leaves(nnx.state(nnx.merge(*pair), nnx.Param))
 
 
 def test_zero_weight_builds_no_network():
-    assert not jax.tree.leaves(_objective(mse=1.0).frozen)
-    only_lpips = _objective(lpips=1.0)
-    merged = nnx.merge(only_lpips._graphdef, only_lpips.frozen)
-    assert merged.vgg is None and merged.lpips is not None
+    assert _perceptual(_config(mse=1.0)) == {}
+    assert set(_perceptual(_config(lpips=1.0))) == {"lpips"}
 
 
 def test_vgg19_without_weights_file_is_a_clear_error():

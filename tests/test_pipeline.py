@@ -4,11 +4,11 @@ import grain
 import numpy as np
 import pytest
 
-from data_pipeline import loader, sources, transforms
+from data_pipeline import loader, synthetic
 
 
 def _source(n=16, res=24, split="train", passes=("albedo", "normal")):
-    return sources.SyntheticSource(num_records=n, resolution=res, split=split, seed=3, passes=passes)
+    return synthetic.SyntheticSource(num_records=n, resolution=res, split=split, seed=3, passes=passes)
 
 
 def test_source_records():
@@ -27,7 +27,7 @@ def test_source_records():
 
 
 def test_decode_scales_by_dtype():
-    out = transforms.Decode().map({"a": np.array([0, 255], np.uint8), "n": np.array([65535], np.uint16),
+    out = loader.Decode().map({"a": np.array([0, 255], np.uint8), "n": np.array([65535], np.uint16),
                                    "f": np.array([0.5], np.float32)})
     np.testing.assert_allclose(out["a"], [0.0, 1.0])
     np.testing.assert_allclose(out["n"], [1.0])
@@ -46,7 +46,7 @@ def _coded_record(h=8, w=8):
 
 def test_flip_mirrors_every_key_and_negates_normal_x_inside_mask():
     rec = _coded_record()
-    out = transforms.flip_horizontal(rec)
+    out = loader.flip_horizontal(rec)
     for k in ("image", "albedo", "mask"):
         np.testing.assert_array_equal(out[k], rec[k][:, ::-1])
     np.testing.assert_array_equal(out["lights"], rec["lights"])
@@ -55,12 +55,12 @@ def test_flip_mirrors_every_key_and_negates_normal_x_inside_mask():
     assert np.all(out["normal"][~inside] == 0)  # invalid texels stay zero
     np.testing.assert_array_equal(out["normal"][..., 1:], rec["normal"][:, ::-1, 1:])
     # Flipping twice restores the record.
-    np.testing.assert_allclose(transforms.flip_horizontal(out)["normal"], rec["normal"], atol=1e-7)
+    np.testing.assert_allclose(loader.flip_horizontal(out)["normal"], rec["normal"], atol=1e-7)
 
 
 def test_random_crop_flip_is_shared_across_keys_and_seeded():
     rec = _coded_record(12, 12)
-    aug = transforms.RandomCropFlip(8)
+    aug = loader.RandomCropFlip(8)
     flips = 0
     for seed in range(12):
         out = aug.random_map(rec, np.random.default_rng(seed))
@@ -73,11 +73,11 @@ def test_random_crop_flip_is_shared_across_keys_and_seeded():
         flips += bool(out["image"][0, 0, 0] > out["image"][0, -1, 0])
     assert 0 < flips < 12  # both branches were taken
     with pytest.raises(ValueError, match="exceeds the record size"):
-        transforms.RandomCropFlip(13).random_map(rec, np.random.default_rng(0))
+        loader.RandomCropFlip(13).random_map(rec, np.random.default_rng(0))
 
 
 def test_center_crop():
-    out = transforms.CenterCrop(4).map(_coded_record(8, 8))
+    out = loader.CenterCrop(4).map(_coded_record(8, 8))
     np.testing.assert_array_equal(out["image"], _coded_record(8, 8)["image"][2:6, 2:6])
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import REPO
 from maginet_jax import predict
+from maginet_jax.stages import supervised
 
 PASSES = ("ambient_occlusion", "normal", "specular", "translucency", "raw_diffuse")
 
@@ -87,13 +88,16 @@ def test_prediction_matches_the_chained_networks(chain, tmp_path):
     p = predict.Predictor(dirs["albedo"], dirs["refine"], dirs["passes"])
     image = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
     out = p(image)
-    from ml_collections import ConfigDict
-    from maginet_jax.stages.inputs import Upstream
-    from maginet_jax.training import sharding
     import jax
-    mesh = sharding.make_mesh(ConfigDict(dict(shape=(1,), axes=("data",))), jax.devices()[:1])
-    up = Upstream(ConfigDict(dict(albedo_workdir=dirs["albedo"], refine_workdir=dirs["refine"])), mesh, refine=True)
-    want = np.asarray(up.refined_albedo(up.params, {"image": image[None]})[0])
+    from flax import nnx
+    from maginet_jax.losses import area_downsample
+    from maginet_jax.training import runs, sharding
+    mesh = sharding.make_mesh((("data", 1),), jax.devices()[:1])
+    nets = {stage: runs.load_params(dirs[stage], supervised.networks, stage=stage, what=stage, mesh=mesh)[1:]
+            for stage in ("albedo", "refine")}
+    run = {stage: nnx.merge(graphdefs["model"], params["model"]) for stage, (graphdefs, params) in nets.items()}
+    coarse = run["albedo"](area_downsample(image[None], 2))[0]
+    want = np.asarray(run["refine"](coarse, image[None])[0])
     np.testing.assert_allclose(out["albedo"], np.clip(want, 0, 1), atol=1e-5)
 
 

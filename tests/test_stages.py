@@ -10,8 +10,11 @@ import optax
 import pytest
 
 from conftest import Interrupted, crash_during_step, smoke, train_evals as _evals
+from maginet_jax import train
 from maginet_jax.errors import UserError
-from maginet_jax.training import loop, optim
+from maginet_jax.stages import passes
+from maginet_jax.training import sharding, state as state_lib
+from maginet_jax.training.writers import read_metrics
 
 
 def test_refinement_starts_from_its_input_and_improves(chain):
@@ -23,7 +26,7 @@ def test_refinement_starts_from_its_input_and_improves(chain):
 
 def test_refine_input_is_the_stage1_prediction(chain, tmp_path):
     """With init.albedo_workdir, refine starts from stage 1's prediction, not the degraded ground truth."""
-    loop.train_and_evaluate(smoke("refine", num_train_steps=1, eval_every_steps=1), str(tmp_path))
+    train.train_and_evaluate(smoke("refine", num_train_steps=1, eval_every_steps=1), str(tmp_path))
     from_truth = _evals(str(tmp_path))[0]["eval/copy_input_mse"]
     from_stage1 = _evals(chain[0]["refine"])[0]["eval/copy_input_mse"]
     assert from_stage1 > 5 * from_truth  # a 12-step AlbedoNet is far worse than the degraded ground truth
@@ -43,7 +46,7 @@ def test_passes_train(chain):
     assert evals[-1]["eval/mse"] < 0.9 * evals[0]["eval/mse"]
     mean = np.mean([evals[-1][f"eval/{p}_mse"] for p in names])
     assert evals[-1]["eval/mse"] == pytest.approx(mean, rel=1e-5)
-    train = [r for r in loop.read_metrics(dirs["passes"]) if "train/g_loss" in r]
+    train = [r for r in read_metrics(dirs["passes"]) if "train/g_loss" in r]
     assert {"train/d", "train/g_gan", "train/g_fm", "train/mse"} <= set(train[-1])
     assert int(state.step) == 12
 
@@ -58,26 +61,26 @@ def test_passes_sample_grid_shows_every_pass(chain):
 
 def test_passes_run_resumes_exactly(tmp_path, monkeypatch):
     overrides = {"log_every_steps": 2, "checkpoint_every_steps": 4, "gan.mode": "hinge"}
-    full = loop.train_and_evaluate(smoke("passes", **overrides), str(tmp_path / "full"))
+    full = train.train_and_evaluate(smoke("passes", **overrides), str(tmp_path / "full"))
     crash_during_step(monkeypatch, 7)
     with pytest.raises(Interrupted):
-        loop.train_and_evaluate(smoke("passes", **overrides), str(tmp_path / "cut"))
+        train.train_and_evaluate(smoke("passes", **overrides), str(tmp_path / "cut"))
     monkeypatch.undo()
-    resumed = loop.train_and_evaluate(smoke("passes", **overrides), str(tmp_path / "cut"))
-    assert loop.read_metrics(str(tmp_path / "cut")) == loop.read_metrics(str(tmp_path / "full"))
+    resumed = train.train_and_evaluate(smoke("passes", **overrides), str(tmp_path / "cut"))
+    assert read_metrics(str(tmp_path / "cut")) == read_metrics(str(tmp_path / "full"))
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(full)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_wrong_stage_as_input_is_a_clear_error(chain, tmp_path):
     with pytest.raises(UserError, match="holds a 'refine' run, not 'albedo'"):
-        loop.train_and_evaluate(smoke("passes", **{"init.albedo_workdir": chain[0]["refine"]}), str(tmp_path))
+        train.train_and_evaluate(smoke("passes", **{"init.albedo_workdir": chain[0]["refine"]}), str(tmp_path))
 
 
-def test_freeze_until_holds_then_starts_fresh():
+def test_hold_until_holds_then_starts_fresh():
     params = {"w": jnp.array([1.0, -2.0, 3.0])}
     grads = [{"w": jnp.array([0.5, 0.1, -0.3]) * (i + 1)} for i in range(5)]
-    tx = optim.freeze_until(optax.adam(0.1), 3)
+    tx = state_lib.hold_until(optax.adam(0.1), 3)
     state = tx.init(params)
     updates = []
     for g in grads:
@@ -97,11 +100,9 @@ def test_niter_fix_global_trains_only_the_local_enhancer(tmp_path):
                             "optim.decay_steps": 2,
                             "eval_every_steps": 100, "checkpoint_every_steps": 100})
     from flax import nnx
-    from maginet_jax.stages.passes import PassesStage
-    from maginet_jax.training import sharding
-    stage = PassesStage(c, sharding.make_mesh(c.mesh))
-    before = jax.device_get(nnx.to_pure_dict(stage.initial_state.g_params))
-    after = jax.device_get(nnx.to_pure_dict(loop.train_and_evaluate(c, str(tmp_path)).g_params))
+    _, initial = passes.init(c, sharding.make_mesh(c.mesh))
+    before = jax.device_get(nnx.to_pure_dict(initial.params["generator"]))
+    after = jax.device_get(nnx.to_pure_dict(train.train_and_evaluate(c, str(tmp_path)).params["generator"]))
     flat_before = dict(jax.tree_util.tree_leaves_with_path(before))
     changed = {jax.tree_util.keystr(k): not np.array_equal(v, flat_before[k])
                for k, v in jax.tree_util.tree_leaves_with_path(after)}
@@ -114,30 +115,30 @@ def test_constant_then_linear_schedule():
     from ml_collections import ConfigDict
     c = ConfigDict(dict(learning_rate=2e-4, warmup_steps=0, schedule="constant_then_linear", decay_steps=4,
                         end_learning_rate_factor=0.0))
-    lr = optim.make_schedule(c, 10)
+    lr = state_lib.make_schedule(c, 10)
     np.testing.assert_allclose([float(lr(s)) for s in range(11)],
                                [2e-4] * 7 + [1.5e-4, 1e-4, 0.5e-4, 0.0], atol=1e-10)
-    c.decay_steps = 11
+    config = smoke("passes", num_train_steps=10, **{"optim.decay_steps": 11})
     with pytest.raises(UserError, match="decay_steps"):
-        optim.make_schedule(c, 10)
+        train.validate(config)
 
 
-def test_passes_objective_matches_per_pass_terms():
+def test_passes_reconstruction_matches_per_pass_terms():
+    from flax import nnx
     from maginet_jax import losses
-    from maginet_jax.training.objectives import PassesObjective
-    from ml_collections import ConfigDict
-    from configs import passes
-    p = passes.get_config().perceptual
-    obj = PassesObjective(ConfigDict(dict(mse=2.0, vgg=0.5, fm=10.0)), p, (1, 3, 1))
+    from maginet_jax.perceptual.losses import perceptual_nets
+    c = smoke("passes", passes=("ambient_occlusion", "normal", "specular"), **{"losses.mse": 2.0, "losses.vgg": 0.5})
+    perceptual = perceptual_nets(c.perceptual, vgg=True, lpips=False)
     rng = np.random.default_rng(0)
     pred, target = (jnp.asarray(rng.random((2, 24, 24, 5)), jnp.float32) for _ in range(2))
     mask = jnp.asarray(rng.random((2, 24, 24, 1)) > 0.3, jnp.float32)
-    total, terms = obj(obj.frozen, pred, target, mask)
+    terms = passes.reconstruction_terms(pred, target, mask, perceptual, c)
     splits = [(0, 1), (1, 4), (4, 5)]
     mse = np.mean([losses.masked_mse(pred[..., a:b], target[..., a:b], mask) for a, b in splits])
-    from flax import nnx
-    vgg = nnx.merge(obj._graphdef, obj.frozen).vgg
+    vgg = nnx.merge(*perceptual["vgg"])
     per_pass_vgg = np.mean([vgg(pred[..., a:b], target[..., a:b], mask) for a, b in splits])
+    assert set(terms) == {"mse", "vgg"}
     assert float(terms["mse"]) == pytest.approx(mse, rel=1e-5)
     assert float(terms["vgg"]) == pytest.approx(per_pass_vgg, rel=1e-4)
-    assert float(total) == pytest.approx(2.0 * mse + 0.5 * per_pass_vgg, rel=1e-4)
+    c.losses.vgg = 0.0
+    assert set(passes.reconstruction_terms(pred, target, mask, perceptual, c)) == {"mse"}

@@ -21,7 +21,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maginet_jax.models.attention import Attention
-from maginet_jax.models.layers import ConvNormAct, ResidualBlock, resize_to
+from maginet_jax.models.layers import (ConvNormAct, ResidualBlock, check_level_size, encode, level_multiple,
+                                      resize_to)
+from maginet_jax.models.unet import UNet
 
 FUSIONS = ("adaptive", "concat", "sum")
 
@@ -89,25 +91,11 @@ class AlbedoNet(nnx.Module):
     @property
     def size_multiple(self) -> int:
         """Input heights and widths must be multiples of this."""
-        return 2 ** (len(self.widths) - 1)
-
-    def check_size(self, height: int, width: int) -> None:
-        """Raises ValueError, naming the rule, for an input size the encoder cannot halve L-1 times."""
-        m = self.size_multiple
-        if height % m or width % m:
-            raise ValueError(f"AlbedoNet with {len(self.widths)} levels needs image sizes divisible by {m}; "
-                             f"got {height}x{width}")
+        return level_multiple(len(self.widths))
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
-        self.check_size(x.shape[1], x.shape[2])
-        h = self.stem(x * 2.0 - 1.0)
-        skips = []
-        for i, blocks in enumerate(self.enc):
-            if i > 0:
-                h = self.down[i - 1](h)
-            for blk in blocks:
-                h = blk(h)
-            skips.append(h)
+        check_level_size("AlbedoNet", len(self.widths), x.shape[1], x.shape[2])
+        h, skips = encode(self.stem(x * 2.0 - 1.0), self.enc, self.down)
         for blk in self.bottleneck:
             h = blk(h)
         context = h
@@ -132,10 +120,14 @@ def build_albedo_net(model_config, *, rngs: nnx.Rngs) -> nnx.Module:
     """Builds the stage-1 network from `config.model`: AlbedoNet, or the U-Net baseline when arch='unet'."""
     c = model_config
     if c.get("arch", "maginet") == "unet":
-        from maginet_jax.models.unet import UNet
         return UNet(widths=tuple(c.widths), norm=c.norm, activation=c.activation, dtype=jnp.dtype(c.dtype),
                     rngs=rngs)
     return AlbedoNet(widths=tuple(c.widths), blocks_per_level=c.blocks_per_level,
                      bottleneck_blocks=c.bottleneck_blocks, decoder_blocks=c.decoder_blocks, norm=c.norm,
                      activation=c.activation, attention=c.attention, attention_reduction=c.attention_reduction,
                      spatial_kernel=c.spatial_kernel, fusion=c.fusion, dtype=jnp.dtype(c.dtype), rngs=rngs)
+
+
+def size_multiple(model_config) -> int:
+    """Image sides the network of `config.model` (AlbedoNet or the U-Net) takes are multiples of this."""
+    return level_multiple(len(model_config.widths))

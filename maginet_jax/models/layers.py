@@ -87,3 +87,28 @@ def resize_to(x: jax.Array, height: int, width: int) -> jax.Array:
     if x.shape[1:3] == (height, width):
         return x
     return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), method="bilinear")
+
+
+def level_multiple(levels: int) -> int:
+    """Image sides an encoder of `levels` levels, halving between them, can take are multiples of this."""
+    return 2 ** (levels - 1)
+
+
+def check_level_size(name: str, levels: int, height: int, width: int) -> None:
+    """ValueError, naming the rule, for an input size such an encoder cannot halve `levels` - 1 times."""
+    m = level_multiple(levels)
+    if height % m or width % m:
+        raise ValueError(f"{name} with {levels} levels needs image sizes divisible by {m}; got {height}x{width}")
+
+
+def encode(h: jax.Array, levels, downsamples) -> tuple[jax.Array, list[jax.Array]]:
+    """Encoder levels (each a sequence of blocks), `downsamples[i - 1]` before level i > 0: (the last level's
+    output, every level's output for the decoder's skips)."""
+    skips = []
+    for i, blocks in enumerate(levels):
+        if i > 0:
+            h = downsamples[i - 1](h)
+        for block in blocks:
+            h = block(h)
+        skips.append(h)
+    return h, skips

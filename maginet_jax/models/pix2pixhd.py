@@ -231,7 +231,8 @@ class MultiscaleDiscriminator(nnx.Module):
 
 
 def import_torch_state_dict(module: nnx.Module, state_dict) -> None:
-    """Fills `module` (any model of this file) in place from a PyTorch state dict with the original key names.
+    """Fills `module` (any model of this file, concrete or from `nnx.eval_shape`) in place from a PyTorch state
+    dict with the original key names.
 
     Torch OIHW conv weights become HWIO, ConvTranspose2d's (in, out, kh, kw) becomes (kh, kw, out, in) for the
     transpose_kernel convolution. Missing keys, unexpected keys and mismatched shapes are all reported in one
@@ -263,7 +264,7 @@ def import_torch_state_dict(module: nnx.Module, state_dict) -> None:
     if problems:
         raise UserError(f"state dict does not fit {type(module).__name__}: " + "; ".join(problems))
     for var, value in updates:
-        var[...] = jnp.asarray(value, var.dtype)
+        var.value = jnp.asarray(value, var.dtype)  # also fills a module built abstractly (nnx.eval_shape)
 
 
 GENERATORS = ("global", "local")

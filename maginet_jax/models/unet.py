@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maginet_jax.models.layers import ConvNormAct, resize_to
+from maginet_jax.models.layers import ConvNormAct, check_level_size, encode, resize_to
 
 
 class UNet(nnx.Module):
@@ -33,17 +33,8 @@ class UNet(nnx.Module):
         self.head = nnx.Conv(ws[0], out_channels, (1, 1), dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
-        m = 2 ** (len(self.widths) - 1)
-        if x.shape[1] % m or x.shape[2] % m:
-            raise ValueError(f"UNet with {len(self.widths)} levels needs image sizes divisible by {m}; "
-                             f"got {x.shape[1]}x{x.shape[2]}")
-        h, skips = x * 2.0 - 1.0, []
-        for i, convs in enumerate(self.enc):
-            if i > 0:
-                h = self.down[i - 1](h)
-            for conv in convs:
-                h = conv(h)
-            skips.append(h)
+        check_level_size("UNet", len(self.widths), x.shape[1], x.shape[2])
+        h, skips = encode(x * 2.0 - 1.0, self.enc, self.down)
         for i in reversed(range(len(self.widths) - 1)):
             h = jnp.concatenate([resize_to(h, *skips[i].shape[1:3]), skips[i]], axis=-1)
             for conv in self.dec[i]:

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maginet_jax.errors import UserError
+from maginet_jax.errors import UserError, check_choices
+from maginet_jax.perceptual import lpips as lpips_lib
 from maginet_jax.perceptual import networks, weights
 from maginet_jax.perceptual.lpips import LPIPS
 
@@ -107,3 +108,30 @@ class PatchLPIPSLoss(nnx.Module):
         p = extract_patches(to_rgb(composite(pred, target, mask)), corners, self.patch_size)
         t = extract_patches(to_rgb(target), corners, self.patch_size)
         return jnp.mean(self.lpips(p * 2.0 - 1.0, jax.lax.stop_gradient(t) * 2.0 - 1.0))
+
+
+def check_config(perceptual_config, crop_size: int) -> None:
+    """Validates `config.perceptual` without loading any network."""
+    p = perceptual_config
+    check_choices({"perceptual.vgg_backbone": (p.vgg_backbone, VGG_BACKBONES),
+                   "perceptual.lpips_net": (p.lpips_net, lpips_lib.NETS)})
+    smallest = lpips_lib.MIN_SIZE[p.lpips_net]
+    if not smallest <= p.patch_size <= crop_size:
+        raise UserError(f"perceptual.patch_size {p.patch_size} must be in [{smallest}, data.crop_size={crop_size}] "
+                        f"for lpips_net={p.lpips_net}")
+    if p.num_patches < 1:
+        raise UserError(f"perceptual.num_patches must be >= 1, got {p.num_patches}")
+
+
+def perceptual_nets(perceptual_config, *, vgg: bool, lpips: bool) -> dict[str, tuple[nnx.GraphDef, nnx.State]]:
+    """The frozen networks the active perceptual terms need, as (graphdef, state) pairs by term name.
+
+    Steps receive them in their `frozen_nets` argument (replicated, never differentiated) and call
+    `nnx.merge(*pair)`; closing over them instead would bake their weights into the compiled program.
+    """
+    p, nets = perceptual_config, {}
+    if vgg:
+        nets["vgg"] = nnx.split(VGGPerceptualLoss(p.vgg_backbone, p.vgg19_weights, tuple(p.vgg_layer_weights)))
+    if lpips:
+        nets["lpips"] = nnx.split(PatchLPIPSLoss(p.lpips_net, p.num_patches, p.patch_size))
+    return nets

@@ -1,37 +1,89 @@
 """Stage 3: the Pix2PixHD translator from the refined albedo to the other rendering passes.
 
     condition = refined albedo at data.crop_size (frozen stages 1-2, or the ground truth)
-    fake      = G(condition)                       all passes, concatenated on channels, in [-1, 1]
-    D         = multi-scale discriminator on condition ⊕ passes
-Losses: LSGAN (or hinge) + feature matching (λ `losses.fm`) + masked MSE and VGG per pass. Normals are
-predicted in their [-1, 1] vector form (the stored [0, 1] encoding, rescaled), so prediction renormalises them.
+    fake      = G(condition)                     all passes, concatenated on channels, in [-1, 1]
+    D loss    = 0.5 · (GAN(D(cond ⊕ real) → real) + GAN(D(cond ⊕ stop_gradient(fake)) → fake))
+    G loss    = GAN(D(cond ⊕ fake) → real) + feature matching(D(cond ⊕ real), D(cond ⊕ fake)) + recon(fake)
+Reconstruction: masked MSE and VGG per pass. Normals are predicted in their [-1, 1] vector form (the stored
+[0, 1] encoding, rescaled), so prediction renormalises them. Arguments as in `stages/supervised.py`; the
+trained networks are {"generator", "discriminator"}.
 """
 
 from __future__ import annotations
 
-import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
-from clu import parameter_overview
+import optax
 from flax import nnx
 from jax.sharding import Mesh
 
 from data_pipeline import shading
 from maginet_jax import gan_losses, losses
-from maginet_jax.errors import UserError, check_choices
+from maginet_jax.errors import UserError, check_choices, check_divisible
 from maginet_jax.models import pix2pixhd
-from maginet_jax.stages.inputs import Upstream
-from maginet_jax.training import optim, runs, steps
-from maginet_jax.training.gan_step import gan_train_step, init_gan_state
-from maginet_jax.perceptual.losses import VGG_BACKBONES
-from maginet_jax.training.objectives import PASSES_TERMS, PassesObjective, active_weights
+from maginet_jax.perceptual.losses import VGG_BACKBONES, perceptual_nets, to_rgb
+from maginet_jax.stages import supervised
+from maginet_jax.training import runs
+from maginet_jax.training.state import TrainState, init_state, make_optimizer, make_schedule
 
 CONDITION_CHANNELS = 3
+TERMS = ("mse", "vgg", "fm")
 IMPORT_STAGE = "pix2pixhd_import"
 # The config.model keys that fix the shapes of G and D (an imported or earlier run must agree on them).
 ARCH_KEYS = ("netG", "ngf", "n_downsample_global", "n_blocks_global", "n_local_enhancers", "n_blocks_local",
              "ndf", "n_layers_D", "num_D", "getIntermFeat")
+
+
+def pass_channels(config) -> tuple[int, ...]:
+    """Channels of each predicted pass, in `config.passes` order (1: grey, 3: RGB)."""
+    return tuple(config.pass_channels[p] for p in config.passes)
+
+
+def networks(config) -> dict:
+    out_nc = sum(pass_channels(config))
+    return {"generator": lambda rngs: pix2pixhd.build_generator(config.model, CONDITION_CHANNELS, out_nc, rngs=rngs),
+            "discriminator": lambda rngs: pix2pixhd.build_discriminator(config.model, CONDITION_CHANNELS + out_nc,
+                                                                        rngs=rngs)}
+
+
+def global_trunk_labels(params) -> object:
+    """"fixed" for LocalEnhancer's global trunk, "trained" elsewhere (pix2pixHD's niter_fix_global)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "fixed" if getattr(path[0], "key", None) == "global_net" else "trained", params)
+
+
+def optimizers(config) -> dict[str, optax.GradientTransformation]:
+    """pix2pixHD's two Adams; with `niter_fix_global` the generator's global trunk is held at first."""
+    fix, steps = config.optim.niter_fix_global, config.num_train_steps
+    return {"generator": make_optimizer(config.optim, steps, fixed_labels=global_trunk_labels if fix else None,
+                                        fixed_steps=fix),
+            "discriminator": make_optimizer(config.optim, steps)}
+
+
+def init(config, mesh: Mesh) -> tuple[dict[str, nnx.GraphDef], TrainState]:
+    """Fresh G and D, or those of `init.pix2pixhd` (imported PyTorch weights or an earlier passes run)."""
+    graphdefs, state = init_state(networks(config), optimizers(config), config.seed, mesh)
+    if not config.init.pix2pixhd:
+        return graphdefs, state
+    directory, what = config.init.pix2pixhd, "init.pix2pixhd"
+    source = runs.read_config(directory, expect_stage=(IMPORT_STAGE, "passes"), what=what)
+    names = ("generator", "discriminator") if source.stage == "passes" or source.get("has_discriminator") else (
+        "generator",)
+    restored = runs.restore_params(runs.params_dir(directory, what=what),
+                                   {n: state.params[n] for n in names}, what=what)
+    return graphdefs, state.replace(params={**state.params, **restored})
+
+
+def frozen_nets(config, mesh: Mesh) -> dict:
+    return {"perceptual": perceptual_nets(config.perceptual, vgg=config.losses.vgg > 0, lpips=False),
+            "upstream": supervised.load_upstream(config.init, mesh)}
+
+
+def split_channels(x: jax.Array, channels) -> list[jax.Array]:
+    """Passes concatenated on the last axis → one array per pass, of `channels` channels each."""
+    return jnp.split(x, list(itertools.accumulate(channels))[:-1], axis=-1)
 
 
 def match_channels(x: jax.Array, channels: int) -> jax.Array:
@@ -41,134 +93,121 @@ def match_channels(x: jax.Array, channels: int) -> jax.Array:
     return jnp.repeat(x, channels, axis=-1) if x.shape[-1] == 1 else jnp.mean(x, axis=-1, keepdims=True)
 
 
-def global_trunk_labels(params) -> object:
-    """"frozen" for LocalEnhancer's global trunk, "free" elsewhere (pix2pixHD's niter_fix_global)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: "frozen" if getattr(path[0], "key", None) == "global_net" else "free", params)
+def condition_and_target(frozen_nets, batch, config) -> tuple[jax.Array, jax.Array]:
+    """(condition, target) in [0, 1]; the target holds every pass, concatenated on channels."""
+    target = jnp.concatenate([match_channels(batch[p], c) for p, c in zip(config.passes, pass_channels(config))],
+                             axis=-1)
+    return supervised.refined_albedo(frozen_nets["upstream"], batch), target
 
 
-def build_models(config):
-    """(build_generator, build_discriminator) for `config`, as functions of nnx.Rngs."""
-    out_nc = sum(config.pass_channels[p] for p in config.passes)
-    return (lambda rngs: pix2pixhd.build_generator(config.model, CONDITION_CHANNELS, out_nc, rngs=rngs),
-            lambda rngs: pix2pixhd.build_discriminator(config.model, CONDITION_CHANNELS + out_nc, rngs=rngs))
+def reconstruction_terms(fake, target, mask, perceptual, config) -> dict[str, jax.Array]:
+    """Masked MSE and VGG of every pass ([0, 1]), each averaged over passes; one-channel passes are grey RGB to
+    VGG, and all passes go through VGG as one batch."""
+    channels = pass_channels(config)
+    preds, targets = split_channels(fake, channels), split_channels(target, channels)
+    compute = {
+        "mse": lambda: sum(losses.masked_mse(p, t, mask) for p, t in zip(preds, targets)) / len(preds),
+        "vgg": lambda: nnx.merge(*perceptual["vgg"])(jnp.concatenate([to_rgb(p) for p in preds]),
+                                                     jnp.concatenate([to_rgb(t) for t in targets]),
+                                                     jnp.concatenate([mask] * len(preds))),
+    }
+    return {k: compute[k]() for k in ("mse", "vgg") if config.losses[k] > 0}
 
 
-class PassesStage:
-    """State, jitted steps and reporting of the GAN stage."""
+def gan_gradients(params, condition, target, mask, perceptual, *, config, graphdefs) -> tuple[dict, dict]:
+    """Gradients of G and D from a single generator forward, and the unweighted losses. `condition` and
+    `target` are in [0, 1]; the networks work in [-1, 1], like the original.
 
-    def __init__(self, config, mesh: Mesh):
-        self.names = tuple(config.passes)
-        self.data_passes = ("albedo", *self.names)
-        channels = tuple(config.pass_channels[p] for p in self.names)
-        self.upstream = Upstream(config.init, mesh, refine=True)
-        self.objective = PassesObjective(config.losses, config.perceptual, channels)
-        schedule = optim.make_schedule(config.optim, config.num_train_steps)
-        fix = config.optim.niter_fix_global
-        g_tx = optim.make_optimizer(config.optim, config.num_train_steps,
-                                    frozen_labels=global_trunk_labels if fix else None, frozen_steps=fix)
-        d_tx = optim.make_optimizer(config.optim, config.num_train_steps)
-        build_g, build_d = build_models(config)
-        self.g_graphdef, self.d_graphdef, state = init_gan_state(build_g, build_d, g_tx, d_tx, config.seed, mesh)
-        if config.init.pix2pixhd:
-            state = _start_from(config, state)
-        self.initial_state = state
-        self.state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    The generator's VJP carries the G loss's gradient with respect to `fake` back to G's parameters, while D's
+    gradient comes from the stopped fake. D's parameters are those from the start of the step for both
+    losses, exactly as separate G and D steps on the same batch would compute them.
+    """
+    mode, weights = config.gan.mode, config.losses
+    cond, real = condition * 2.0 - 1.0, target * 2.0 - 1.0
+    discriminate = lambda d, x: nnx.merge(graphdefs["discriminator"], d)(jnp.concatenate([cond, x], axis=-1))
+    fake, g_vjp = jax.vjp(lambda g: nnx.merge(graphdefs["generator"], g)(cond), params["generator"])
 
-        frozen = steps.place_frozen({"objective": self.objective.frozen, "inputs": self.upstream.params}, mesh)
-        names = ("g_loss", "d", "g_gan", *(("g_fm",) if config.losses.fm > 0 else ()), *self.objective.terms,
-                 "learning_rate")
-        train = functools.partial(self._train_step, g_tx=g_tx, d_tx=d_tx, schedule=schedule,
-                                  metrics_cls=steps.metrics_class(names), gan_mode=config.gan.mode,
-                                  fm_weight=config.losses.fm, n_layers=config.model.n_layers_D)
-        self.eval_metrics = steps.metrics_class(
-            ("mse", "psnr", "condition_mse", *(f"{p}_mse" for p in self.names)))
-        self.train_step = steps.jit_train_step(train, mesh, self.state_sharding, frozen)
-        self.eval_step = steps.jit_eval_step(self._eval_step, mesh, self.state_sharding, frozen)
-        self.columns = ("condition", *(c for p in self.names for c in (p, f"{p}_target")))
-        self.image_groups = {p: ("condition", p, f"{p}_target") for p in self.names}
-        self.loss_key = "g_loss"
-        self.param_keys = ("g_params", "d_params")
-        # The condition is scored too when it is predicted (the chained pipeline), not the ground truth.
-        chained = {"albedo": ("condition", "albedo_target")} if self.upstream.params else {}
-        self.scored = {**chained, **{p: (p, f"{p}_target") for p in self.names}}
-        self.copy_input = {p: ("input", target) for p, (_, target) in self.scored.items()}
+    def d_loss_fn(d):
+        real_out = discriminate(d, real)
+        return gan_losses.discriminator_loss(real_out, discriminate(d, jax.lax.stop_gradient(fake)), mode), real_out
 
-    def _inputs(self, frozen, batch):
-        """(condition, target) in [0, 1]; the target holds every pass, concatenated on channels."""
-        cond = self.upstream.refined_albedo(frozen["inputs"], batch)
-        target = jnp.concatenate([match_channels(batch[p], c) for p, c in zip(self.names, self.objective.channels)],
-                                 axis=-1)
-        return cond, target
+    (d_loss, real_out), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(params["discriminator"])
+    real_out = jax.lax.stop_gradient(real_out)
 
-    def _train_step(self, state, batch, frozen, *, g_tx, d_tx, schedule, metrics_cls, gan_mode, fm_weight, n_layers):
-        cond, target = self._inputs(frozen, batch)
+    def g_loss_fn(fake):
+        fake_out = discriminate(params["discriminator"], fake)
+        terms = {"g_gan": gan_losses.generator_loss(fake_out, mode)}
+        if weights.fm > 0:
+            terms["g_fm"] = gan_losses.feature_matching_loss(real_out, fake_out, config.model.n_layers_D, weights.fm)
+        recon = reconstruction_terms((fake + 1.0) / 2.0, target, mask, perceptual, config)
+        total = sum(terms.values()) + sum((weights[k] * v for k, v in recon.items()), jnp.zeros((), jnp.float32))
+        return total, {**terms, **recon}
 
-        def recon(fake, _, rng):
-            return self.objective(frozen["objective"], (fake + 1.0) / 2.0, target, batch["mask"])
-
-        state_out, terms = gan_train_step(
-            state, {"condition": cond * 2.0 - 1.0, "target": target * 2.0 - 1.0}, g_graphdef=self.g_graphdef,
-            d_graphdef=self.d_graphdef, g_tx=g_tx, d_tx=d_tx, recon_loss=recon, gan_mode=gan_mode,
-            fm_weight=fm_weight, n_layers=n_layers)
-        return state_out, metrics_cls.single_from_model_output(**terms, learning_rate=schedule(state.step))
-
-    def _eval_step(self, state, batch, frozen):
-        cond, target = self._inputs(frozen, batch)
-        fake = (nnx.merge(self.g_graphdef, state.g_params)(cond * 2.0 - 1.0) + 1.0) / 2.0
-        mask = batch["mask"]
-        preds, targets = self.objective.split(fake), self.objective.split(target)
-        mses = {f"{p}_mse": losses.per_example_masked_mse(x, t, mask) for p, x, t in zip(self.names, preds, targets)}
-        metrics = self.eval_metrics.single_from_model_output(
-            mse=sum(mses.values()) / len(mses), psnr=sum(losses.psnr(m) for m in mses.values()) / len(mses),
-            condition_mse=losses.per_example_masked_mse(cond, batch["albedo"], mask), mask=batch["valid"], **mses)
-        shown = {"condition": cond, "input": batch["image"], "mask": mask, "albedo_target": batch["albedo"]}
-        for p, x, t in zip(self.names, preds, targets):
-            shown[p], shown[f"{p}_target"] = x * mask, t
-        return metrics, shown
-
-    def overview(self, state) -> str:
-        return "\n".join(f"{name} parameters:\n" + parameter_overview.get_parameter_overview(nnx.to_pure_dict(p))
-                         for name, p in (("generator", state.g_params), ("discriminator", state.d_params)))
-
-    def eval_message(self, s: dict[str, float]) -> str:
-        per_pass = ", ".join(f"{p} {s[f'eval/{p}_mse'] * 1e3:.2f}" for p in self.names)
-        return (f"pass MSE (x1e-3) mean {s['eval/mse'] * 1e3:.3f} [{per_pass}], PSNR {s['eval/psnr']:.2f} dB; "
-                f"condition ({self.upstream.describe()}) albedo MSE {s['eval/condition_mse'] * 1e3:.3f}")
+    (g_loss, terms), d_fake = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
+    (g_grads,) = g_vjp(d_fake)
+    return {"generator": g_grads, "discriminator": d_grads}, {"g_loss": g_loss, "d": d_loss, **terms}
 
 
-def _start_from(config, state):
-    """G (and D, when saved) from `init.pix2pixhd`: imported PyTorch weights or an earlier passes run."""
-    directory, what = config.init.pix2pixhd, "init.pix2pixhd"
-    source = runs.read_config(directory, expect_stage=(IMPORT_STAGE, "passes"), what=what)
-    check_same_architecture(source, config, what)
-    folder = runs.params_dir(directory, what=what)
-    g = runs.restore_params(folder, state.g_params, key="g_params", what=what)
-    has_d = source.stage == "passes" or source.get("has_discriminator", False)
-    d = runs.restore_params(folder, state.d_params, key="d_params", what=what) if has_d else state.d_params
-    return state.replace(g_params=g, d_params=d)
+def train_step(state: TrainState, batch, frozen_nets, *, config, graphdefs) -> tuple[TrainState, dict]:
+    """One pix2pixHD step of G and D on a global batch: the new state and this step's scalars."""
+    cond, target = condition_and_target(frozen_nets, batch, config)
+    rng, _ = jax.random.split(state.rng)
+    grads, scalars = gan_gradients(state.params, cond, target, batch["mask"], frozen_nets["perceptual"],
+                                   config=config, graphdefs=graphdefs)
+    scalars["learning_rate"] = make_schedule(config.optim, config.num_train_steps)(state.step)
+    return state.apply_gradients(grads, optimizers(config), rng), scalars
+
+
+def predict(params, frozen_nets, batch, *, config, graphdefs):
+    """({pass: prediction in [0, 1]}, {pass: the lit image}) from the batch's "image"; with earlier runs as the
+    condition, their refined albedo is a prediction too, named "albedo". (`python -m maginet_jax.predict` calls
+    this with finished runs.)"""
+    cond = supervised.refined_albedo(frozen_nets["upstream"], batch)
+    fake = nnx.merge(graphdefs["generator"], params["generator"])(cond * 2.0 - 1.0)
+    outputs = dict(zip(config.passes, split_channels((fake + 1.0) / 2.0, pass_channels(config))))
+    if frozen_nets["upstream"]:
+        outputs = {"albedo": cond, **outputs}
+    return outputs, {p: batch["image"] for p in outputs}
+
+
+def report(config, rows: dict) -> tuple[dict[str, float], str]:
+    """Per-pass MSE, their mean and mean PSNR; the condition's albedo MSE when it is predicted."""
+    model = rows["model"]
+    scalars = {f"{p}_mse": model[p]["mse"] for p in config.passes}
+    scalars["mse"] = sum(model[p]["mse"] for p in config.passes) / len(config.passes)
+    scalars["psnr"] = sum(model[p]["psnr"] for p in config.passes) / len(config.passes)
+    condition = supervised.describe_upstream(config.init)
+    if "albedo" in model:
+        scalars["condition_mse"] = model["albedo"]["mse"]
+        condition += f" albedo MSE {model['albedo']['mse'] * 1e3:.3f}"
+    per_pass = ", ".join(f"{p} {model[p]['mse'] * 1e3:.2f}" for p in config.passes)
+    return scalars, (f"pass MSE (x1e-3) mean {scalars['mse'] * 1e3:.3f} [{per_pass}], PSNR {scalars['psnr']:.2f} "
+                     f"dB; condition: {condition}")
+
+
+def samples(config) -> dict[str, tuple[str, ...]]:
+    """One grid per pass: condition | prediction | target."""
+    condition = "albedo_pred" if config.init.albedo_workdir or config.init.refine_workdir else "albedo"
+    return {p: (condition, f"{p}_pred", p) for p in config.passes}
 
 
 def check_same_architecture(source, config, what: str) -> None:
     """UserError naming every architecture setting in which `source` (a saved run or import) differs."""
-    ours = dict(config.model)
-    theirs = dict(source.model)
+    ours, theirs = dict(config.model), dict(source.model)
     keys = [k for k in ARCH_KEYS if ours["netG"] == "local" or k not in ("n_local_enhancers", "n_blocks_local")]
     diffs = [f"model.{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in keys if theirs.get(k) != ours[k]]
     if source.get("input_nc", CONDITION_CHANNELS) != CONDITION_CHANNELS:
         diffs.append(f"generator input has {source.input_nc} channels there; the condition (an albedo) has "
                      f"{CONDITION_CHANNELS}")
-    out_nc = sum(config.pass_channels[p] for p in config.passes)
+    out_nc = sum(pass_channels(config))
     if source.get("output_nc", out_nc) != out_nc:
         diffs.append(f"generator outputs {source.output_nc} channels there, {out_nc} here (config.passes)")
     if diffs:
         raise UserError(f"{what}={config.init.pix2pixhd!r} has another architecture: " + "; ".join(diffs))
 
 
-def validate_passes(config) -> None:
-    """Checks stage 3's config before anything runs."""
-    from maginet_jax.stages.supervised import validate_inputs
-
+def validate(config) -> None:
+    """Checks stage 3's passes, networks, losses and inputs."""
     unknown = sorted(set(config.passes) - set(shading.PASS_NAMES[1:]))
     if unknown or not config.passes:
         raise UserError(f"passes {tuple(config.passes)}: choose from {shading.PASS_NAMES[1:]}")
@@ -178,9 +217,8 @@ def validate_passes(config) -> None:
     m = config.model
     check_choices({"model.netG": (m.netG, pix2pixhd.GENERATORS), "gan.mode": (config.gan.mode, gan_losses.GAN_MODES)})
     multiple = pix2pixhd.generator_multiple(m)
-    if config.data.crop_size % multiple:
-        raise UserError(f"data.crop_size {config.data.crop_size} is not divisible by {multiple}, which the "
-                        f"{m.netG} generator's {multiple.bit_length() - 1} halvings need")
+    check_divisible("data.crop_size", config.data.crop_size, multiple,
+                    f"the {m.netG} generator halves the image {multiple.bit_length() - 1} times")
     fix = config.optim.niter_fix_global
     if fix and m.netG != "local":
         raise UserError("optim.niter_fix_global trains the local enhancer alone first: it needs model.netG=local")
@@ -188,10 +226,10 @@ def validate_passes(config) -> None:
         raise UserError(f"optim.niter_fix_global={fix} must be in [0, num_train_steps={config.num_train_steps})")
     if config.losses.fm > 0 and not m.getIntermFeat:
         raise UserError("losses.fm > 0 (feature matching) needs model.getIntermFeat=True, as in pix2pixHD")
-    active_weights(config.losses, PASSES_TERMS, allow_none=True)
+    losses.active_weights(config.losses, TERMS, allow_none=True)
     if config.losses.vgg > 0:
         check_choices({"perceptual.vgg_backbone": (config.perceptual.vgg_backbone, VGG_BACKBONES)})
-    validate_inputs(config, refine=True)
+    supervised.validate_inputs(config)
     if config.init.pix2pixhd:
         source = runs.read_config(config.init.pix2pixhd, expect_stage=(IMPORT_STAGE, "passes"), what="init.pix2pixhd")
         check_same_architecture(source, config, "init.pix2pixhd")

@@ -10,8 +10,8 @@ then train from it:
 
 The options mean what they mean in pix2pixHD (`--input_nc` is the condition's channels, 3 for the refined
 albedo; `--output_nc` the passes' channels together, 9 for the default five passes). DIR receives
-`config.json` (the architecture) and `params/` (an orbax tree of `g_params`, and `d_params` when a
-discriminator is given). A state dict that does not fit the architecture is one error line listing the
+`config.json` (the architecture) and `params/` (an orbax tree {"params": {"generator": ...}}, with
+"discriminator" too when one is given, as in a passes run's checkpoint). A state dict that does not fit the architecture is one error line listing the
 missing, unexpected and mismatched keys; an existing DIR is never overwritten.
 """
 
@@ -22,7 +22,14 @@ import json
 import os
 import sys
 
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import nnx
+
 from maginet_jax.errors import UserError
+from maginet_jax.models import pix2pixhd
+from maginet_jax.stages.passes import IMPORT_STAGE
+from maginet_jax.torch_interop import read_state_dict
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,13 +56,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def import_weights(args: argparse.Namespace) -> str:
     """Reads, checks and writes the weights; returns the output directory. UserError on bad input."""
-    import ml_collections
-    import orbax.checkpoint as ocp
-    from flax import nnx
-    from maginet_jax.models import pix2pixhd
-    from maginet_jax.stages.passes import IMPORT_STAGE
-    from maginet_jax.torch_interop import read_state_dict
-
     if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
         raise UserError(f"--out {args.out!r} already exists and is not an empty directory")
     model = ml_collections.ConfigDict(dict(
@@ -63,16 +63,19 @@ def import_weights(args: argparse.Namespace) -> str:
         n_blocks_global=args.n_blocks_global, n_local_enhancers=args.n_local_enhancers,
         n_blocks_local=args.n_blocks_local, ndf=args.ndf, n_layers_D=args.n_layers_D, num_D=args.num_D,
         getIntermFeat=not args.no_ganFeat_loss, dtype="float32"))
-    generator = pix2pixhd.build_generator(model, args.input_nc, args.output_nc, rngs=nnx.Rngs(0))
+    # Built abstractly: every weight comes from the file (a strict import), so none is initialised for nothing.
+    generator = nnx.eval_shape(lambda: pix2pixhd.build_generator(model, args.input_nc, args.output_nc,
+                                                                 rngs=nnx.Rngs(0)))
     pix2pixhd.import_torch_state_dict(generator, read_state_dict(args.generator))
-    tree = {"g_params": nnx.split(generator, nnx.Param)[1]}
+    params = {"generator": nnx.split(generator, nnx.Param)[1]}
     if args.discriminator:
-        discriminator = pix2pixhd.build_discriminator(model, args.input_nc + args.output_nc, rngs=nnx.Rngs(0))
+        discriminator = nnx.eval_shape(lambda: pix2pixhd.build_discriminator(model, args.input_nc + args.output_nc,
+                                                                             rngs=nnx.Rngs(0)))
         pix2pixhd.import_torch_state_dict(discriminator, read_state_dict(args.discriminator))
-        tree["d_params"] = nnx.split(discriminator, nnx.Param)[1]
+        params["discriminator"] = nnx.split(discriminator, nnx.Param)[1]
     os.makedirs(args.out, exist_ok=True)
     with ocp.PyTreeCheckpointer() as checkpointer:  # writes to a temporary name, renamed when complete
-        checkpointer.save(os.path.abspath(os.path.join(args.out, "params")), args=ocp.args.PyTreeSave(tree))
+        checkpointer.save(os.path.abspath(os.path.join(args.out, "params")), args=ocp.args.PyTreeSave({"params": params}))
     info = {"stage": IMPORT_STAGE, "model": model.to_dict(), "input_nc": args.input_nc, "output_nc": args.output_nc,
             "has_discriminator": bool(args.discriminator),
             "sources": {"generator": os.path.abspath(args.generator),

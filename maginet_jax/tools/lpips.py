@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from maginet_jax.errors import UserError
+from maginet_jax.perceptual.lpips import LPIPS, MIN_SIZE
 
 
 def read_rgb(path: str) -> np.ndarray:
@@ -40,7 +41,6 @@ def distance(path0: str, path1: str, net: str = "alex") -> float:
     if x0.shape != x1.shape:
         raise UserError(f"images differ in size: {path0} is {x0.shape[1]}x{x0.shape[0]}, "
                         f"{path1} is {x1.shape[1]}x{x1.shape[0]}")
-    from maginet_jax.perceptual.lpips import LPIPS, MIN_SIZE
     if min(x0.shape[:2]) < MIN_SIZE[net]:
         raise UserError(f"images must be at least {MIN_SIZE[net]}x{MIN_SIZE[net]} for --net {net}, "
                         f"got {x0.shape[1]}x{x0.shape[0]}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -36,7 +36,6 @@ def save_png(path: str, image: np.ndarray) -> None:
 def contact_sheet(tiles: list[tuple[str, np.ndarray]], *, columns: int = 4, tile: int = 256,
                   label_height: int = 16) -> np.ndarray:
     """Labelled tiles, `columns` per row: each (label, HWC [0,1] image) is resized to tile×tile under its label."""
-    from PIL import ImageDraw
     rows = -(-len(tiles) // columns)
     cell_h, cell_w = tile + label_height, tile
     sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), (255, 255, 255))

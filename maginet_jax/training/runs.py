@@ -1,25 +1,29 @@
-"""Finished runs as inputs: a workdir's config and its latest parameters, for later stages and prediction.
+"""Run directories: a new one prepared, and finished ones as inputs (a workdir's config and its latest
+parameters, for later stages, evaluation and prediction).
 
-A run's workdir holds `config.json` (written when training starts) and `checkpoints/<step>/state`. Only the
-parameter subtree is read (orbax partial restore), so the optimizer state never reaches memory.
-`tools.import_pix2pixhd` writes the same two things (`params/` instead of checkpoints) for imported weights.
+A run's workdir holds `config.json` (written when training starts) and `checkpoints/<step>/state`, whose
+`params` subtree maps network names to parameters. Only that subtree is read (orbax partial restore), so the
+optimizer state never reaches memory. `tools.import_pix2pixhd` writes the same two things (`params/` instead of
+checkpoints) for imported weights.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Callable
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
-from maginet_jax.errors import UserError
+from maginet_jax.errors import UserError, first_line
 from maginet_jax.training import sharding
-from maginet_jax.training.state import abstract_model
+from maginet_jax.training.state import Build, abstract_params
 
 
 def read_config(workdir: str, *, expect_stage: str | tuple[str, ...], what: str) -> ml_collections.ConfigDict:
@@ -43,7 +47,7 @@ def read_config(workdir: str, *, expect_stage: str | tuple[str, ...], what: str)
 
 
 def params_dir(workdir: str, *, what: str) -> str:
-    """The parameter tree to read: `<workdir>/params` (imported weights) or the latest checkpoint's state."""
+    """The saved tree to read: `<workdir>/params` (imported weights) or the latest checkpoint's state."""
     imported = os.path.join(workdir, "params")
     if os.path.isdir(imported):
         return imported
@@ -54,35 +58,69 @@ def params_dir(workdir: str, *, what: str) -> str:
     return os.path.join(os.path.abspath(root), str(step), "state")
 
 
-def abstract_params(build: Callable[[nnx.Rngs], nnx.Module], mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State]:
-    """(graphdef, parameter shapes) of the module `build` makes, without allocating it; leaves are replicated."""
-    graphdef, params = abstract_model(build)
-    replicated = sharding.replicated(mesh)
-    return graphdef, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), params)
+def _key(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def restore_params(directory: str, like: nnx.State, *, key: str = "params", what: str) -> nnx.State:
-    """The subtree `key` of the saved state in `directory`, shaped, typed and sharded like `like` (arrays or
+def check_saved_shapes(directory: str, like, describe: str) -> None:
+    """UserError "`describe`: <first difference>" unless the saved tree in `directory` holds every array of
+    `like` with its shape. Read from the checkpoint's metadata, before any array: a read that fails midway
+    leaves orbax's other reads calling back into a closed event loop, a screen of tracebacks at exit."""
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        saved = handler.metadata(epath.Path(directory))
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise UserError(f"{describe}: {first_line(e)}") from None
+    finally:
+        handler.close()
+    saved = {_key(path): tuple(x.shape) for path, x in jax.tree_util.tree_leaves_with_path(saved)}
+    for path, x in jax.tree_util.tree_leaves_with_path(like):
+        key = _key(path)
+        if key not in saved:
+            raise UserError(f"{describe}: it has no {key}")
+        if saved[key] != tuple(x.shape):
+            raise UserError(f"{describe}: {key} is {tuple(x.shape)} here, {saved[key]} there")
+
+
+def restore_params(directory: str, like: dict[str, nnx.State], *, what: str) -> dict[str, nnx.State]:
+    """The saved parameters of the networks named in `like`, shaped, typed and sharded like `like` (arrays or
     ShapeDtypeStructs)."""
+    describe = f"{what}: the checkpoint in {directory!r} does not fit the model its config.json describes"
+    check_saved_shapes(directory, {"params": like}, describe)
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), like)
     try:
         with ocp.PyTreeCheckpointer() as checkpointer:
-            restored = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
-                item={key: like}, restore_args={key: restore_args}, partial_restore=True))
+            return checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
+                item={"params": like}, restore_args={"params": restore_args}, partial_restore=True))["params"]
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{what}: the checkpoint in {directory!r} does not fit the model its config.json "
-                        f"describes: {first}") from None
-    got = jax.tree.map(lambda x: tuple(x.shape), restored[key])
-    want = jax.tree.map(lambda x: tuple(x.shape), like)
-    if got != want:
-        raise UserError(f"{what}: the checkpoint in {directory!r} does not fit the model its config.json describes")
-    return restored[key]
+        raise UserError(f"{describe}: {first_line(e)}") from None
 
 
-def load_model_params(workdir: str, *, stage: str | tuple[str, ...], what: str, mesh: Mesh,
-                      build: Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module], key: str = "params"):
-    """(config, graphdef, params) of a finished run: `build(config, rngs)` rebuilds its model."""
+def abstract_networks(builds: dict[str, Build], mesh: Mesh) -> tuple[dict[str, nnx.GraphDef], dict]:
+    """(graphdefs, parameter ShapeDtypeStructs replicated over `mesh`) of the networks `builds` makes."""
+    graphdefs, like = {}, {}
+    for name, build in builds.items():
+        graphdefs[name], shapes = abstract_params(build)
+        like[name] = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)), shapes)
+    return graphdefs, like
+
+
+def load_params(workdir: str, networks: Callable[[ml_collections.ConfigDict], dict[str, Build]], *,
+                stage: str | tuple[str, ...], what: str, mesh: Mesh, names: tuple[str, ...] | None = None):
+    """(config, graphdefs, params) of a finished run, replicated over `mesh`: `networks(config)` rebuilds its
+    networks (all of them, or those in `names`)."""
     config = read_config(workdir, expect_stage=stage, what=what)
-    graphdef, like = abstract_params(lambda rngs: build(config, rngs), mesh)
-    return config, graphdef, restore_params(params_dir(workdir, what=what), like, key=key, what=what)
+    builds = networks(config)
+    graphdefs, like = abstract_networks({name: builds[name] for name in names or builds}, mesh)
+    return config, graphdefs, restore_params(params_dir(workdir, what=what), like, what=what)
+
+
+def prepare_workdir(workdir: str) -> None:
+    """Creates `workdir` and proves it writable, or raises UserError; touches nothing already there."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to workdir {workdir!r}: {e.strerror or e}") from None

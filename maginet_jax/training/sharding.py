@@ -1,9 +1,9 @@
-"""Device mesh from the config, and the shardings the train step uses."""
+"""The device mesh from `config.mesh`, and the shardings of the train state and the batches."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -12,38 +12,40 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from maginet_jax.errors import UserError
 
 DATA_AXIS = "data"
+# The axes something is sharded over. Another axis would only split the devices and repeat the work on each
+# part, so it is refused until a sharding strategy uses it.
+AXES = (DATA_AXIS,)
 
 
-def make_mesh(mesh_config, devices=None) -> Mesh:
-    """A mesh of `mesh_config.shape` over `mesh_config.axes`; one -1 entry takes the remaining devices.
-
-    Axes are `Auto` (jax.make_mesh defaults to `Explicit`, under which NNX convs need output shardings).
-    """
+def make_mesh(axes: Sequence[tuple[str, int]], devices=None) -> Mesh:
+    """A mesh of `axes`, (name, size) pairs as in `config.mesh = (("data", -1),)`; size -1 takes the devices
+    left over. Axes are `Auto` (jax.make_mesh defaults to `Explicit`, under which NNX convs need output
+    shardings)."""
     devices = list(jax.devices() if devices is None else devices)
-    shape, axes = list(mesh_config.shape), tuple(mesh_config.axes)
-    if len(shape) != len(axes):
-        raise UserError(f"mesh.shape {tuple(shape)} and mesh.axes {axes} differ in length")
-    if DATA_AXIS not in axes:
-        raise UserError(f"mesh.axes {axes} must include {DATA_AXIS!r} (the batch is split over it)")
-    if shape.count(-1) > 1:
-        raise UserError(f"mesh.shape {tuple(shape)} may hold at most one -1")
-    if -1 in shape:
-        rest = math.prod(s for s in shape if s != -1)
-        if rest <= 0 or len(devices) % rest:
-            raise UserError(f"mesh.shape {tuple(shape)} does not divide the {len(devices)} devices")
-        shape[shape.index(-1)] = len(devices) // rest
-    if math.prod(shape) != len(devices):
-        raise UserError(f"mesh.shape {tuple(shape)} needs {math.prod(shape)} devices; {len(devices)} available")
-    return Mesh(np.asarray(devices).reshape(shape), axes, axis_types=(AxisType.Auto,) * len(axes))
-
-
-def data_size(mesh: Mesh) -> int:
-    """Number of batch shards."""
-    return mesh.shape[DATA_AXIS]
+    try:
+        names, sizes = zip(*[(str(name), int(size)) for name, size in axes])
+    except (TypeError, ValueError):
+        raise UserError(f"mesh {axes!r} must be (axis, size) pairs, e.g. (('data', -1),)") from None
+    unknown = [n for n in names if n not in AXES]
+    if unknown:
+        raise UserError(f"mesh axis {unknown[0]!r} is not used by maginet_jax; the axes it shards over: {AXES}")
+    if len(set(names)) != len(names) or DATA_AXIS not in names:
+        raise UserError(f"mesh {axes!r} must name {DATA_AXIS!r} once (the batch is split over it)")
+    sizes = list(sizes)
+    if sizes.count(-1) > 1 or any(s < 1 and s != -1 for s in sizes):
+        raise UserError(f"mesh sizes {tuple(sizes)} must be positive, with at most one -1")
+    if -1 in sizes:
+        rest = math.prod(s for s in sizes if s != -1)
+        if len(devices) % rest:
+            raise UserError(f"mesh {axes!r} does not divide the {len(devices)} devices")
+        sizes[sizes.index(-1)] = len(devices) // rest
+    if math.prod(sizes) != len(devices):
+        raise UserError(f"mesh {axes!r} needs {math.prod(sizes)} devices; {len(devices)} available")
+    return Mesh(np.asarray(devices).reshape(sizes), names, axis_types=(AxisType.Auto,) * len(names))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-    """Every device holds the whole array (parameters, optimizer state, metrics)."""
+    """Every device holds the whole array (parameters, optimizer state, networks that are not trained)."""
     return NamedSharding(mesh, P())
 
 

@@ -18,8 +18,10 @@ class TensorboardXWriter:
     """clu MetricWriter look-alike on tensorboardX (no TensorFlow needed)."""
 
     def __init__(self, logdir: str):
-        from tensorboardX import SummaryWriter
-        self._w = SummaryWriter(logdir)
+        # Imported here: tensorboardX imports torch when it is installed (~3 s), a cost every CLI start (a
+        # one-line config error included) would otherwise pay before anything is written.
+        import tensorboardX
+        self._w = tensorboardX.SummaryWriter(logdir)
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         for k, v in scalars.items():
@@ -85,8 +87,14 @@ def create_writer(workdir: str, *, resume_step: int, is_main: bool) -> MultiWrit
     if not is_main:
         return MultiWriter([])
     if importlib.util.find_spec("tensorflow") is not None:
-        from clu import metric_writers
+        from clu import metric_writers  # imports TensorFlow: only when it is installed
         tb = metric_writers.SummaryWriter(workdir)
     else:
         tb = TensorboardXWriter(workdir)
     return MultiWriter([tb, JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step)])
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The rows of `<workdir>/metrics.jsonl`."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]

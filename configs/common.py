@@ -1,7 +1,4 @@
-"""Config sections every stage shares; `configs/<stage>.py` adds its model, losses and inputs.
-
-Stage configs import this rather than each other, so `configs/` stays a directory of plain files.
-"""
+"""Config sections every stage shares; `configs/<stage>.py` adds its model, losses and inputs."""
 
 from __future__ import annotations
 
@@ -29,9 +26,9 @@ def base_config(stage: str, *, resolution: int) -> ml_collections.ConfigDict:
     c.async_checkpointing = True
     c.num_sample_images = 4  # rows in the sample grids
 
-    # Devices are arranged as mesh.shape over mesh.axes (-1 takes what is left); the batch is split over
-    # 'data' and parameters are replicated.
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1,), axes=("data",)))
+    # The device mesh as (axis, size) pairs; -1 takes the devices left over. The batch is split over 'data'
+    # and parameters are replicated; 'data' is the only axis the code shards over so far.
+    c.mesh = (("data", -1),)
 
     c.data = ml_collections.ConfigDict()
     # 'synthetic' (embedded generator) | 'ffhq_uv_intrinsics' (your copy, prepared as a TFDS dataset on first

@@ -1,0 +1,92 @@
+"""Held-out evaluation, for the training loop and `python -m maginet_jax.evaluate` alike.
+
+One ordered pass over the test split. A stage's `predict(params, frozen_nets, batch)` returns its outputs and
+the copy-the-input baselines by pass name ({"albedo": ...}); each is scored against the batch's target of the
+same name, per example, then averaged over the split: masked MSE and PSNR, and with `full`, masked SSIM and
+LPIPS (AlexNet v0.1). SSIM and LPIPS see the prediction inside the mask and the target outside it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from data_pipeline import loader
+from maginet_jax import image_metrics, losses
+from maginet_jax.perceptual.losses import composite, to_rgb
+from maginet_jax.perceptual.lpips import LPIPS
+from maginet_jax.stages.passes import match_channels
+from maginet_jax.training import sharding
+
+ROWS = ("model", "copy the input")
+METRICS = ("mse", "psnr", "ssim", "lpips")
+
+
+class Evaluation(NamedTuple):
+    means: dict  # {row: {pass: {metric: mean over the held-out split}}}
+    shown: dict | None  # {image name: the first examples}, gathered from all processes
+    num_examples: int
+
+
+def score(x: jax.Array, target: jax.Array, mask: jax.Array, lpips_net) -> dict[str, jax.Array]:
+    """Per-example metrics of `x` against `target` (LPIPS and SSIM only when `lpips_net` is given)."""
+    x = composite(match_channels(x, target.shape[-1]), target, mask)
+    mse = losses.per_example_masked_mse(x, target, mask)
+    scores = {"mse": mse, "psnr": losses.psnr(mse)}
+    if lpips_net is not None:
+        scores["ssim"] = image_metrics.ssim(x, target, mask)
+        scores["lpips"] = nnx.merge(*lpips_net)(to_rgb(x) * 2.0 - 1.0, to_rgb(target) * 2.0 - 1.0)
+    return scores
+
+
+@functools.partial(jax.jit, static_argnames="predict")
+def eval_batch(params, frozen_nets, lpips_net, batch, *, predict):
+    """({row: {pass: {metric: (B,)}}}, images): the scores of one global batch, and what the sample grids show:
+    the batch's images by name, each target with the prediction's channels, `<pass>_pred` (inside the mask;
+    outside it the prediction is unconstrained and unscored) and `<pass>_copy` (the baseline)."""
+    outputs, baselines = predict(params, frozen_nets, batch)
+    mask = batch["mask"]
+    targets = {p: match_channels(batch[p], x.shape[-1]) for p, x in outputs.items()}
+    scores = {row: {p: score(x, targets[p], mask, lpips_net) for p, x in images.items()}
+              for row, images in zip(ROWS, (outputs, baselines))}
+    shown = {k: v for k, v in batch.items() if k not in ("mask", "valid")}
+    shown.update(targets)
+    shown.update({f"{p}_pred": x * mask for p, x in outputs.items()})
+    shown.update({f"{p}_copy": match_channels(x, targets[p].shape[-1]) for p, x in baselines.items()})
+    return scores, shown
+
+
+def evaluate(predict, params, frozen_nets, config, mesh: Mesh, *, full: bool = False,
+             num_shown: int = 0) -> Evaluation:
+    """The means over the held-out split, and the first `num_shown` examples of every image `eval_batch` shows.
+
+    `predict` must be the same object from one call to the next (a jit static argument: a new one compiles
+    again). The last partial batch is padded; the padding is left out of every mean.
+    """
+    passes = ("albedo", *config.get("passes", ()))
+    source = loader.make_source(config.data, "test", config.eval.num_examples, passes)
+    local_batch = config.eval.batch_size // jax.process_count()
+    batches = loader.make_loader(source, batch_size=local_batch, crop_size=config.data.crop_size, train=False,
+                                 seed=config.seed, worker_count=config.eval.worker_count)
+    lpips_net = jax.device_put(nnx.split(LPIPS("alex")), sharding.replicated(mesh)) if full else None
+    sums, count, shown = None, 0, None
+    for local in batches:
+        n = len(local["image"])
+        local = {k: np.concatenate([v, np.zeros((local_batch - n, *v.shape[1:]), v.dtype)]) for k, v in local.items()}
+        local["valid"] = np.arange(local_batch) < n
+        batch = sharding.to_global(local, mesh)
+        scores, images = eval_batch(params, frozen_nets, lpips_net, batch, predict=predict)
+        got = multihost_utils.process_allgather({"scores": scores, "valid": batch["valid"]}, tiled=True)
+        keep = np.asarray(got["valid"], bool)
+        batch_sums = jax.tree.map(lambda v: float(np.sum(np.asarray(v, np.float64)[keep])), got["scores"])
+        sums = batch_sums if sums is None else jax.tree.map(lambda a, b: a + b, sums, batch_sums)
+        count += int(keep.sum())
+        if shown is None and num_shown:  # every process joins the gather; the caller writes on process 0
+            shown = {k: v[:num_shown] for k, v in multihost_utils.process_allgather(images, tiled=True).items()}
+    return Evaluation(jax.tree.map(lambda s: s / count, sums), shown, count)

@@ -1,0 +1,58 @@
+"""Every script in benchmarks/ runs, with tiny settings, so no refactor can strand one (figures are not
+checked here: they are measured on an idle machine, see the README)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+SCRIPTS = sorted(f for f in os.listdir(os.path.join(REPO, "benchmarks")) if f.endswith((".py", ".sh")))
+
+
+def _run(*cmd, env=None, timeout=600):
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, **(env or {})}
+    r = subprocess.run(list(cmd), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def ablation_root(tmp_path_factory):
+    """benchmarks/ablation.sh at :smoke for seed 0: two trained and evaluated runs."""
+    root = str(tmp_path_factory.mktemp("ablation"))
+    _run("bash", "benchmarks/ablation.sh", "0", env={"ABLATION_VARIANT": "smoke", "ABLATION_ROOT": root})
+    return root
+
+
+def test_every_script_has_a_tiny_run():
+    assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "flat_pass_baseline.py", "lighting_invariance.py",
+                            "perceptual_cost.py"}, "add a tiny run of the new script to this file"
+
+
+def test_ablation(ablation_root):
+    assert sorted(os.listdir(ablation_root)) == ["albedo_seed0", "unet_baseline_seed0"]
+    table = _run(sys.executable, "benchmarks/ablation_table.py", ablation_root)
+    assert "| MAGINet (AlbedoNet) | 0 |" in table and "| U-Net baseline | 0 |" in table
+
+
+def test_flat_pass_baseline():
+    out = _run(sys.executable, "benchmarks/flat_pass_baseline.py", "--resolution", "32", "--num_examples", "4")
+    assert len(out.strip().splitlines()) == 6 and out.splitlines()[-1].startswith("mean")
+
+
+def test_lighting_invariance(ablation_root):
+    out = _run(sys.executable, "benchmarks/lighting_invariance.py", f"--workdir={ablation_root}/albedo_seed0",
+               "--num_textures", "2", "--num_lights", "2")
+    assert "relighting spread" in out and "2 textures x 2 lightings" in out
+
+
+def test_perceptual_cost():
+    # two of the four variants: the others differ only in the loss weights (and cost two VGG16 compiles)
+    out = _run(sys.executable, "benchmarks/perceptual_cost.py", "--config=configs/albedo.py:smoke", "--steps=1",
+               "--variants=base,lpips")
+    rows = out.strip().splitlines()[-2:]
+    assert [r.split("  ")[0] for r in rows] == ["base terms", "+ patch-lpips"]
+    assert all(float(r.split()[-2]) > 0 for r in rows)
