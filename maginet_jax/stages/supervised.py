@@ -130,6 +130,10 @@ def validate_albedo(config) -> None:
                    "model.activation": (m.activation, layers.ACTIVATIONS)})
     if m.get("arch") == "unet" and config.losses.side > 0:
         raise UserError("losses.side must be 0 for model.arch=unet: the U-Net has no side outputs")
+    _check_losses(config)
+
+
+def _check_losses(config) -> None:
     losses.active_weights(config.losses, TERMS)
     check_config(config.perceptual, config.data.crop_size)
 
@@ -139,8 +143,7 @@ def validate_refine(config) -> None:
     if len(config.model.widths) != 2:
         raise UserError(f"model.widths of RefinementNet are its two hidden widths, got {tuple(config.model.widths)}")
     check_choices({"model.activation": (config.model.activation, layers.ACTIVATIONS)})
-    losses.active_weights(config.losses, TERMS)
-    check_config(config.perceptual, config.data.crop_size)
+    _check_losses(config)
     validate_inputs(config)
 
 
