@@ -15,8 +15,10 @@ import dataclasses
 import os
 from typing import Sequence
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 from PIL import Image
 
 from data_pipeline.ffhq_uv_intrinsics import CHANNELS, PASS_FILES, decode, is_test_subject
@@ -174,12 +176,14 @@ def prepare(root: str, *, tfds_dir: str = "", resolution: int = 512, input_file:
     """
     builder = FfhqUvIntrinsics(config=make_config(resolution, input_file, test_fraction, pass_files), data_dir=tfds_dir or None,
                                file_format="array_record", uv_maps_dir=uv_maps_dir, lenient=lenient)
-    if not builder.is_prepared():
-        import jax  # only here: building needs no jax
-        if jax.process_count() > 1:
-            raise ValueError(f"the prepared dataset {builder.data_dir} does not exist; build it once before a "
-                             f"multi-host run: python -m data_pipeline.build_ffhq_uv_intrinsics --root {root}")
+    # In a multi-process run process 0 builds and the others wait for it at a barrier (never two builders);
+    # all of them read the finished dataset afterwards. `tfds_dir` must then be storage every host sees.
+    if jax.process_index() == 0 and not builder.is_prepared():
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"prepared {builder.data_dir}")
+        builder = FfhqUvIntrinsics(config=builder.builder_config, data_dir=tfds_dir or None,
+                                   file_format="array_record", uv_maps_dir=uv_maps_dir, lenient=lenient)
     return builder
 
 

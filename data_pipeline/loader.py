@@ -9,10 +9,15 @@ sign.
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 import os
+import signal
+import sys
 from typing import Sequence
 
 import grain
+import jax
 import numpy as np
 
 from data_pipeline import ffhq_tfds
@@ -20,6 +25,22 @@ from data_pipeline.ffhq_uv_intrinsics import FFHQUVIntrinsicsSource
 from data_pipeline.synthetic import SyntheticSource
 
 SOURCES = ("synthetic", "ffhq_uv_intrinsics", "ffhq_uv_intrinsics_raw")
+
+
+def _end_with_parent() -> None:
+    """In a grain worker process: have the kernel kill it when the main process dies. grain's workers are
+    daemons, which end with a main process that exits, not with one that is killed (SIGKILL, out of memory):
+    such orphans were found alive half an hour later. Workers are spawned and unpickle these transforms, so
+    they import this module."""
+    parent = multiprocessing.parent_process()
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent.pid:  # the parent died before the request was made
+        os._exit(1)
+
+
+_end_with_parent()
 
 
 def make_source(data_config, split: str, num_records: int, passes: Sequence[str]):
@@ -50,6 +71,35 @@ def make_source(data_config, split: str, num_records: int, passes: Sequence[str]
     return ffhq_tfds.PreparedSource(builder.as_data_source(split=split), passes)
 
 
+class GlobalBatchSampler:
+    """Training order that does not depend on the number of processes: one shuffled, endlessly repeated order
+    of all records (grain's IndexSampler with one shard), cut into global batches of `batch_size ×
+    num_processes`; process p reads the p-th contiguous `batch_size` slice of each. The global batch, its order
+    and each record's augmentation (seeded by its global position) are those of a one-process run, so a
+    2-process run trains on exactly the batches a 1-process run does (with worker_count=0; grain workers
+    batch round-robin, which depends on their count)."""
+
+    def __init__(self, num_records: int, *, batch_size: int, seed: int, process_index: int, process_count: int):
+        self._order = grain.samplers.IndexSampler(
+            num_records=num_records, shard_options=grain.sharding.ShardOptions(0, 1, drop_remainder=True),
+            shuffle=True, num_epochs=None, seed=seed)
+        self._batch, self._p, self._n = batch_size, process_index, process_count
+        # The DataLoader asks for element i of shard p as sampler[i * shard_count + p].
+        self._shard_options = grain.sharding.ShardOptions(process_index, process_count, drop_remainder=True)
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def __repr__(self) -> str:  # grain compares it with the checkpointed iterator's
+        return (f"GlobalBatchSampler({self._order!r}, batch_size={self._batch}, process_index={self._p}, "
+                f"process_count={self._n})")
+
+    def __getitem__(self, index: int):
+        local = index // self._n
+        batch, within = divmod(local, self._batch)
+        return self._order[(batch * self._n + self._p) * self._batch + within]
+
+
 def make_loader(source, *, batch_size: int, crop_size: int, train: bool, seed: int, worker_count: int = 0,
                 flip: bool = True, worker_buffer_size: int = 2,
                 shard_options: grain.sharding.ShardOptions | None = None, read_threads: int = 16,
@@ -57,19 +107,23 @@ def make_loader(source, *, batch_size: int, crop_size: int, train: bool, seed: i
     """A DataLoader over this process's share of `source`, yielding dicts of (batch_size, ...) arrays.
 
     `batch_size` is per process. Training shuffles with `seed`, repeats forever, augments and drops the last
-    partial batch; evaluation reads one ordered pass, centre-cropped, and keeps the last partial batch (the
-    caller pads it). Every process (or `shard_options` shard) sees a disjoint, contiguous block of records.
+    partial batch; each process reads its slice of every global batch (`GlobalBatchSampler`). Evaluation
+    reads one ordered pass, centre-cropped, each process (or `shard_options` shard) a contiguous block of
+    records, and keeps the last partial batch (the caller pads it; shards differ by at most one record).
     `read_threads` / `read_buffer_size` bound how far each worker reads ahead: grain's defaults suit file I/O,
     but a CPU-bound source such as the synthetic generator then competes with the train step for cores.
     """
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(source),
-        shard_options=shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=True),
-        shuffle=train,
-        num_epochs=None if train else 1,
-        seed=seed,
-    )
-    augment = RandomCropFlip(crop_size, flip) if train else CenterCrop(crop_size)
+    if train:
+        p, n = ((shard_options.shard_index, shard_options.shard_count) if shard_options
+                else (jax.process_index(), jax.process_count()))
+        sampler = GlobalBatchSampler(len(source), batch_size=batch_size, seed=seed, process_index=p,
+                                     process_count=n)
+        augment = RandomCropFlip(crop_size, flip)
+    else:
+        sampler = grain.samplers.IndexSampler(
+            num_records=len(source), shuffle=False, num_epochs=1,
+            shard_options=shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=False))
+        augment = CenterCrop(crop_size)
     ops = [Decode(), augment, grain.transforms.Batch(batch_size, drop_remainder=train)]
     return grain.DataLoader(data_source=source, sampler=sampler, operations=ops, worker_count=worker_count,
                             worker_buffer_size=worker_buffer_size,

@@ -75,8 +75,14 @@ def evaluate(predict, params, frozen_nets, config, mesh: Mesh, *, full: bool = F
     batches = loader.make_loader(source, batch_size=local_batch, crop_size=config.data.crop_size, train=False,
                                  seed=config.seed, worker_count=config.eval.worker_count)
     lpips_net = jax.device_put(nnx.split(LPIPS("alex")), sharding.replicated(mesh)) if full else None
-    sums, count, shown = None, 0, None
-    for local in batches:
+    # Shards differ by up to one record, so one process may run out a batch early: it then joins the
+    # collectives with an all-padding batch (every process must take part in each one).
+    num_batches = -(-(-(-len(source) // jax.process_count())) // local_batch)
+    sums, count, shown, batches, first = None, 0, None, iter(batches), None
+    for _ in range(num_batches):
+        local = next(batches, None)
+        first = local if first is None else first
+        local = local if local is not None else {k: v[:0] for k, v in first.items()}
         n = len(local["image"])
         local = {k: np.concatenate([v, np.zeros((local_batch - n, *v.shape[1:]), v.dtype)]) for k, v in local.items()}
         local["valid"] = np.arange(local_batch) < n

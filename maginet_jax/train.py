@@ -17,7 +17,9 @@ import functools
 import logging as pylogging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from typing import Callable
 
@@ -43,8 +45,14 @@ CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file, e.g
                                           lock_config=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first (multi-host: TPU pods, SLURM/GPU clusters); "
-    "the cluster is auto-detected, or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.")
+    "distributed", False, "Multi-process run on a cluster JAX detects (Cloud TPU pods, SLURM, Open MPI): "
+    "jax.distributed.initialize() before anything else. Elsewhere give --coordinator_address, "
+    "--num_processes and --process_id instead.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for processes started by hand (every process gets "
+                                   "the same address and --num_processes, and its own --process_id).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 to num_processes - 1.")
 _LIBRARY_LOGS = flags.DEFINE_bool("library_logs", False, "Show INFO logs of orbax, grain, jax etc. too.")
 
 
@@ -155,6 +163,44 @@ def evaluate_and_show(step: int, predict, params, frozen_nets, config, mesh, wri
     return {f"eval/{k}": v for k, v in scalars.items()}
 
 
+class StopSignals:
+    """SIGTERM (how a TPU VM is preempted) and SIGINT (Ctrl-C) ask the loop to checkpoint and stop after the
+    current step; a second Ctrl-C stops at once. With several processes, all must stop at the same step: JAX's
+    preemption service (started by jax.distributed) catches SIGTERM and makes `reached_preemption` agree, so
+    only SIGINT is caught here, and passed on to it as SIGTERM. Handlers live in the main thread only."""
+
+    def __init__(self, multiprocess: bool):
+        self.received, self._multiprocess, self._previous = None, multiprocess, {}
+
+    def _handle(self, signum, frame) -> None:
+        if self._multiprocess:
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif self.received is not None and signum == signal.SIGINT:
+            signal.default_int_handler(signum, frame)
+        self.received = signal.Signals(signum).name
+
+    def install(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT,) if self._multiprocess else (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def check_finite(rows: list[dict], first_step: int, last_saved: int) -> None:
+    """UserError naming the first step whose scalars (loss terms, gradient norm) are not finite: training on
+    would only spread NaNs, and saving them would bury the last good checkpoint."""
+    for step, row in enumerate(rows, first_step):
+        bad = {k: float(v) for k, v in row.items() if not np.isfinite(v)}
+        if bad:
+            raise UserError(f"non-finite training scalars at step {step}: "
+                            f"{', '.join(f'{k}={v}' for k, v in sorted(bad.items()))}; stopped without saving "
+                            f"({f'the newest checkpoint is step {last_saved}' if last_saved else 'no checkpoint yet'})")
+
+
 def train_and_evaluate(config, workdir: str) -> TrainState:
     """Trains the stage `config.stage` names, resuming from `<workdir>/checkpoints` when it holds a checkpoint.
 
@@ -185,7 +231,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                                         options=ocp.CheckpointManagerOptions(
                                             max_to_keep=config.max_checkpoints_to_keep, create=True,
                                             enable_async_checkpointing=config.async_checkpointing))
-    writer = None
+    writer, stop_signals = None, StopSignals(jax.process_count() > 1).install()
     try:  # closing the manager on every exit: its async threads would otherwise spill tracebacks at exit
         start = checkpoints.latest_step() or 0
         if start:
@@ -204,34 +250,44 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
             writer.write_scalars(0, evaluate_and_show(0, predict, state.params, frozen_nets, config, mesh, writer,
                                                       workdir))
 
-        history, t_last, s_last, t_start = [], time.time(), start, time.time()
+        # Step scalars stay on the devices until a log, eval or checkpoint step fetches them (checked finite
+        # there, before anything is saved); the log line averages the rows fetched since the last one.
+        pending, window, saved, t_last, s_last, t_start = [], [], start, time.time(), start, time.time()
         for step in range(start + 1, config.num_train_steps + 1):
             state, step_scalars = train_step(state, sharding.to_global(next(train_iter), mesh), frozen_nets)
-            history.append(step_scalars)  # stays on the devices until the next log step
+            pending.append(step_scalars)
             last, scalars = step == config.num_train_steps, {}
-            if step % config.log_every_steps == 0 or last:
-                rows = jax.device_get(history)
-                scalars = {f"train/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
-                now, history = time.time(), []
+            stop = stop_signals.received is not None or checkpoints.reached_preemption(step)
+            log, evaluate = step % config.log_every_steps == 0 or last, step % config.eval_every_steps == 0 or last
+            save = step % config.checkpoint_every_steps == 0 or last or stop
+            if log or evaluate or save:
+                rows, pending = jax.device_get(pending), []
+                check_finite(rows, step - len(rows) + 1, saved)
+                window += rows
+            if log:
+                scalars = {f"train/{k}": float(np.mean([r[k] for r in window])) for k in window[0]}
+                now, window = time.time(), []
                 rate = (step - s_last) / max(now - t_last, 1e-9)
                 t_last, s_last = now, step
                 logging.info("step %d/%d  %s  %.2f steps/s  ETA %s", step, config.num_train_steps,
                              "  ".join(f"{k[6:]} {scalars[k]:.5g}" for k in sorted(scalars, key=_loss_first)), rate,
                              _format_duration((config.num_train_steps - step) / rate))
-            if step % config.eval_every_steps == 0 or last:
+            if evaluate:
                 scalars.update(evaluate_and_show(step, predict, state.params, frozen_nets, config, mesh, writer,
                                                  workdir))
             if scalars:
                 writer.write_scalars(step, scalars)
-            preempted = checkpoints.reached_preemption(step)
-            if step % config.checkpoint_every_steps == 0 or last or preempted:
+            if save:
                 checkpoints.save(step, args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state), loader=grain.checkpoint.CheckpointSave(train_iter)))
-            if preempted:
-                logging.warning("preemption at step %d: checkpoint saved, stopping; rerun to resume", step)
+                saved = step
+            if stop:
+                logging.warning("%s at step %d: checkpoint saved, stopping; rerun to resume",
+                                stop_signals.received or "preemption notice", step)
                 break
         checkpoints.wait_until_finished()
     finally:
+        stop_signals.restore()
         checkpoints.close()
         if writer is not None:
             writer.close()
@@ -249,11 +305,33 @@ def _format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def run(config, workdir: str, distributed: bool = False) -> None:
-    """Validates everything cheap first, then trains; raises UserError for bad input."""
+def initialize_distributed(auto: bool, coordinator_address: str | None, num_processes: int | None,
+                           process_id: int | None) -> None:
+    """jax.distributed.initialize(): detected (`auto`), from the three explicit settings, or not at all (one
+    process). Must run before anything touches a jax backend, config validation included; UserError if the
+    settings are incomplete or the processes cannot connect."""
+    explicit = {"--coordinator_address": coordinator_address, "--num_processes": num_processes,
+                "--process_id": process_id}
+    given = [k for k, v in explicit.items() if v is not None]
+    if given and len(given) < 3:
+        raise UserError(f"{' and '.join(given)} also need{'s' if len(given) == 1 else ''} "
+                        f"{' and '.join(k for k in explicit if k not in given)}")
+    if not given and not auto:
+        return
+    if given and not 0 <= process_id < num_processes:
+        raise UserError(f"--process_id={process_id} must be in [0, --num_processes={num_processes})")
+    try:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    except (ValueError, RuntimeError) as e:  # e.g. no cluster detected, coordinator unreachable
+        raise UserError(f"jax.distributed.initialize failed: {first_line(e)}") from None
+    logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
+                 jax.local_device_count())
+
+
+def run(config, workdir: str) -> None:
+    """Validates everything cheap first, then trains; raises UserError for bad input. A multi-process run
+    calls `initialize_distributed` before this."""
     validate(config)
-    if distributed:
-        jax.distributed.initialize()
     mesh = sharding.make_mesh(config.mesh)
     validate_batch_sizes(config, jax.process_count(), mesh.shape[sharding.DATA_AXIS])
     runs.prepare_workdir(workdir)
@@ -304,7 +382,8 @@ def main(argv) -> None:
     if len(argv) > 1:
         sys.exit(f"maginet_jax.train: error: unexpected arguments {argv[1:]}")
     try:
-        run(CONFIG.value, WORKDIR.value, _DISTRIBUTED.value)
+        initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        run(CONFIG.value, WORKDIR.value)
     except UserError as e:
         sys.exit(f"maginet_jax.train: error: {e}")
 

@@ -31,21 +31,21 @@ class Interrupted(Exception):
     """Raised by `crash_during_step` in place of a training batch."""
 
 
-class _CrashingIterator:
-    """A training-data iterator that raises on its `step`-th batch; checkpoints still see the real iterator's
-    state (grain saves it through get_state / set_state)."""
+class _TamperedIterator:
+    """A training-data iterator that hands its `step`-th batch to `action` (which may raise, or return the
+    batch to use); checkpoints still see the real iterator's state (grain saves it through get_state /
+    set_state)."""
 
-    def __init__(self, it, step: int):
-        self._it, self._left = it, step
+    def __init__(self, it, step: int, action):
+        self._it, self._left, self._action = it, step, action
 
     def __iter__(self):
         return self
 
     def __next__(self):
         self._left -= 1
-        if self._left == 0:
-            raise Interrupted
-        return next(self._it)
+        batch = next(self._it)
+        return self._action(batch) if self._left == 0 else batch
 
     def get_state(self):
         return self._it.get_state()
@@ -54,26 +54,34 @@ class _CrashingIterator:
         self._it.set_state(state)
 
 
-class _CrashingLoader:
-    def __init__(self, loader, step: int):
-        self._loader, self._step = loader, step
+class _TamperedLoader:
+    def __init__(self, loader, step: int, action):
+        self._loader, self._step, self._action = loader, step, action
 
     def __iter__(self):
-        return _CrashingIterator(iter(self._loader), self._step)
+        return _TamperedIterator(iter(self._loader), self._step, self._action)
+
+
+def tamper_with_step(monkeypatch, step: int, action) -> None:
+    """Makes the next training run pass the batch of its train step number `step` (counted from its start)
+    through `action(batch) -> batch`."""
+    from data_pipeline import loader
+    make = loader.make_loader
+
+    def tampered(source, **kwargs):
+        data = make(source, **kwargs)
+        return _TamperedLoader(data, step, action) if kwargs["train"] else data
+
+    monkeypatch.setattr(loader, "make_loader", tampered)
 
 
 def crash_during_step(monkeypatch, step: int) -> None:
     """Makes the next training run die at train step number `step` (counted from its start), as a crash
     would: while reading that step's batch, with the steps before it done and not saved since the last
     checkpoint."""
-    from data_pipeline import loader
-    make = loader.make_loader
-
-    def crashing(source, **kwargs):
-        data = make(source, **kwargs)
-        return _CrashingLoader(data, step) if kwargs["train"] else data
-
-    monkeypatch.setattr(loader, "make_loader", crashing)
+    def crash(batch):
+        raise Interrupted
+    tamper_with_step(monkeypatch, step, crash)
 
 
 def smoke(stage: str, **overrides):
@@ -106,3 +114,12 @@ def chain(tmp_path_factory):
     state = train_and_evaluate(smoke("passes", **{"init.albedo_workdir": dirs["albedo"],
                                                        "init.refine_workdir": dirs["refine"]}), dirs["passes"])
     return dirs, state
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (`-n 2 --dist loadgroup`), every test of the chained runs goes to one worker, so the
+    session fixture `chain` trains once."""
+    for item in items:
+        if "chain" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("chain"))

@@ -1,9 +1,15 @@
 """Source → decode → augment → batch: dtypes, shared geometry, normal flips, sharding and exact resume."""
 
+import os
+import subprocess
+import sys
+import time
+
 import grain
 import numpy as np
 import pytest
 
+from conftest import REPO
 from data_pipeline import loader, synthetic
 
 
@@ -150,3 +156,46 @@ def test_worker_processes_resume_exactly_and_read_the_same_records():
         del resumed
     with pytest.raises(ValueError, match="[Ww]orker count"):
         iter(_loader(_source(), worker_count=0)).set_state(state)
+
+
+_ORPHAN_SCRIPT = """
+import time
+from absl import flags
+flags.FLAGS.mark_as_parsed()
+from data_pipeline import loader, synthetic
+it = iter(loader.make_loader(synthetic.SyntheticSource(num_records=8, resolution=16), batch_size=2,
+                             crop_size=16, train=True, seed=0, worker_count=2))
+next(it)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit status may wait for a reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_workers_end_when_the_main_process_is_killed():
+    main = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert main.stdout.readline().strip() == "ready"
+        workers = _children(main.pid)
+        assert workers, "no grain worker processes were started"
+    finally:
+        main.kill()  # SIGKILL: no atexit, no daemon clean-up
+        main.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(map(_running, workers)):
+        time.sleep(0.1)
+    alive = [w for w in workers if _running(w)]
+    assert not alive, f"grain workers {alive} outlived their killed main process"

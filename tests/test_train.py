@@ -2,13 +2,14 @@
 
 import functools
 import os
+import signal
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import Interrupted, crash_during_step
+from conftest import Interrupted, crash_during_step, tamper_with_step
 from data_pipeline import loader, synthetic
 from maginet_jax import train
 from maginet_jax.errors import UserError
@@ -80,11 +81,46 @@ def test_checkpoint_of_another_model_is_a_clear_error(uninterrupted, tmp_path, s
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "4", "8"]
 
 
-def test_preemption_saves_and_stops(tmp_path, monkeypatch, smoke_config):
-    monkeypatch.setattr(ocp.CheckpointManager, "reached_preemption", lambda self, step: step == 5)
+def _send(signum):
+    def action(batch):
+        os.kill(os.getpid(), signum)  # delivered to the main thread before the step runs
+        return batch
+    return action
+
+
+@pytest.mark.parametrize("how", ["preemption notice", "SIGTERM", "SIGINT"])
+def test_stop_request_saves_and_stops(how, tmp_path, monkeypatch, smoke_config):
+    if how == "preemption notice":  # what a multi-process run gets from JAX's preemption service
+        monkeypatch.setattr(ocp.CheckpointManager, "reached_preemption", lambda self, step: step == 5)
+    else:
+        tamper_with_step(monkeypatch, 5, _send(getattr(signal, how)))
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     state = train.train_and_evaluate(_config(smoke_config), str(tmp_path))
     assert int(state.step) == 5
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "5"]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def _poison(batch):
+    return {**batch, "image": np.full_like(batch["image"], np.nan)}
+
+
+def test_non_finite_loss_stops_before_saving(tmp_path, monkeypatch, smoke_config):
+    tamper_with_step(monkeypatch, 5, _poison)  # checkpoint 4 is good; step 5's loss is NaN
+    with pytest.raises(UserError) as e:
+        train.train_and_evaluate(_config(smoke_config), str(tmp_path))
+    assert str(e.value).startswith("non-finite training scalars at step 5: ") and "loss=nan" in str(e.value)
+    assert str(e.value).endswith("stopped without saving (the newest checkpoint is step 4)")
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+    assert max(r["step"] for r in read_metrics(str(tmp_path))) == 4  # no row of NaNs logged
+
+
+def test_divergence_saves_no_checkpoint(tmp_path, smoke_config):
+    c = _config(smoke_config)  # the issue's reproduction: a learning rate of 1e8 without clipping
+    c.optim.learning_rate, c.optim.grad_clip_norm = 1e8, 0.0
+    with pytest.raises(UserError, match=r"non-finite training scalars at step \d+: .*no checkpoint yet"):
+        train.train_and_evaluate(c, str(tmp_path))
+    assert os.listdir(tmp_path / "checkpoints") == []
 
 
 def _placed(c, devices):
