@@ -21,7 +21,7 @@ import torch_reference as ref
 from data_pipeline import synthetic
 from maginet_jax.errors import UserError
 from maginet_jax.perceptual import networks, weights
-from maginet_jax.perceptual.lpips import LPIPS
+from maginet_jax.perceptual.lpips import LPIPS, unit_normalize
 
 jax.config.update("jax_default_matmul_precision", "highest")
 torch.set_num_threads(2)
@@ -430,3 +430,17 @@ def test_min_size_is_the_smallest_input_with_every_tap(net):
     smallest = MIN_SIZE[net]
     assert all(f.size > 0 for f in stack(jnp.zeros((1, smallest, smallest, 3))))
     assert any(f.size == 0 for f in stack(jnp.zeros((1, smallest - 1, smallest - 1, 3))))
+
+
+def test_unit_normalize_is_the_reference_with_a_finite_gradient_at_zero():
+    f = np.zeros((2, 1, 1, 3), np.float32)
+    f[0, 0, 0] = (1.0, 2.0, 2.0)  # pixel 1: a feature vector that ReLU zeroed, as on dark patches
+    t = torch.tensor(f, requires_grad=True)
+    want = t / (torch.sqrt(torch.sum(t * t, dim=-1, keepdim=True)) + 1e-10)  # the LPIPS package's normalize_tensor
+    np.testing.assert_allclose(unit_normalize(jnp.asarray(f)), want.detach().numpy(), rtol=1e-6)
+    weights_ = jnp.arange(3.0)
+    grad = jax.grad(lambda x: jnp.sum(unit_normalize(x) * weights_))(jnp.asarray(f))
+    assert np.all(np.isfinite(grad)), grad  # the plain formula gives sqrt'(0) * 0 = NaN there
+    want.backward(torch.tensor(np.broadcast_to(np.arange(3.0, dtype=np.float32), f.shape)))
+    np.testing.assert_allclose(grad[0], t.grad.numpy()[0], rtol=1e-5)
+    assert np.isnan(t.grad.numpy()[1]).all()  # what the reference formula does at zero

@@ -20,8 +20,14 @@ NETS = ("alex", "vgg")
 MIN_SIZE = {"alex": 31, "vgg": 16}
 
 
-def _unit(f: jax.Array) -> jax.Array:
-    return f / (jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True)) + 1e-10)
+def unit_normalize(f: jax.Array) -> jax.Array:
+    """f / (|f| + 1e-10) over channels, as the reference computes it, with a finite gradient where f = 0: a
+    feature vector that ReLU zeroed (dark or masked patches) would otherwise give sqrt'(0)·0 = NaN, which XLA
+    hides at some optimisation levels and not at others."""
+    sq = jnp.sum(f * f, axis=-1, keepdims=True)
+    nonzero = sq > 0
+    norm = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
+    return f / (norm + 1e-10)
 
 
 class LPIPS(nnx.Module):
@@ -39,6 +45,6 @@ class LPIPS(nnx.Module):
         f1 = self.net((x1 - shift) / scale)
         total = 0.0
         for a, b, lin in zip(f0, f1, self.lins):
-            d = jnp.square(_unit(a) - _unit(b))
+            d = jnp.square(unit_normalize(a) - unit_normalize(b))
             total = total + jnp.mean(d @ jax.lax.stop_gradient(lin[...]).astype(d.dtype), axis=(1, 2))
         return total
