@@ -5,13 +5,16 @@ file, resizes to the config's resolution (512 or 1024) at build time, derives th
 validity, splits by subject-ID hash, and writes `image`, `mask`, the six passes (normals 16-bit) and
 `subject_id` per example. Works without TensorFlow: read it back with `builder.as_data_source()` (grain).
 The dataset info's metadata lists the held-out subject IDs and, with `lenient=True`, the skipped subjects and
-why. tfds writes into an `incomplete.*` directory renamed only when the build finishes, so an interrupted
-build is never taken for a dataset.
+why, and records the raw root and a fingerprint of the files read: a later `prepare` from another root, or
+after files changed, stops with one line rather than train on stale data. tfds writes into an `incomplete.*`
+directory renamed only when the build finishes, so an interrupted build is never taken for a dataset.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from typing import Sequence
 
@@ -131,27 +134,18 @@ class FfhqUvIntrinsics(tfds.core.GeneratorBasedBuilder):
                                      description=self.__doc__)
 
     def _split_generators(self, dl_manager):
-        root = str(dl_manager.manual_dir)
-        data = os.path.join(root, "Data")
-        if not os.path.isdir(data):
-            raise ValueError(f"{root!r} is not an FFHQ-UV-Intrinsics copy: it has no Data/ directory")
         c = self.builder_config
-        uv_dir = self._uv_maps_dir or os.path.join(root, "uv-maps")
-        if c.input_file == "uv_map" and not os.path.isdir(uv_dir):
-            raise ValueError(f"FFHQ-UV textures not found at {uv_dir!r}: give uv_maps_dir, or use input_file=diffuse")
-        ids = sorted(d for d in os.listdir(data) if os.path.isdir(os.path.join(data, d)))
+        files = raw_files(str(dl_manager.manual_dir), c, self._uv_maps_dir)
+        ids = list(files)
         test = [i for i in ids if is_test_subject(i, c.test_fraction)]
         if not test or len(test) == len(ids):
-            raise ValueError(f"{len(ids)} subjects under {data!r} give {len(test)} held-out subjects at "
-                             f"test_fraction={c.test_fraction}: both splits need subjects")
-        targets = parse_pass_files(c.pass_files)
-        self.info.metadata.update(held_out_subjects=test, input_file=c.input_file, pass_files=targets,
-                                  test_fraction=c.test_fraction, skipped_subjects={})
-        paths = lambda i: {"image": (os.path.join(uv_dir, f"{i}.png") if c.input_file == "uv_map"
-                                     else os.path.join(data, i, f"{c.input_file}.png")),
-                           **{p: os.path.join(data, i, f"{stem}.png") for p, stem in targets.items()}}
-        return {"train": self._generate_examples([(i, paths(i)) for i in ids if i not in set(test)]),
-                "test": self._generate_examples([(i, paths(i)) for i in test])}
+            raise ValueError(f"{len(ids)} subjects under {dl_manager.manual_dir!r} give {len(test)} held-out "
+                             f"subjects at test_fraction={c.test_fraction}: both splits need subjects")
+        self.info.metadata.update(held_out_subjects=test, input_file=c.input_file, test_fraction=c.test_fraction,
+                                  pass_files=parse_pass_files(c.pass_files), skipped_subjects={},
+                                  raw_root=os.path.abspath(dl_manager.manual_dir), raw_files=fingerprint(files))
+        return {"train": self._generate_examples([(i, files[i]) for i in ids if i not in set(test)]),
+                "test": self._generate_examples([(i, files[i]) for i in test])}
 
     def _generate_examples(self, subjects):
         size = self.builder_config.resolution
@@ -168,6 +162,54 @@ class FfhqUvIntrinsics(tfds.core.GeneratorBasedBuilder):
             yield subject, {"subject_id": subject, **record}
 
 
+def raw_files(root: str, config: FfhqUvIntrinsicsConfig, uv_maps_dir: str = "") -> dict[str, dict[str, str]]:
+    """{subject: {record key: PNG path}} of every file a build with `config` reads from the raw copy at `root`."""
+    data = os.path.join(root, "Data")
+    if not os.path.isdir(data):
+        raise ValueError(f"{root!r} is not an FFHQ-UV-Intrinsics copy: it has no Data/ directory")
+    uv_dir = uv_maps_dir or os.path.join(root, "uv-maps")
+    if config.input_file == "uv_map" and not os.path.isdir(uv_dir):
+        raise ValueError(f"FFHQ-UV textures not found at {uv_dir!r}: give uv_maps_dir, or use input_file=diffuse")
+    targets = parse_pass_files(config.pass_files)
+    ids = sorted(d for d in os.listdir(data) if os.path.isdir(os.path.join(data, d)))
+    return {i: {"image": (os.path.join(uv_dir, f"{i}.png") if config.input_file == "uv_map"
+                          else os.path.join(data, i, f"{config.input_file}.png")),
+                **{p: os.path.join(data, i, f"{stem}.png") for p, stem in targets.items()}} for i in ids}
+
+
+def fingerprint(files: dict[str, dict[str, str]]) -> dict[str, str]:
+    """{subject: digest of its files' paths, sizes and modification times}: what a prepared dataset was built
+    from, cheap to recompute (no file is read)."""
+    out = {}
+    for subject, paths in files.items():
+        stats = []
+        for key, path in sorted(paths.items()):
+            try:
+                st = os.stat(path)
+                stats.append((key, os.path.abspath(path), st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                stats.append((key, os.path.abspath(path), None, None))
+        out[subject] = hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+    return out
+
+
+def check_not_stale(builder, root: str, uv_maps_dir: str) -> None:
+    """ValueError (one line) if the prepared dataset was built from another raw copy, or from files that
+    changed since: training on it would silently use other data than `root` holds."""
+    meta, where = builder.info.metadata, builder.data_dir
+    fix = f"delete {where} to prepare it again, or give another data.tfds_dir"
+    if meta.get("raw_root") != os.path.abspath(root):
+        source = f"from {meta['raw_root']!r}" if "raw_root" in meta else "by a version that recorded no root"
+        raise ValueError(f"the prepared dataset {where} was built {source}, not from data.root={root!r}: {fix}")
+    then, now = meta["raw_files"], fingerprint(raw_files(root, builder.builder_config, uv_maps_dir))
+    changed = sorted(s for s in set(then) & set(now) if then[s] != now[s])
+    added, removed = sorted(set(now) - set(then)), sorted(set(then) - set(now))
+    if changed or added or removed:
+        example = (changed or added or removed)[0]
+        raise ValueError(f"data.root={root!r} changed since {where} was prepared: files of {len(changed)} subjects "
+                         f"changed, {len(added)} subjects added, {len(removed)} removed (e.g. {example}): {fix}")
+
+
 def prepare(root: str, *, tfds_dir: str = "", resolution: int = 512, input_file: str = "uv_map",
             pass_files: str = "", uv_maps_dir: str = "", test_fraction: float = 0.05, lenient: bool = False):
     """The prepared builder for these options, building it first (with progress bars) when absent.
@@ -178,7 +220,9 @@ def prepare(root: str, *, tfds_dir: str = "", resolution: int = 512, input_file:
                                file_format="array_record", uv_maps_dir=uv_maps_dir, lenient=lenient)
     # In a multi-process run process 0 builds and the others wait for it at a barrier (never two builders);
     # all of them read the finished dataset afterwards. `tfds_dir` must then be storage every host sees.
-    if jax.process_index() == 0 and not builder.is_prepared():
+    if builder.is_prepared():  # every process checks, so a stale dataset stops them all alike
+        check_not_stale(builder, root, uv_maps_dir)
+    elif jax.process_index() == 0:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"prepared {builder.data_dir}")

@@ -152,3 +152,24 @@ def test_target_files_are_an_option(built, raw):
     np.testing.assert_array_equal(b["albedo"], a["raw_diffuse"])
     with pytest.raises(ValueError, match="expected <pass>=<file stem>"):
         prepare(raw, tfds_dir=tfds_dir, resolution=32, test_fraction=0.25, pass_files="albdo=diffuse")
+
+
+def test_prepared_data_from_another_root_is_refused(built, raw, tmp_path):
+    _, tfds_dir = built
+    copy = str(tmp_path / "copy")
+    shutil.copytree(raw, copy)
+    _break(copy, "truncated")  # never read: the copy's name matches the dataset prepared from `raw`
+    with pytest.raises(ValueError, match=f"was built from '{raw}', not from data.root='{copy}': delete "):
+        prepare(copy, tfds_dir=tfds_dir, resolution=32, test_fraction=0.25)
+
+
+def test_prepared_data_whose_files_changed_is_refused(raw, tmp_path):
+    root, tfds_dir = str(tmp_path / "raw"), str(tmp_path / "tfds")
+    shutil.copytree(raw, root)
+    prepare(root, tfds_dir=tfds_dir, resolution=32, test_fraction=0.25)
+    prepare(root, tfds_dir=tfds_dir, resolution=32, test_fraction=0.25)  # unchanged: reused
+    _break(root, "size")
+    shutil.copytree(os.path.join(root, "Data", "000003"), os.path.join(root, "Data", "000099"))
+    with pytest.raises(ValueError, match=r"changed since .* was prepared: files of 1 subjects changed, 1 subjects "
+                                         r"added, 0 removed \(e.g. 000005\)"):
+        prepare(root, tfds_dir=tfds_dir, resolution=32, test_fraction=0.25)
