@@ -28,8 +28,8 @@ def ablation_root(tmp_path_factory):
 
 
 def test_every_script_has_a_tiny_run():
-    assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "flat_pass_baseline.py", "lighting_invariance.py",
-                            "perceptual_cost.py"}, "add a tiny run of the new script to this file"
+    assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "flat_pass_baseline.py", "kill_resume.py",
+                            "lighting_invariance.py", "perceptual_cost.py"}, "add a tiny run of the new script to this file"
 
 
 def test_ablation(ablation_root):
@@ -56,3 +56,9 @@ def test_perceptual_cost():
     rows = out.strip().splitlines()[-2:]
     assert [r.split("  ")[0] for r in rows] == ["base terms", "+ patch-lpips"]
     assert all(float(r.split()[-2]) > 0 for r in rows)
+
+
+def test_kill_resume(tmp_path):
+    out = _run(sys.executable, "benchmarks/kill_resume.py", "--kills=2", f"--root={tmp_path}", "--seed=3")
+    assert len([line for line in out.splitlines() if line.startswith("attempt ")]) == 2
+    assert out.strip().splitlines()[-1] == "after 2 kills: final train state identical, metrics.jsonl identical"
