@@ -1,11 +1,78 @@
 #!/usr/bin/env bash
-# Runs stage-1 training on every worker of a Cloud TPU VM pod slice.
-#   launch/tpu_pod.sh TPU_NAME ZONE gs://bucket/runs/albedo [--config.key=value ...]
-# Assumes the repo is checked out at ~/maginet-jax on every worker and installed there with
-#   pip install -e . "jax[tpu]"
+# A MAGINet run on a Cloud TPU VM pod slice, end to end. Every parameter is explicit (nothing is taken from
+# gcloud's defaults); --dry_run prints the gcloud commands instead of running them.
+#
+#   launch/tpu_pod.sh create --project=P --zone=Z --name=N --accelerator_type=v5litepod-16 \
+#       --version=v2-alpha-tpuv5-lite [--spot]
+#   launch/tpu_pod.sh setup  --project=P --zone=Z --name=N --repo=https://github.com/you/maginet-jax --ref=main
+#   launch/tpu_pod.sh run    --project=P --zone=Z --name=N --workdir=/mnt/shared/runs/albedo \
+#       -- --config=configs/albedo.py [--config.key=value ...]
+#   launch/tpu_pod.sh logs   --project=P --zone=Z --name=N [--worker=0]
+#   launch/tpu_pod.sh stop   --project=P --zone=Z --name=N      # SIGTERM: checkpoint, then exit 0
+#   launch/tpu_pod.sh delete --project=P --zone=Z --name=N
+#
+# setup clones the repo into ~/maginet-jax on every worker and installs it with the `tpu` extra. run starts
+# `python -m maginet_jax.train --distributed` on every worker in the background (output in
+# ~/maginet-train.log); running it again with the same workdir resumes. See launch/README.md.
 set -euo pipefail
-tpu=$1 zone=$2 workdir=$3
-shift 3
-gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command \
-  "cd ~/maginet-jax && python -m maginet_jax.train --distributed --config=configs/albedo.py \
-   --workdir=$workdir $*"
+
+die() { echo "tpu_pod.sh: error: $*" >&2; exit 2; }
+[[ $# -ge 1 ]] || die "usage: tpu_pod.sh create|setup|run|logs|stop|delete --project=P --zone=Z --name=N ... [--dry_run]"
+command=$1
+shift
+declare -A opt=()
+train_args=()
+dry_run=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dry_run) dry_run=1 ;;
+    --spot) opt[spot]=1 ;;
+    --) shift; train_args=("$@"); break ;;
+    --*=*) key=${1%%=*}; opt[${key#--}]=${1#*=} ;;
+    *) die "unexpected argument '$1' (options are --key=value; training arguments go after --)" ;;
+  esac
+  shift
+done
+
+need() { for k in "$@"; do [[ -n "${opt[$k]:-}" ]] || die "$command needs --$k"; done; }
+# --dry_run prints each command as a shell would take it: arguments single-quoted where they need it.
+show() {
+  local out=() a
+  for a in "$@"; do
+    if [[ "$a" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
+  done
+  echo "${out[*]}"
+}
+gcloud_() {
+  if [[ $dry_run -eq 1 ]]; then show gcloud "$@"; else gcloud "$@"; fi
+}
+need project zone name
+where=(--project="${opt[project]}" --zone="${opt[zone]}")
+ssh_all() { gcloud_ compute tpus tpu-vm ssh "${opt[name]}" "${where[@]}" --worker=all --command="$1"; }
+
+case "$command" in
+  create)
+    need accelerator_type version
+    spot=(); [[ -n "${opt[spot]:-}" ]] && spot=(--spot)
+    gcloud_ compute tpus tpu-vm create "${opt[name]}" "${where[@]}" \
+      --accelerator-type="${opt[accelerator_type]}" --version="${opt[version]}" "${spot[@]}" ;;
+  setup)
+    need repo ref
+    ssh_all "set -e; if [ -d ~/maginet-jax ]; then cd ~/maginet-jax && git fetch -q origin; \
+else git clone -q $(printf '%q' "${opt[repo]}") ~/maginet-jax && cd ~/maginet-jax; fi; \
+git checkout -q $(printf '%q' "${opt[ref]}") && pip install -q -e '.[tpu]'" ;;
+  run)
+    need workdir
+    [[ ${#train_args[@]} -gt 0 ]] || die "run needs the training arguments after --, e.g. -- --config=configs/albedo.py"
+    quoted=$(printf '%q ' "${train_args[@]}")
+    ssh_all "cd ~/maginet-jax && nohup python -m maginet_jax.train --distributed \
+--workdir=$(printf '%q' "${opt[workdir]}") $quoted > ~/maginet-train.log 2>&1 < /dev/null &" ;;
+  logs)
+    gcloud_ compute tpus tpu-vm ssh "${opt[name]}" "${where[@]}" --worker="${opt[worker]:-0}" \
+      --command="tail -n 200 -f ~/maginet-train.log" ;;
+  stop)
+    ssh_all "pkill -TERM -f '[p]ython -m maginet_jax.train' || true" ;;  # [p]: not this shell's own command line
+  delete)
+    gcloud_ compute tpus tpu-vm delete "${opt[name]}" "${where[@]}" --quiet ;;
+  *) die "unknown command '$command'; expected create, setup, run, logs, stop or delete" ;;
+esac

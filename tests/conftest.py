@@ -118,8 +118,9 @@ def chain(tmp_path_factory):
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
-    """Under pytest-xdist (`-n 2 --dist loadgroup`), every test of the chained runs goes to one worker, so the
-    session fixture `chain` trains once."""
+    """Work for `-n 2 --dist loadgroup` (pyproject's addopts): each module's tests go to one worker, so its
+    module-scoped runs train once; every test of the chained runs goes to one worker too (the session fixture
+    `chain` trains three stages)."""
     for item in items:
-        if "chain" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("chain"))
+        chained = "chain" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.xdist_group("chain" if chained else item.module.__name__))
