@@ -4,10 +4,12 @@ and metrics equal an uninterrupted run's, bit for bit.
     python benchmarks/kill_resume.py --kills 10 [--config=configs/albedo.py:smoke] [--root=runs/kill_resume] \
         [--seed=0] [-- --config.key=value ...]
 
-Runs `python -m maginet_jax.train` in `<root>/uninterrupted`, then in `<root>/killed`: each of the `--kills`
-attempts is killed at a moment drawn uniformly over the uninterrupted run's wall time (start-up, compilation,
-training, evaluation or a checkpoint write, wherever it lands), and a last attempt runs to the end. Exit status 0
-when the two runs' final checkpoints (parameters, optimizer state, step, RNG) and metrics.jsonl are identical.
+Runs `python -m maginet_jax.train` (with `--config.log_every_steps=1`, to follow its progress) in
+`<root>/uninterrupted`, then in `<root>/killed`, where each of the `--kills` attempts is killed at a random
+moment before it would finish: during start-up (restoring, compiling) with the share of the uninterrupted
+run's time start-up took, else a random time into a random remaining train step (which may fall in an
+evaluation or a checkpoint write); a last attempt runs to the end. Exit status 0 when the two runs' final
+checkpoints (parameters, optimizer state, step, RNG) and metrics.jsonl are identical.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -29,14 +32,32 @@ import orbax.checkpoint as ocp
 
 def _train(workdir: str, config: str, overrides: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "maginet_jax.train", f"--config={config}",
-                             f"--workdir={workdir}", *overrides], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                             f"--workdir={workdir}", *overrides, "--config.log_every_steps=1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def _finish(proc: subprocess.Popen, what: str) -> None:
-    _, err = proc.communicate()
-    if proc.returncode != 0:
-        sys.exit(f"kill_resume: {what} failed (exit {proc.returncode}): {err.strip().splitlines()[-1:]}")
+_STEP = re.compile(r"\] step (\d+)/(\d+) ")
+
+
+def _follow(proc: subprocess.Popen, until_step: int | None = None) -> tuple[list[str], dict[int, float]]:
+    """Reads `proc`'s log as it comes: (lines, {step: seconds after now when its line arrived}), stopping
+    early once the line of `until_step` arrives."""
+    lines, seen, t0 = [], {}, time.time()
+    for line in proc.stderr:
+        lines.append(line)
+        m = _STEP.search(line)
+        if m:
+            seen[int(m.group(1))] = time.time() - t0
+            if until_step is not None and int(m.group(1)) >= until_step:
+                break
+    return lines, seen
+
+
+def _finish(proc: subprocess.Popen, what: str) -> dict[int, float]:
+    lines, seen = _follow(proc)
+    if proc.wait() != 0:
+        sys.exit(f"kill_resume: {what} failed (exit {proc.returncode}): {lines[-1:]}")
+    return seen
 
 
 def _latest(workdir: str) -> int | None:
@@ -77,22 +98,32 @@ def main() -> None:
         shutil.rmtree(d, ignore_errors=True)
 
     t0 = time.time()
-    _finish(_train(reference, args.config, overrides), "the uninterrupted run")
-    wall = time.time() - t0
-    print(f"uninterrupted run: {wall:.1f} s, final step {_latest(reference)}", flush=True)
+    seen = _finish(_train(reference, args.config, overrides), "the uninterrupted run")
+    wall, last = time.time() - t0, max(seen)
+    startup = seen[min(seen)] - (seen[last] - seen[min(seen)]) / max(last - min(seen), 1)  # before step 1
+    step_time = (wall - startup) / last
+    print(f"uninterrupted run: {wall:.1f} s ({startup:.1f} s to the first step, then {step_time:.2f} s/step), "
+          f"{last} steps", flush=True)
 
     rng = random.Random(args.seed)
     for i in range(args.kills):
-        at = rng.uniform(0.0, wall)
+        start = _latest(killed) or 0
         proc = _train(killed, args.config, overrides)
-        try:
-            proc.wait(timeout=at)
-            outcome = f"finished before {at:.1f} s (exit {proc.returncode})"
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            outcome = f"killed at {at:.1f} s"
-        print(f"attempt {i + 1}/{args.kills}: {outcome}; newest checkpoint: step {_latest(killed)}", flush=True)
+        if start >= last - 1 or rng.random() < startup / wall:  # nothing left to run, or drawn in start-up
+            at, where = rng.uniform(0.0, startup), "in start-up"
+            try:
+                proc.wait(timeout=at)
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            step = rng.randint(start + 1, last - 1)
+            _follow(proc, until_step=step)
+            at, where = rng.uniform(0.0, step_time), f"after step {step}"
+            time.sleep(at)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        print(f"attempt {i + 1}/{args.kills}: resumed from step {start}, killed {where} (+{at:.2f} s); "
+              f"newest checkpoint now: step {_latest(killed) or 0}", flush=True)
     _finish(_train(killed, args.config, overrides), "the last restart")
 
     same_state = all(np.array_equal(a, b) for a, b in zip(_final_state(reference), _final_state(killed),

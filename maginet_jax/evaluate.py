@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 
 import jax
@@ -38,9 +37,9 @@ def evaluate_run(config, workdir: str) -> dict:
     mesh = sharding.make_mesh(config.mesh)
     stage = train.STAGES[config.stage]
     directory = runs.params_dir(workdir, what="--workdir")
-    if os.path.basename(directory) != "state":
+    if directory.name != "state":
         raise UserError(f"--workdir {workdir!r} holds imported weights, not a trained run")
-    step = int(os.path.basename(os.path.dirname(directory)))
+    step = int(directory.parent.name)
     graphdefs, like = runs.abstract_networks(stage.networks(config), mesh)
     params = runs.restore_params(directory, like, what="--workdir")
     frozen_nets = jax.device_put(stage.frozen_nets(config, mesh), sharding.replicated(mesh))
@@ -51,15 +50,13 @@ def evaluate_run(config, workdir: str) -> dict:
     if len(passes) > 1:
         for row in rows.values():
             row["mean"] = {m: float(np.mean([row[p][m] for p in passes])) for m in METRICS}
-    results = {"stage": config.stage, "workdir": os.path.abspath(workdir), "step": step,
+    results = {"stage": config.stage, "workdir": str(runs.run_path(workdir)), "step": step,
                "num_examples": count, "passes": passes, "rows": rows}
     if jax.process_index() == 0:
-        out = os.path.join(workdir, "eval")
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
-        with open(os.path.join(out, "results.md"), "w") as f:
-            f.write(markdown(results))
+        out = runs.run_path(workdir) / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        (out / "results.md").write_text(markdown(results))
     return results
 
 
@@ -90,11 +87,10 @@ def side_by_side(a: dict, b: dict) -> str:
 
 
 def read_results(workdir: str) -> dict:
-    path = os.path.join(workdir, "eval", "results.json")
-    if not os.path.isfile(path):
+    path = runs.run_path(workdir) / "eval" / "results.json"
+    if not path.is_file():
         raise UserError(f"--compare {workdir!r} has no eval/results.json: evaluate that run first")
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(path.read_text())
 
 
 def main(argv) -> None:

@@ -6,11 +6,12 @@ PNGs are written here directly: non-interlaced, filter type 0, zlib-compressed, 
 
 from __future__ import annotations
 
-import os
+import io
 import struct
 import zlib
 
 import numpy as np
+from etils import epath
 from PIL import Image, UnidentifiedImageError
 
 from maginet_jax.errors import UserError
@@ -45,12 +46,15 @@ def png16_bytes(x: np.ndarray) -> bytes:
             + _chunk(b"IEND", b""))
 
 
-def write_png(path: str, x: np.ndarray, bits: int = 8) -> None:
-    """Writes `x` (H, W, 1|3) in [0, 1] as an 8- or 16-bit grey/RGB PNG."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+def write_png(path, x: np.ndarray, bits: int = 8) -> None:
+    """Writes `x` (H, W, 1|3), uint8 codes or floats in [0, 1], as an 8- or 16-bit grey/RGB PNG to `path` (a
+    str or epath.Path, local or not, e.g. gs://), creating its directory."""
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if bits == 16:
-        with open(path, "wb") as f:
-            f.write(png16_bytes(x))
+        path.write_bytes(png16_bytes(x))
         return
-    codes = np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
-    Image.fromarray(codes[..., 0] if codes.shape[-1] == 1 else codes).save(path)
+    codes = x if x.dtype == np.uint8 else np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+    data = io.BytesIO()
+    Image.fromarray(codes[..., 0] if codes.shape[-1] == 1 else codes).save(data, format="PNG")
+    path.write_bytes(data.getvalue())

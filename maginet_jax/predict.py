@@ -124,7 +124,7 @@ def write_outputs(output_dir: str, stem: str, image: np.ndarray, outputs: dict[s
     for name, x in outputs.items():
         image_io.write_png(os.path.join(output_dir, f"{stem}_{name}.png"), x, bits=16 if name == "normal" else 8)
     tiles = [("input", image)] + [(name.replace("_", " "), x) for name, x in outputs.items()]
-    images.save_png(os.path.join(output_dir, f"{stem}_sheet.png"), images.contact_sheet(tiles, tile=256))
+    image_io.write_png(os.path.join(output_dir, f"{stem}_sheet.png"), images.contact_sheet(tiles, tile=256))
 
 
 def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input_path: str, output_dir: str,

@@ -33,7 +33,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from data_pipeline import loader
-from maginet_jax import evaluator
+from maginet_jax import evaluator, image_io
 from maginet_jax.errors import UserError, check_choices, first_line
 from maginet_jax.perceptual import weights as pretrained
 from maginet_jax.stages import passes, supervised
@@ -128,7 +128,7 @@ def restore_checkpoint(checkpoints: ocp.CheckpointManager, step: int, like: Trai
     """The state saved at `step`, shaped, typed and sharded like `like`; moves `data_iter` to where it was."""
     describe = (f"checkpoint {step} in {checkpoints.directory} does not fit this config (another model or data "
                 f"setup?)")
-    runs.check_saved_shapes(os.path.join(checkpoints.directory, str(step), "state"), like, describe)
+    runs.check_saved_shapes(checkpoints.directory / str(step) / "state", like, describe)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
     try:
         restored = checkpoints.restore(step, args=ocp.args.Composite(
@@ -158,7 +158,7 @@ def evaluate_and_show(step: int, predict, params, frozen_nets, config, mesh, wri
         writer.write_images(step, {f"eval/{tag}": images.grid([shown[c] for c in columns])[None]
                                    for tag, columns in groups.items()})
         every_column = list(dict.fromkeys(c for columns in groups.values() for c in columns))
-        images.save_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"),
+        image_io.write_png(runs.run_path(workdir) / "samples" / f"step_{step:07d}.png",
                         images.grid([shown[c] for c in every_column]))
     return {f"eval/{k}": v for k, v in scalars.items()}
 
@@ -227,7 +227,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
 
     # Checkpoints hold the state and the data iterator's position, so a resumed run sees exactly the batches
     # and random numbers an uninterrupted run would.
-    checkpoints = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+    checkpoints = ocp.CheckpointManager(runs.run_path(workdir) / "checkpoints",
                                         options=ocp.CheckpointManagerOptions(
                                             max_to_keep=config.max_checkpoints_to_keep, create=True,
                                             enable_async_checkpointing=config.async_checkpointing))
@@ -243,8 +243,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                 logging.info("%s parameters:\n%s", name,
                              parameter_overview.get_parameter_overview(nnx.to_pure_dict(params)))
         if is_main:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(config.to_json_best_effort(indent=2))
+            (runs.run_path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
         writer = create_writer(workdir, resume_step=start, is_main=is_main)
         if start == 0:  # the first eval row is the untrained model
             writer.write_scalars(0, evaluate_and_show(0, predict, state.params, frozen_nets, config, mesh, writer,

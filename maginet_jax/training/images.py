@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -26,11 +24,6 @@ def grid(columns: list[np.ndarray], pad: int = 2) -> np.ndarray:
             y, x = pad + i * (h + pad), pad + j * (w + pad)
             out[y:y + h, x:x + w] = c[i]
     return out
-
-
-def save_png(path: str, image: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(image).save(path)
 
 
 def contact_sheet(tiles: list[tuple[str, np.ndarray]], *, columns: int = 4, tile: int = 256,

@@ -1,7 +1,8 @@
 """Run directories: a new one prepared, and finished ones as inputs (a workdir's config and its latest
 parameters, for later stages, evaluation and prediction).
 
-A run's workdir holds `config.json` (written when training starts) and `checkpoints/<step>/state`, whose
+Workdirs may be any path `etils.epath` understands (local, `gs://`, ...); `run_path` turns one into an
+`epath.Path`. A run's workdir holds `config.json` (written when training starts) and `checkpoints/<step>/state`, whose
 `params` subtree maps network names to parameters. Only that subtree is read (orbax partial restore), so the
 optimizer state never reaches memory. `tools.import_pix2pixhd` writes the same two things (`params/` instead of
 checkpoints) for imported weights.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from typing import Callable
 
 import jax
@@ -26,18 +27,23 @@ from maginet_jax.training import sharding
 from maginet_jax.training.state import Build, abstract_params
 
 
+def run_path(path: str) -> epath.Path:
+    """`path` as an epath.Path: local paths made absolute (orbax needs them so), URLs such as gs://b/x as given
+    (os.path would turn them into <cwd>/gs:/b/x)."""
+    return epath.Path(path if "://" in str(path) else os.path.abspath(path))
+
+
 def read_config(workdir: str, *, expect_stage: str | tuple[str, ...], what: str) -> ml_collections.ConfigDict:
     """The config a run was trained with; UserError unless `workdir` holds a run of `expect_stage`.
 
     `what` names the setting that gave `workdir` (e.g. "init.albedo_workdir"), for the error message.
     """
     expected = (expect_stage,) if isinstance(expect_stage, str) else tuple(expect_stage)
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = run_path(workdir) / "config.json"
+    if not path.is_file():
         raise UserError(f"{what}={workdir!r} is not a maginet_jax run directory: it has no config.json")
     try:
-        with open(path) as f:
-            config = ml_collections.ConfigDict(json.load(f))
+        config = ml_collections.ConfigDict(json.loads(path.read_text()))
     except (OSError, ValueError) as e:
         raise UserError(f"{what}={workdir!r}: cannot read config.json ({e})") from None
     stage = config.get("stage")
@@ -46,16 +52,16 @@ def read_config(workdir: str, *, expect_stage: str | tuple[str, ...], what: str)
     return config
 
 
-def params_dir(workdir: str, *, what: str) -> str:
+def params_dir(workdir: str, *, what: str) -> epath.Path:
     """The saved tree to read: `<workdir>/params` (imported weights) or the latest checkpoint's state."""
-    imported = os.path.join(workdir, "params")
-    if os.path.isdir(imported):
+    imported = run_path(workdir) / "params"
+    if imported.is_dir():
         return imported
-    root = os.path.join(workdir, "checkpoints")
-    step = ocp.CheckpointManager(os.path.abspath(root)).latest_step() if os.path.isdir(root) else None
+    root = run_path(workdir) / "checkpoints"
+    step = ocp.CheckpointManager(root).latest_step() if root.is_dir() else None
     if step is None:
         raise UserError(f"{what}={workdir!r} has no finished checkpoint yet")
-    return os.path.join(os.path.abspath(root), str(step), "state")
+    return root / str(step) / "state"
 
 
 def _key(path) -> str:
@@ -119,8 +125,10 @@ def load_params(workdir: str, networks: Callable[[ml_collections.ConfigDict], di
 def prepare_workdir(workdir: str) -> None:
     """Creates `workdir` and proves it writable, or raises UserError; touches nothing already there."""
     try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test"):
-            pass
+        path = run_path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_test_{uuid.uuid4().hex}"
+        probe.write_text("")
+        probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to workdir {workdir!r}: {e.strerror or e}") from None

@@ -1,17 +1,48 @@
 """Metric writers: TensorBoard event files, `metrics.jsonl` and the console.
 
 clu's metric writers import TensorFlow, so they are used only when it is installed; otherwise a tensorboardX
-writer with the same methods (`write_scalars`, `write_images`, `flush`, `close`) stands in.
+writer with the same methods (`write_scalars`, `write_images`, `flush`, `close`) stands in. Every file goes
+through `etils.epath`, so a workdir on gs:// (or any filesystem epath serves) holds them all.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
-import os
 from typing import Mapping
 
 import numpy as np
+from etils import epath
+
+from maginet_jax.training.runs import run_path
+
+
+class _EpathEventFile:
+    """A TensorBoard event file on a non-local filesystem (tensorboardX writes local files itself): the records
+    are kept and the whole file rewritten at each flush, as object stores such as GCS cannot append."""
+
+    def __init__(self, path: str):
+        self._path, self._buffer = epath.Path(path), io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self._buffer.write(data)
+
+    def flush(self) -> None:
+        self._path.write_bytes(self._buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _EpathEventFiles:
+    """tensorboardX's writer factory interface, for one URL scheme."""
+
+    def open(self, path: str) -> _EpathEventFile:
+        return _EpathEventFile(path)
+
+    def directory_check(self, path: str) -> None:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
 class TensorboardXWriter:
@@ -21,6 +52,9 @@ class TensorboardXWriter:
         # Imported here: tensorboardX imports torch when it is installed (~3 s), a cost every CLI start (a
         # one-line config error included) would otherwise pay before anything is written.
         import tensorboardX
+        from tensorboardX import record_writer
+        if "://" in logdir:  # replaces tensorboardX's own gs:// writer, which needs google-cloud-storage
+            record_writer.register_writer_factory(logdir.split("://")[0], _EpathEventFiles())
         self._w = tensorboardX.SummaryWriter(logdir)
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -43,30 +77,35 @@ class JsonlWriter:
     """One JSON object per logged step: {"step": N, "<group>/<name>": value, ...}.
 
     Opening at `resume_step` drops rows past it, so a run that crashed after its last checkpoint and resumed
-    leaves one row per step, as an uninterrupted run would.
+    leaves one row per step, as an uninterrupted run would. The file is rewritten whole (through a temporary
+    file, so a crash never leaves half of it): object stores cannot append, and it stays small.
     """
 
-    def __init__(self, path: str, resume_step: int = 0):
+    def __init__(self, path: epath.Path, resume_step: int = 0):
         self._path = path
-        if os.path.exists(path):
-            with open(path) as f:
-                rows = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
-            with open(path, "w") as f:
-                f.writelines(rows)
-        self._f = open(path, "a")
+        self._rows = []
+        if path.exists():
+            self._rows = [line for line in path.read_text().splitlines(keepends=True)
+                          if line.strip() and json.loads(line)["step"] <= resume_step]
+            self._save()
+
+    def _save(self) -> None:
+        tmp = self._path.parent / f".{self._path.name}.tmp"
+        tmp.write_text("".join(self._rows))
+        tmp.replace(self._path)
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        self._f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
-        self._f.flush()
+        self._rows.append(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+        self._save()
 
     def write_images(self, step, images) -> None:
         pass
 
     def flush(self) -> None:
-        self._f.flush()
+        pass
 
     def close(self) -> None:
-        self._f.close()
+        pass
 
 
 class MultiWriter:
@@ -86,15 +125,16 @@ def create_writer(workdir: str, *, resume_step: int, is_main: bool) -> MultiWrit
     """TensorBoard (clu's writer if TensorFlow is installed) + metrics.jsonl on process 0; nothing elsewhere."""
     if not is_main:
         return MultiWriter([])
+    logdir = str(run_path(workdir))
     if importlib.util.find_spec("tensorflow") is not None:
         from clu import metric_writers  # imports TensorFlow: only when it is installed
-        tb = metric_writers.SummaryWriter(workdir)
+        tb = metric_writers.SummaryWriter(logdir)
     else:
-        tb = TensorboardXWriter(workdir)
-    return MultiWriter([tb, JsonlWriter(os.path.join(workdir, "metrics.jsonl"), resume_step)])
+        tb = TensorboardXWriter(logdir)
+    return MultiWriter([tb, JsonlWriter(run_path(workdir) / "metrics.jsonl", resume_step)])
 
 
 def read_metrics(workdir: str) -> list[dict]:
     """The rows of `<workdir>/metrics.jsonl`."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    text = (run_path(workdir) / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
