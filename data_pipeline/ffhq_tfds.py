@@ -21,10 +21,11 @@ from typing import Sequence
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from data_pipeline.ffhq_uv_intrinsics import CHANNELS, PASS_FILES, decode, is_test_subject
+from data_pipeline.ffhq_uv_intrinsics import CHANNELS, PASS_FILES, decode, is_test_subject, layout, subject_files
 
 RESOLUTIONS = (512, 1024)  # the predefined configs; any size >= 16 works (tests use small ones)
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
@@ -35,18 +36,18 @@ class BadSubjectData(ValueError):
 
     def __init__(self, subject: str, path: str, reason: str):
         super().__init__(f"subject {subject}: {path}: {reason}")
-        self.subject, self.path, self.reason = subject, path, reason
+        self.subject, self.path, self.reason = subject, str(path), reason
 
 
-def read_checked(path: str, subject: str, channels: int, size: int, dtype=np.uint8) -> np.ndarray:
+def read_checked(path, subject: str, channels: int, size: int, dtype=np.uint8) -> np.ndarray:
     """An (size, size, channels) array of `dtype` from one PNG, or BadSubjectData saying what is wrong.
 
     Files must be square and at least `size` wide (box-filtered down to it); 3-channel passes must be colour.
     """
-    if not os.path.isfile(path):
+    if not epath.Path(path).is_file():
         raise BadSubjectData(subject, path, "missing")
     try:
-        with Image.open(path) as im:
+        with epath.Path(path).open("rb") as f, Image.open(f) as im:
             im.load()
             mode, (w, h) = im.mode, im.size
             if w != h or w < size:
@@ -139,11 +140,11 @@ class FfhqUvIntrinsics(tfds.core.GeneratorBasedBuilder):
         ids = list(files)
         test = [i for i in ids if is_test_subject(i, c.test_fraction)]
         if not test or len(test) == len(ids):
-            raise ValueError(f"{len(ids)} subjects under {dl_manager.manual_dir!r} give {len(test)} held-out "
+            raise ValueError(f"{len(ids)} subjects under {str(dl_manager.manual_dir)!r} give {len(test)} held-out "
                              f"subjects at test_fraction={c.test_fraction}: both splits need subjects")
         self.info.metadata.update(held_out_subjects=test, input_file=c.input_file, test_fraction=c.test_fraction,
                                   pass_files=parse_pass_files(c.pass_files), skipped_subjects={},
-                                  raw_root=os.path.abspath(dl_manager.manual_dir), raw_files=fingerprint(files))
+                                  raw_root=_root(dl_manager.manual_dir), raw_files=fingerprint(files))
         return {"train": self._generate_examples([(i, files[i]) for i in ids if i not in set(test)]),
                 "test": self._generate_examples([(i, files[i]) for i in test])}
 
@@ -162,22 +163,14 @@ class FfhqUvIntrinsics(tfds.core.GeneratorBasedBuilder):
             yield subject, {"subject_id": subject, **record}
 
 
-def raw_files(root: str, config: FfhqUvIntrinsicsConfig, uv_maps_dir: str = "") -> dict[str, dict[str, str]]:
+def raw_files(root: str, config: FfhqUvIntrinsicsConfig, uv_maps_dir: str = "") -> dict[str, dict[str, epath.Path]]:
     """{subject: {record key: PNG path}} of every file a build with `config` reads from the raw copy at `root`."""
-    data = os.path.join(root, "Data")
-    if not os.path.isdir(data):
-        raise ValueError(f"{root!r} is not an FFHQ-UV-Intrinsics copy: it has no Data/ directory")
-    uv_dir = uv_maps_dir or os.path.join(root, "uv-maps")
-    if config.input_file == "uv_map" and not os.path.isdir(uv_dir):
-        raise ValueError(f"FFHQ-UV textures not found at {uv_dir!r}: give uv_maps_dir, or use input_file=diffuse")
-    targets = parse_pass_files(config.pass_files)
-    ids = sorted(d for d in os.listdir(data) if os.path.isdir(os.path.join(data, d)))
-    return {i: {"image": (os.path.join(uv_dir, f"{i}.png") if config.input_file == "uv_map"
-                          else os.path.join(data, i, f"{config.input_file}.png")),
-                **{p: os.path.join(data, i, f"{stem}.png") for p, stem in targets.items()}} for i in ids}
+    data, uv_dir, ids = layout(root, config.input_file, uv_maps_dir)
+    stems = {"image": config.input_file, **parse_pass_files(config.pass_files)}
+    return {i: subject_files(data, uv_dir, i, stems) for i in ids}
 
 
-def fingerprint(files: dict[str, dict[str, str]]) -> dict[str, str]:
+def fingerprint(files: dict[str, dict[str, epath.Path]]) -> dict[str, str]:
     """{subject: digest of its files' paths, sizes and modification times}: what a prepared dataset was built
     from, cheap to recompute (no file is read)."""
     out = {}
@@ -185,12 +178,16 @@ def fingerprint(files: dict[str, dict[str, str]]) -> dict[str, str]:
         stats = []
         for key, path in sorted(paths.items()):
             try:
-                st = os.stat(path)
-                stats.append((key, os.path.abspath(path), st.st_size, st.st_mtime_ns))
+                st = path.stat()
+                stats.append((key, str(path), st.length, st.mtime))
             except FileNotFoundError:
-                stats.append((key, os.path.abspath(path), None, None))
+                stats.append((key, str(path), None, None))
         out[subject] = hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
     return out
+
+
+def _root(path: str) -> str:
+    return str(path) if "://" in str(path) else os.path.abspath(path)
 
 
 def check_not_stale(builder, root: str, uv_maps_dir: str) -> None:
@@ -198,7 +195,7 @@ def check_not_stale(builder, root: str, uv_maps_dir: str) -> None:
     changed since: training on it would silently use other data than `root` holds."""
     meta, where = builder.info.metadata, builder.data_dir
     fix = f"delete {where} to prepare it again, or give another data.tfds_dir"
-    if meta.get("raw_root") != os.path.abspath(root):
+    if meta.get("raw_root") != _root(root):
         source = f"from {meta['raw_root']!r}" if "raw_root" in meta else "by a version that recorded no root"
         raise ValueError(f"the prepared dataset {where} was built {source}, not from data.root={root!r}: {fix}")
     then, now = meta["raw_files"], fingerprint(raw_files(root, builder.builder_config, uv_maps_dir))

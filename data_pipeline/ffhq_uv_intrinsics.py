@@ -4,16 +4,17 @@ Layout: `<root>/Data/<ID>/{ambient_occlusion, diffuse, normal, specular, translu
 optionally FFHQ-UV's lit textures `<uv_maps_dir>/<ID>.png` (same IDs). Which file is the network input is
 `input_file`: "uv_map" (FFHQ-UV's texture, the default) or one of the pass files, e.g. "diffuse".
 The face mask is texture validity: texels where the albedo is not black.
-The split is by subject ID hash, so it is stable when subjects are added.
+The split is by subject ID hash, so it is stable when subjects are added. Roots may be any path
+`etils.epath` reads (local, gs://, ...).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import Sequence
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 # Our pass name → file stem in FFHQ-UV-Intrinsics.
@@ -45,11 +46,32 @@ def decode(im: Image.Image, channels: int, size: int) -> np.ndarray:
     return arr
 
 
-def read_png(path: str, channels: int, size: int) -> np.ndarray:
+def read_png(path, channels: int, size: int) -> np.ndarray:
     """`decode` of the file at `path`."""
-    with Image.open(path) as im:
+    with epath.Path(path).open("rb") as f, Image.open(f) as im:
         im.load()
         return decode(im, channels, size)
+
+
+def layout(root: str, input_file: str, uv_maps_dir: str = "") -> tuple[epath.Path, epath.Path, list[str]]:
+    """(Data/ directory, lit-texture directory, sorted subject IDs) of the raw copy at `root`; ValueError
+    if it is not one, or if `input_file` is the lit texture and there is none."""
+    if input_file != "uv_map" and input_file not in PASS_FILES.values():
+        raise ValueError(f"input_file {input_file!r} is not 'uv_map' or one of {sorted(PASS_FILES.values())}")
+    data = epath.Path(root) / "Data"
+    if not data.is_dir():
+        raise ValueError(f"{root!r} is not an FFHQ-UV-Intrinsics copy: it has no Data/ directory")
+    uv_dir = epath.Path(uv_maps_dir) if uv_maps_dir else epath.Path(root) / "uv-maps"
+    if input_file == "uv_map" and not uv_dir.is_dir():
+        raise ValueError(f"FFHQ-UV textures not found at {str(uv_dir)!r}: set data.uv_maps_dir, or "
+                         f"data.input_file=diffuse to learn from the raw diffuse pass")
+    return data, uv_dir, sorted(d.name for d in data.iterdir() if d.is_dir())
+
+
+def subject_files(data: epath.Path, uv_dir: epath.Path, subject: str, stems: dict[str, str]) -> dict[str, epath.Path]:
+    """{record key: PNG path} of one subject, for {record key: file stem} ("uv_map" = the lit texture)."""
+    return {k: uv_dir / f"{subject}.png" if stem == "uv_map" else data / subject / f"{stem}.png"
+            for k, stem in stems.items()}
 
 
 class FFHQUVIntrinsicsSource:
@@ -57,35 +79,20 @@ class FFHQUVIntrinsicsSource:
 
     def __init__(self, root: str, *, split: str, resolution: int, passes: Sequence[str] = ("albedo",),
                  input_file: str = "uv_map", uv_maps_dir: str = "", test_fraction: float = 0.05):
-        data_dir = os.path.join(root, "Data")
-        if not os.path.isdir(data_dir):
-            raise ValueError(f"{root!r} is not an FFHQ-UV-Intrinsics copy: it has no Data/ directory")
-        if input_file != "uv_map" and input_file not in PASS_FILES.values():
-            raise ValueError(f"data.input_file {input_file!r} is not 'uv_map' or one of {sorted(PASS_FILES.values())}")
-        self._uv_dir = uv_maps_dir or os.path.join(root, "uv-maps")
-        if input_file == "uv_map" and not os.path.isdir(self._uv_dir):
-            raise ValueError(f"FFHQ-UV textures not found at {self._uv_dir!r}: set data.uv_maps_dir, or "
-                             f"data.input_file=diffuse to learn from the raw diffuse pass")
-        ids = sorted(d for d in os.listdir(data_dir) if os.path.isdir(os.path.join(data_dir, d)))
+        data_dir, self._uv_dir, ids = layout(root, input_file, uv_maps_dir)
         self._ids = [i for i in ids if is_test_subject(i, test_fraction) == (split == "test")]
         if not self._ids:
-            raise ValueError(f"no {split} subjects under {data_dir!r}")
+            raise ValueError(f"no {split} subjects under {str(data_dir)!r}")
         self._data_dir, self._res, self._passes, self._input = data_dir, int(resolution), tuple(passes), input_file
         self._split = split
+        self._stems = {"image": input_file, **{p: PASS_FILES[p] for p in set(self._passes) | {"albedo"}}}
 
     def __len__(self) -> int:
         return len(self._ids)
 
-    def _path(self, subject: str, stem: str) -> str:
-        if stem == "uv_map":
-            return os.path.join(self._uv_dir, f"{subject}.png")
-        return os.path.join(self._data_dir, subject, f"{stem}.png")
-
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        subject = self._ids[index]
-        rec = {"image": read_png(self._path(subject, self._input), 3, self._res)}
-        for p in set(self._passes) | {"albedo"}:
-            rec[p] = read_png(self._path(subject, PASS_FILES[p]), CHANNELS[p], self._res)
+        files = subject_files(self._data_dir, self._uv_dir, self._ids[index], self._stems)
+        rec = {k: read_png(path, CHANNELS[k], self._res) for k, path in files.items()}
         valid = np.any(rec["albedo"] > 0, axis=-1, keepdims=True)
         rec["mask"] = np.where(valid, 255, 0).astype(np.uint8)
         if "albedo" not in self._passes:
@@ -93,5 +100,5 @@ class FFHQUVIntrinsicsSource:
         return rec
 
     def __repr__(self) -> str:
-        return (f"FFHQUVIntrinsicsSource(data_dir={self._data_dir!r}, split={self._split!r}, n={len(self)}, "
+        return (f"FFHQUVIntrinsicsSource(data_dir={str(self._data_dir)!r}, split={self._split!r}, n={len(self)}, "
                 f"resolution={self._res}, input={self._input!r}, passes={self._passes})")

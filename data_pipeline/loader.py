@@ -19,6 +19,7 @@ from typing import Sequence
 import grain
 import jax
 import numpy as np
+from etils import epath
 
 from data_pipeline import ffhq_tfds
 from data_pipeline.ffhq_uv_intrinsics import FFHQUVIntrinsicsSource
@@ -59,7 +60,7 @@ def make_source(data_config, split: str, num_records: int, passes: Sequence[str]
         raise ValueError(f"unknown data.source {d.source!r}; expected one of {SOURCES}")
     if not d.root:
         raise ValueError(f"data.source={d.source} needs data.root: the directory holding Data/<ID>/")
-    if not os.path.isdir(d.root):
+    if not epath.Path(d.root).is_dir():
         raise ValueError(f"data.root {d.root!r} does not exist or is not a directory")
     if d.source == "ffhq_uv_intrinsics_raw":
         return FFHQUVIntrinsicsSource(d.root, split=split, resolution=d.resolution, passes=passes,

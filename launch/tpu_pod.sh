@@ -5,7 +5,7 @@
 #   launch/tpu_pod.sh create --project=P --zone=Z --name=N --accelerator_type=v5litepod-16 \
 #       --version=v2-alpha-tpuv5-lite [--spot]
 #   launch/tpu_pod.sh setup  --project=P --zone=Z --name=N --repo=https://github.com/you/maginet-jax --ref=main
-#   launch/tpu_pod.sh run    --project=P --zone=Z --name=N --workdir=/mnt/shared/runs/albedo \
+#   launch/tpu_pod.sh run    --project=P --zone=Z --name=N --workdir=gs://BUCKET/runs/albedo \
 #       -- --config=configs/albedo.py [--config.key=value ...]
 #   launch/tpu_pod.sh logs   --project=P --zone=Z --name=N [--worker=0]
 #   launch/tpu_pod.sh stop   --project=P --zone=Z --name=N      # SIGTERM: checkpoint, then exit 0

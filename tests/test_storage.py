@@ -62,3 +62,21 @@ def test_training_writes_every_artifact_to_the_workdir(fake_gcs, tmp_path, monke
 
     resumed = train.train_and_evaluate(c, "gs://bucket/run")  # and it resumes from there
     assert int(resumed.step) == 4
+
+
+def test_raw_and_prepared_data_read_from_a_non_local_root(fake_gcs, tmp_path):
+    import numpy as np
+    from data_pipeline import make_fixture
+    from data_pipeline.ffhq_tfds import prepare
+    from data_pipeline.ffhq_uv_intrinsics import FFHQUVIntrinsicsSource
+    local = str(fake_gcs / "bucket" / "raw")
+    make_fixture.write_fixture(local, num_subjects=16, resolution=32, seed=0)  # 3 held out at 0.25
+    kw = dict(split="train", resolution=16, passes=("albedo", "normal"), test_fraction=0.25)
+    here, there = FFHQUVIntrinsicsSource(local, **kw), FFHQUVIntrinsicsSource("gs://bucket/raw", **kw)
+    assert len(here) == len(there) > 0
+    for k, v in here[0].items():
+        np.testing.assert_array_equal(there[0][k], v)
+    builder = prepare("gs://bucket/raw", tfds_dir=str(tmp_path / "tfds"), resolution=16, test_fraction=0.25)
+    assert builder.info.metadata["raw_root"] == "gs://bucket/raw"
+    assert sum(s.num_examples for s in builder.info.splits.values()) == 16
+    prepare("gs://bucket/raw", tfds_dir=str(tmp_path / "tfds"), resolution=16, test_fraction=0.25)  # not stale
