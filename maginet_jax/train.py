@@ -382,6 +382,8 @@ def main(argv) -> None:
         sys.exit(f"maginet_jax.train: error: unexpected arguments {argv[1:]}")
     try:
         initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        if jax.process_index() > 0:  # process 0 logs the run; the others only what goes wrong
+            logging.set_verbosity(logging.WARNING)
         run(CONFIG.value, WORKDIR.value)
     except UserError as e:
         sys.exit(f"maginet_jax.train: error: {e}")
