@@ -1,6 +1,7 @@
 """Training: the loss falls on :smoke, an interrupted run resumes exactly, 8-way sharding matches 1 device."""
 
 import functools
+import json
 import os
 import signal
 
@@ -14,7 +15,7 @@ from data_pipeline import loader, synthetic
 from maginet_jax import train
 from maginet_jax.errors import UserError
 from maginet_jax.stages import supervised
-from maginet_jax.training import sharding
+from maginet_jax.training import runs, sharding
 from maginet_jax.training.writers import read_metrics
 
 
@@ -196,3 +197,15 @@ def test_mesh_errors():
         sharding.make_mesh(("data", -1))
     assert dict(sharding.make_mesh((("data", -1),)).shape) == {"data": 8}
     assert dict(sharding.make_mesh([["data", 2]], jax.devices()[:2]).shape) == {"data": 2}  # as config.json has it
+
+
+def test_metrics_of_a_run_killed_before_its_first_checkpoint_start_over(tmp_path):
+    # found by benchmarks/kill_resume.py: a kill after the step-0 evaluation left its row, written again on restart
+    from maginet_jax.training.writers import JsonlWriter
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0, "eval/albedo_mse": 0.1}\n{"step": 2, "train/loss": 0.5}\n')
+    JsonlWriter(runs.run_path(str(path)), resume_step=0)
+    assert path.read_text() == ""
+    path.write_text('{"step": 0, "eval/albedo_mse": 0.1}\n{"step": 2, "train/loss": 0.5}\n{"step": 3}\n')
+    JsonlWriter(runs.run_path(str(path)), resume_step=2)
+    assert [r["step"] for r in map(json.loads, path.read_text().splitlines())] == [0, 2]

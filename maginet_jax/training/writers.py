@@ -76,18 +76,19 @@ class TensorboardXWriter:
 class JsonlWriter:
     """One JSON object per logged step: {"step": N, "<group>/<name>": value, ...}.
 
-    Opening at `resume_step` drops rows past it, so a run that crashed after its last checkpoint and resumed
-    leaves one row per step, as an uninterrupted run would. The file is rewritten whole (through a temporary
+    Opening at `resume_step` drops rows past it (all of them at 0: a run with no checkpoint starts over and
+    writes its step-0 row again), so a run that crashed after its last checkpoint and resumed leaves one row
+    per step, as an uninterrupted run would. The file is rewritten whole (through a temporary
     file, so a crash never leaves half of it): object stores cannot append, and it stays small.
     """
 
     def __init__(self, path: epath.Path, resume_step: int = 0):
         self._path = path
         self._rows = []
-        if path.exists():
+        if resume_step > 0 and path.exists():
             self._rows = [line for line in path.read_text().splitlines(keepends=True)
                           if line.strip() and json.loads(line)["step"] <= resume_step]
-            self._save()
+        self._save()
 
     def _save(self) -> None:
         tmp = self._path.parent / f".{self._path.name}.tmp"
