@@ -37,7 +37,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model.attention_reduction = 16
     c.model.spatial_kernel = 7
     c.model.fusion = "adaptive"  # adaptive | concat | sum
-    c.model.dtype = "float32"  # compute dtype; params stay float32 (bfloat16 on TPU/GPU)
+    # Compute dtype of the convs: float32 | bfloat16 (parameters, optimizer state, norms and losses stay
+    # float32).
+    c.model.dtype = "float32"
+    # Activation memory: none | blocks (each block keeps its conv outputs for the backward pass and
+    # recomputes the rest) | full (each block keeps only its input and recomputes everything).
+    c.model.remat = "none"
 
     # Loss weights; 0 switches a term off.
     c.losses = ml_collections.ConfigDict()

@@ -26,9 +26,18 @@ def base_config(stage: str, *, resolution: int) -> ml_collections.ConfigDict:
     c.async_checkpointing = True
     c.num_sample_images = 4  # rows in the sample grids
 
-    # The device mesh as (axis, size) pairs; -1 takes the devices left over. The batch is split over 'data'
-    # and parameters are replicated; 'data' is the only axis the code shards over so far.
+    # The device mesh as (axis, size) pairs; -1 takes the devices left over; axes not named have size 1.
+    #   data: the batch is split, parameters and optimizer state replicated;
+    #   fsdp: the batch is split, parameters and optimizer state sharded (sharding.rules);
+    #   spatial: the image height of every activation is split (one large image over several devices).
+    # e.g. --config.mesh="(('data',2),('fsdp',2),('spatial',2))"
     c.mesh = (("data", -1),)
+    c.sharding = ml_collections.ConfigDict()
+    # Over the fsdp axis: (regex on a state path like "params/generator/blocks/0/conv1/kernel", "fsdp" |
+    # "replicate"), first match wins; "fsdp" shards an array's largest dimension divisible by the axis size.
+    # e.g. --config.sharding.rules="(('discriminator', 'replicate'), ('.*', 'fsdp'))"
+    c.sharding.rules = ((".*", "fsdp"),)
+    c.sharding.fsdp_min_size = 2**14  # arrays with fewer elements stay replicated (norm scales, biases)
 
     c.data = ml_collections.ConfigDict()
     # 'synthetic' (embedded generator) | 'ffhq_uv_intrinsics' (your copy, prepared as a TFDS dataset on first

@@ -51,7 +51,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model.n_layers_D = 3
     c.model.num_D = 2
     c.model.getIntermFeat = True  # needed by feature matching
+    # Compute dtype of the convs: float32 | bfloat16 (parameters, optimizer state, norms and losses stay
+    # float32).
     c.model.dtype = "float32"
+    # Activation memory: none | blocks (each block keeps its conv outputs for the backward pass and
+    # recomputes the rest) | full (each block keeps only its input and recomputes everything).
+    c.model.remat = "none"
 
     c.gan = ml_collections.ConfigDict()
     c.gan.mode = "lsgan"  # lsgan | hinge

@@ -34,7 +34,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.widths = (32, 32)  # the two hidden widths of the three 3×3 convs
     c.model.activation = "relu"
+    # Compute dtype of the convs: float32 | bfloat16 (parameters, optimizer state, norms and losses stay
+    # float32).
     c.model.dtype = "float32"
+    # Activation memory: none | blocks (each block keeps its conv outputs for the backward pass and
+    # recomputes the rest) | full (each block keeps only its input and recomputes everything).
+    c.model.remat = "none"
 
     # The stage-1 loss family (no deep supervision: RefinementNet has no side outputs); 0 switches a term off.
     c.losses = ml_collections.ConfigDict()

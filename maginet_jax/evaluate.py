@@ -44,7 +44,8 @@ def evaluate_run(config, workdir: str) -> dict:
     params = runs.restore_params(directory, like, what="--workdir")
     frozen_nets = jax.device_put(stage.frozen_nets(config, mesh), sharding.replicated(mesh))
     predict = functools.partial(stage.predict, config=config, graphdefs=graphdefs)
-    means, _, count = evaluator.evaluate(predict, params, frozen_nets, config, mesh, full=True)
+    with jax.set_mesh(mesh):  # as in training: the networks constrain their activations against it
+        means, _, count = evaluator.evaluate(predict, params, frozen_nets, config, mesh, full=True)
     passes = [p for p in ("albedo", *config.get("passes", ())) if p in means["model"]]
     rows = {row: {p: means[row][p] for p in passes} for row in ROWS}
     if len(passes) > 1:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging as pylogging
 import os
 import re
@@ -34,11 +35,13 @@ from ml_collections import config_flags
 
 from data_pipeline import loader
 from maginet_jax import evaluator, image_io
-from maginet_jax.errors import UserError, check_choices, first_line
+from maginet_jax.errors import UserError, check_choices, check_divisible, first_line
+from maginet_jax.models import layers
 from maginet_jax.perceptual import weights as pretrained
 from maginet_jax.stages import passes, supervised
 from maginet_jax.training import images, runs, sharding
-from maginet_jax.training.state import SCHEDULES, TrainState
+from maginet_jax.training import dry_runs
+from maginet_jax.training.state import SCHEDULES, TrainState, abstract_state
 from maginet_jax.training.writers import create_writer
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file, e.g. configs/albedo.py:demo.",
@@ -54,6 +57,11 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 to num_processes - 1.")
 _LIBRARY_LOGS = flags.DEFINE_bool("library_logs", False, "Show INFO logs of orbax, grain, jax etc. too.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step for the config and mesh, report its "
+                             "per-device memory and FLOPs (printed and in <workdir>/dry_run.json), and exit "
+                             "without training, reading data or writing a checkpoint.")
+_DRY_RUN_DEVICES = flags.DEFINE_integer("dry_run_devices", None, "With --dry_run: compile for this many virtual "
+                                        "CPU devices (size a pod's mesh on a laptop).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +74,7 @@ class Stage:
 
     validate: Callable  # (config) -> None; UserError on the first problem
     networks: Callable  # (config) -> {name: build(nnx.Rngs) -> nnx.Module}, the trained networks
+    optimizers: Callable  # (config) -> {name: optax.GradientTransformation}, one per trained network
     init: Callable  # (config, mesh) -> (graphdefs, TrainState), replicated over the mesh
     frozen_nets: Callable  # (config, mesh) -> pytree of (graphdef, state) pairs
     train_step: Callable  # (state, batch, frozen_nets, *, config, graphdefs) -> (state, {name: scalar})
@@ -74,27 +83,32 @@ class Stage:
     samples: Callable  # (config) -> {grid tag: columns of the evaluator's images}
 
 
-_SUPERVISED = dict(networks=supervised.networks, init=supervised.init, frozen_nets=supervised.frozen_nets,
+_SUPERVISED = dict(networks=supervised.networks, optimizers=supervised.optimizers, init=supervised.init,
+                   frozen_nets=supervised.frozen_nets,
                    train_step=supervised.train_step, predict=supervised.predict, report=supervised.report,
                    samples=supervised.samples)
 STAGES: dict[str, Stage] = {
     "albedo": Stage(validate=supervised.validate_albedo, **_SUPERVISED),
     "refine": Stage(validate=supervised.validate_refine, **_SUPERVISED),
-    "passes": Stage(validate=passes.validate, networks=passes.networks, init=passes.init,
+    "passes": Stage(validate=passes.validate, networks=passes.networks, optimizers=passes.optimizers,
+                    init=passes.init,
                     frozen_nets=passes.frozen_nets, train_step=passes.train_step, predict=passes.predict,
                     report=passes.report, samples=passes.samples),
 }
 
 
-def validate(config) -> None:
+def validate(config, *, read_data: bool = True) -> None:
     """Checks what would otherwise fail deep inside a run (or silently do the wrong thing): the sections every
-    stage shares, then the stage's own `validate`. UserError on the first problem."""
+    stage shares, then the stage's own `validate`. UserError on the first problem. `read_data=False` (a dry
+    run) leaves the data source unopened."""
     check_choices({"stage": (config.stage, tuple(STAGES))})
     d, o = config.data, config.optim
     if d.crop_size > d.resolution:
         raise UserError(f"data.crop_size {d.crop_size} exceeds data.resolution {d.resolution}")
     check_choices({"optim.schedule": (o.schedule, SCHEDULES), "data.source": (d.source, loader.SOURCES),
-                   "model.dtype": (config.model.dtype, ("float32", "bfloat16", "float16"))})
+                   "model.dtype": (config.model.dtype, ("float32", "bfloat16", "float16")),
+                   "model.remat": (config.model.get("remat", "none"), layers.REMATS)})
+    sharding.check_rules(config.sharding.rules)
     for key in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
                 "eval.batch_size", "eval.num_examples", "data.num_train_examples", "max_checkpoints_to_keep"):
         value = functools.reduce(lambda c, part: c[part], key.split("."), config)
@@ -106,7 +120,7 @@ def validate(config) -> None:
     if d.source == "synthetic" and d.root:
         raise UserError(f"data.root is set but data.source='synthetic' reads no files; "
                         f"did you mean --config.data.source=ffhq_uv_intrinsics?")
-    for split, n in (("train", d.num_train_examples), ("test", config.eval.num_examples)):
+    for split, n in (("train", d.num_train_examples), ("test", config.eval.num_examples)) if read_data else ():
         try:
             loader.make_source(d, split, n, ("albedo",))
         except ValueError as e:
@@ -116,12 +130,16 @@ def validate(config) -> None:
         pretrained.torchvision_vgg19_weights(config.perceptual.vgg19_weights)
 
 
-def validate_batch_sizes(config, num_processes: int, data_shards: int) -> None:
-    """Global batches must split evenly over processes and over the mesh's data axis."""
+def validate_mesh(config, num_processes: int, mesh) -> None:
+    """Global batches must split evenly over processes and over the mesh's data × fsdp devices, and images
+    over its spatial axis."""
+    shards = sharding.batch_size_divisor(mesh)
     for key, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
-        if size % num_processes or size % data_shards:
+        if size % num_processes or size % shards:
             raise UserError(f"{key}={size} must be divisible by the {num_processes} processes and by the "
-                            f"{data_shards} shards of the mesh's data axis")
+                            f"{shards} shards of the mesh's data × fsdp axes")
+    check_divisible("data.crop_size", config.data.crop_size, mesh.shape[sharding.SPATIAL_AXIS],
+                    "the mesh's spatial axis splits the image height")
 
 
 def restore_checkpoint(checkpoints: ocp.CheckpointManager, step: int, like: TrainState, data_iter) -> TrainState:
@@ -144,6 +162,24 @@ def jit_train_step(config, graphdefs, mesh, state_sharding) -> Callable:
     return jax.jit(functools.partial(STAGES[config.stage].train_step, config=config, graphdefs=graphdefs),
                    in_shardings=(state_sharding, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
                    out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def dry_run(config, workdir: str) -> dict:
+    """Compiles the train step for `config` on its mesh from shapes alone (no parameters allocated, no data
+    read) and writes XLA's per-device memory and FLOPs to `<workdir>/dry_run.json`; returns them."""
+    mesh = sharding.make_mesh(config.mesh)
+    stage = STAGES[config.stage]
+    graphdefs, state = abstract_state(stage.networks(config), stage.optimizers(config), mesh, config.sharding)
+    frozen_nets = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
+                               stage.frozen_nets(config, mesh))
+    batch = dry_runs.abstract_batch(config, sharding.batch_sharding(mesh))
+    train_step = jit_train_step(config, graphdefs, mesh, jax.tree.map(lambda x: x.sharding, state))
+    with jax.set_mesh(mesh):  # activations are constrained against it (sharding.constrain_activation)
+        compiled = train_step.lower(state, batch, frozen_nets).compile()
+    report = dry_runs.report(compiled, mesh)
+    (runs.run_path(workdir) / "dry_run.json").write_text(json.dumps(report, indent=2))
+    logging.info("dry run, %s stage:\n%s", config.stage, dry_runs.describe(report))
+    return report
 
 
 def evaluate_and_show(step: int, predict, params, frozen_nets, config, mesh, writer, workdir: str) -> dict:
@@ -232,64 +268,66 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                                             max_to_keep=config.max_checkpoints_to_keep, create=True,
                                             enable_async_checkpointing=config.async_checkpointing))
     writer, stop_signals = None, StopSignals(jax.process_count() > 1).install()
-    try:  # closing the manager on every exit: its async threads would otherwise spill tracebacks at exit
-        start = checkpoints.latest_step() or 0
-        if start:
-            state = restore_checkpoint(checkpoints, start, state, train_iter)
-        logging.info("%s stage, mesh %s over %d devices (%d processes), %s", config.stage, dict(mesh.shape),
-                     mesh.size, jax.process_count(), f"resumed from step {start}" if start else "from step 0")
-        if is_main and not start:
-            for name, params in state.params.items():
-                logging.info("%s parameters:\n%s", name,
-                             parameter_overview.get_parameter_overview(nnx.to_pure_dict(params)))
-        if is_main:
-            (runs.run_path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
-        writer = create_writer(workdir, resume_step=start, is_main=is_main)
-        if start == 0:  # the first eval row is the untrained model
-            writer.write_scalars(0, evaluate_and_show(0, predict, state.params, frozen_nets, config, mesh, writer,
-                                                      workdir))
+    # Under the mesh: the networks constrain their activations against it (sharding.constrain_activation).
+    with jax.set_mesh(mesh):
+        try:  # closing the manager on every exit: its async threads would otherwise spill tracebacks at exit
+            start = checkpoints.latest_step() or 0
+            if start:
+                state = restore_checkpoint(checkpoints, start, state, train_iter)
+            logging.info("%s stage, mesh %s over %d devices (%d processes), %s", config.stage, dict(mesh.shape),
+                         mesh.size, jax.process_count(), f"resumed from step {start}" if start else "from step 0")
+            if is_main and not start:
+                for name, params in state.params.items():
+                    logging.info("%s parameters:\n%s", name,
+                                 parameter_overview.get_parameter_overview(nnx.to_pure_dict(params)))
+            if is_main:
+                (runs.run_path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+            writer = create_writer(workdir, resume_step=start, is_main=is_main)
+            if start == 0:  # the first eval row is the untrained model
+                writer.write_scalars(0, evaluate_and_show(0, predict, state.params, frozen_nets, config, mesh, writer,
+                                                          workdir))
 
-        # Step scalars stay on the devices until a log, eval or checkpoint step fetches them (checked finite
-        # there, before anything is saved); the log line averages the rows fetched since the last one.
-        pending, window, saved, t_last, s_last, t_start = [], [], start, time.time(), start, time.time()
-        for step in range(start + 1, config.num_train_steps + 1):
-            state, step_scalars = train_step(state, sharding.to_global(next(train_iter), mesh), frozen_nets)
-            pending.append(step_scalars)
-            last, scalars = step == config.num_train_steps, {}
-            stop = stop_signals.received is not None or checkpoints.reached_preemption(step)
-            log, evaluate = step % config.log_every_steps == 0 or last, step % config.eval_every_steps == 0 or last
-            save = step % config.checkpoint_every_steps == 0 or last or stop
-            if log or evaluate or save:
-                rows, pending = jax.device_get(pending), []
-                check_finite(rows, step - len(rows) + 1, saved)
-                window += rows
-            if log:
-                scalars = {f"train/{k}": float(np.mean([r[k] for r in window])) for k in window[0]}
-                now, window = time.time(), []
-                rate = (step - s_last) / max(now - t_last, 1e-9)
-                t_last, s_last = now, step
-                logging.info("step %d/%d  %s  %.2f steps/s  ETA %s", step, config.num_train_steps,
-                             "  ".join(f"{k[6:]} {scalars[k]:.5g}" for k in sorted(scalars, key=_loss_first)), rate,
-                             _format_duration((config.num_train_steps - step) / rate))
-            if evaluate:
-                scalars.update(evaluate_and_show(step, predict, state.params, frozen_nets, config, mesh, writer,
-                                                 workdir))
-            if scalars:
-                writer.write_scalars(step, scalars)
-            if save:
-                checkpoints.save(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), loader=grain.checkpoint.CheckpointSave(train_iter)))
-                saved = step
-            if stop:
-                logging.warning("%s at step %d: checkpoint saved, stopping; rerun to resume",
-                                stop_signals.received or "preemption notice", step)
-                break
-        checkpoints.wait_until_finished()
-    finally:
-        stop_signals.restore()
-        checkpoints.close()
-        if writer is not None:
-            writer.close()
+            # Step scalars stay on the devices until a log, eval or checkpoint step fetches them (checked finite
+            # there, before anything is saved); the log line averages the rows fetched since the last one.
+            pending, window, saved, t_last, s_last, t_start = [], [], start, time.time(), start, time.time()
+            for step in range(start + 1, config.num_train_steps + 1):
+                state, step_scalars = train_step(state, sharding.to_global(next(train_iter), mesh), frozen_nets)
+                pending.append(step_scalars)
+                last, scalars = step == config.num_train_steps, {}
+                stop = stop_signals.received is not None or checkpoints.reached_preemption(step)
+                log, evaluate = step % config.log_every_steps == 0 or last, step % config.eval_every_steps == 0 or last
+                save = step % config.checkpoint_every_steps == 0 or last or stop
+                if log or evaluate or save:
+                    rows, pending = jax.device_get(pending), []
+                    check_finite(rows, step - len(rows) + 1, saved)
+                    window += rows
+                if log:
+                    scalars = {f"train/{k}": float(np.mean([r[k] for r in window])) for k in window[0]}
+                    now, window = time.time(), []
+                    rate = (step - s_last) / max(now - t_last, 1e-9)
+                    t_last, s_last = now, step
+                    logging.info("step %d/%d  %s  %.2f steps/s  ETA %s", step, config.num_train_steps,
+                                 "  ".join(f"{k[6:]} {scalars[k]:.5g}" for k in sorted(scalars, key=_loss_first)), rate,
+                                 _format_duration((config.num_train_steps - step) / rate))
+                if evaluate:
+                    scalars.update(evaluate_and_show(step, predict, state.params, frozen_nets, config, mesh, writer,
+                                                     workdir))
+                if scalars:
+                    writer.write_scalars(step, scalars)
+                if save:
+                    checkpoints.save(step, args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(state), loader=grain.checkpoint.CheckpointSave(train_iter)))
+                    saved = step
+                if stop:
+                    logging.warning("%s at step %d: checkpoint saved, stopping; rerun to resume",
+                                    stop_signals.received or "preemption notice", step)
+                    break
+            checkpoints.wait_until_finished()
+        finally:
+            stop_signals.restore()
+            checkpoints.close()
+            if writer is not None:
+                writer.close()
     logging.info("done: %d steps in %s", int(state.step) - start, _format_duration(time.time() - t_start))
     return state
 
@@ -327,14 +365,26 @@ def initialize_distributed(auto: bool, coordinator_address: str | None, num_proc
                  jax.local_device_count())
 
 
-def run(config, workdir: str) -> None:
-    """Validates everything cheap first, then trains; raises UserError for bad input. A multi-process run
-    calls `initialize_distributed` before this."""
-    validate(config)
-    mesh = sharding.make_mesh(config.mesh)
-    validate_batch_sizes(config, jax.process_count(), mesh.shape[sharding.DATA_AXIS])
+def use_virtual_devices(n: int, dry: bool) -> None:
+    """`n` virtual CPU devices in place of the accelerators, for --dry_run; before any backend starts."""
+    if not dry:
+        raise UserError("--dry_run_devices needs --dry_run")
+    if n < 1:
+        raise UserError(f"--dry_run_devices={n} must be >= 1")
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", n)
+
+
+def run(config, workdir: str, *, dry: bool = False) -> None:
+    """Validates everything cheap first, then trains (or with `dry`, only compiles: `dry_run`); raises
+    UserError for bad input. A multi-process run calls `initialize_distributed` before this."""
+    validate(config, read_data=not dry)
+    validate_mesh(config, jax.process_count(), sharding.make_mesh(config.mesh))
     runs.prepare_workdir(workdir)
-    train_and_evaluate(config, workdir)
+    if dry:
+        dry_run(config, workdir)
+    else:
+        train_and_evaluate(config, workdir)
 
 
 class _OwnInfoOnly(pylogging.Filter):
@@ -381,10 +431,12 @@ def main(argv) -> None:
     if len(argv) > 1:
         sys.exit(f"maginet_jax.train: error: unexpected arguments {argv[1:]}")
     try:
+        if _DRY_RUN_DEVICES.value is not None:
+            use_virtual_devices(_DRY_RUN_DEVICES.value, _DRY_RUN.value)
         initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         if jax.process_index() > 0:  # process 0 logs the run; the others only what goes wrong
             logging.set_verbosity(logging.WARNING)
-        run(CONFIG.value, WORKDIR.value)
+        run(CONFIG.value, WORKDIR.value, dry=_DRY_RUN.value)
     except UserError as e:
         sys.exit(f"maginet_jax.train: error: {e}")
 

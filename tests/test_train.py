@@ -191,12 +191,14 @@ def test_mesh_errors():
     # an axis nothing is sharded over would halve data parallelism and repeat the work: refused, by name
     with pytest.raises(UserError, match="mesh axis 'model' is not used"):
         sharding.make_mesh((("data", -1), ("model", 2)))
-    with pytest.raises(UserError, match="must name 'data' once"):
+    with pytest.raises(UserError, match="names an axis twice"):
         sharding.make_mesh((("data", 2), ("data", 4)))
     with pytest.raises(UserError, match="must be \\(axis, size\\) pairs"):
         sharding.make_mesh(("data", -1))
-    assert dict(sharding.make_mesh((("data", -1),)).shape) == {"data": 8}
-    assert dict(sharding.make_mesh([["data", 2]], jax.devices()[:2]).shape) == {"data": 2}  # as config.json has it
+    assert dict(sharding.make_mesh((("data", -1),)).shape) == {"data": 8, "fsdp": 1, "spatial": 1}
+    # as config.json has it; axes not named have size 1
+    assert dict(sharding.make_mesh([["fsdp", 2]], jax.devices()[:2]).shape) == {"data": 1, "fsdp": 2, "spatial": 1}
+    assert dict(sharding.make_mesh((("spatial", 2), ("data", -1))).shape) == {"data": 4, "fsdp": 1, "spatial": 2}
 
 
 def test_metrics_of_a_run_killed_before_its_first_checkpoint_start_over(tmp_path):

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maginet_jax.models.attention import Attention
-from maginet_jax.models.layers import (ConvNormAct, ResidualBlock, check_level_size, encode, level_multiple,
-                                      resize_to)
+from maginet_jax.models.layers import (ConvNormAct, ResidualBlock, apply, block, check_level_size, encode,
+                                      level_multiple, resize_to)
 from maginet_jax.models.unet import UNet
 
 FUSIONS = ("adaptive", "concat", "sum")
@@ -42,14 +42,14 @@ class AdaptiveFusion(nnx.Module):
 
     def weights(self, inputs: list[jax.Array]) -> jax.Array:
         """Per-pixel fusion weights (B, H, W, num_inputs), summing to one ('adaptive' only)."""
-        return jax.nn.softmax(self.proj(jnp.concatenate(inputs, axis=-1)), axis=-1)
+        return jax.nn.softmax(self.proj(jnp.concatenate(inputs, axis=-1)).astype(jnp.float32), axis=-1)
 
     def __call__(self, inputs: list[jax.Array]) -> jax.Array:
         if self.kind == "sum":
             return sum(inputs)
         if self.kind == "concat":
             return self.proj(jnp.concatenate(inputs, axis=-1))
-        w = self.weights(inputs)
+        w = self.weights(inputs).astype(inputs[0].dtype)
         return sum(w[..., j:j + 1] * x for j, x in enumerate(inputs))
 
 
@@ -60,21 +60,22 @@ class AlbedoNet(nnx.Module):
                  widths: tuple[int, ...] = (64, 128, 256, 512, 512), blocks_per_level: int = 1,
                  bottleneck_blocks: int = 2, decoder_blocks: int = 1, norm: str = "group",
                  activation: str = "relu", attention: str = "cbam", attention_reduction: int = 16,
-                 spatial_kernel: int = 7, fusion: str = "adaptive", dtype=jnp.float32, rngs: nnx.Rngs):
+                 spatial_kernel: int = 7, fusion: str = "adaptive", dtype=jnp.float32, remat: str = "none",
+                 rngs: nnx.Rngs):
         if len(widths) < 2:
             raise ValueError(f"AlbedoNet needs at least 2 levels, got widths={tuple(widths)}")
         widths = tuple(int(w) for w in widths)
-        self.widths = widths
+        self.widths, self.remat = widths, remat
         kw = dict(norm=norm, dtype=dtype, rngs=rngs)
-        block = lambda cin, cout, att=None: ResidualBlock(cin, cout, act=activation, attention=att, **kw)
+        residual = lambda cin, cout, att=None: ResidualBlock(cin, cout, act=activation, attention=att, **kw)
 
         self.stem = ConvNormAct(in_channels, widths[0], act=activation, **kw)
         self.down = nnx.List([ConvNormAct(widths[i - 1], widths[i], stride=2, act=activation, **kw)
                               for i in range(1, len(widths))])
-        self.enc = nnx.List([nnx.List([block(w, w) for _ in range(blocks_per_level)]) for w in widths])
+        self.enc = nnx.List([nnx.List([residual(w, w) for _ in range(blocks_per_level)]) for w in widths])
         c = widths[-1]
         self.bottleneck = nnx.List([
-            block(c, c, Attention(c, kind=attention, reduction=attention_reduction,
+            residual(c, c, Attention(c, kind=attention, reduction=attention_reduction,
                                   spatial_kernel=spatial_kernel, dtype=dtype, rngs=rngs))
             for _ in range(bottleneck_blocks)])
         # Decoder modules are indexed by the level they produce, 0 (full size) .. L-2.
@@ -83,7 +84,7 @@ class AlbedoNet(nnx.Module):
         self.ctx = nnx.List([nnx.Conv(c, widths[i], (1, 1), dtype=dtype, rngs=rngs) for i in levels])
         self.fuse = nnx.List([AdaptiveFusion(widths[i], 3, kind=fusion, dtype=dtype, rngs=rngs)
                               for i in levels])
-        self.dec = nnx.List([nnx.List([block(widths[i], widths[i]) for _ in range(decoder_blocks)])
+        self.dec = nnx.List([nnx.List([residual(widths[i], widths[i]) for _ in range(decoder_blocks)])
                              for i in levels])
         self.heads = nnx.List([nnx.Conv(widths[i], out_channels, (1, 1), dtype=dtype, rngs=rngs)
                                for i in levels])
@@ -95,18 +96,18 @@ class AlbedoNet(nnx.Module):
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
         check_level_size("AlbedoNet", len(self.widths), x.shape[1], x.shape[2])
-        h, skips = encode(self.stem(x * 2.0 - 1.0), self.enc, self.down)
+        h, skips = encode(block(apply, self.stem, x * 2.0 - 1.0, self.remat), self.enc, self.down, self.remat)
         for blk in self.bottleneck:
-            h = blk(h)
+            h = block(apply, blk, h, self.remat)
         context = h
         sides = []
         for i in reversed(range(len(self.widths) - 1)):
             size = skips[i].shape[1:3]
-            up = self.up[i](resize_to(h, *size))
+            up = block(apply, self.up[i], resize_to(h, *size), self.remat)
             ctx = self.ctx[i](resize_to(context, *size))
             h = self.fuse[i]([up, skips[i], ctx])
             for blk in self.dec[i]:
-                h = blk(h)
+                h = block(apply, blk, h, self.remat)
             out = nnx.sigmoid(self.heads[i](h).astype(jnp.float32))
             if i > 0:
                 sides.append(out)
@@ -121,11 +122,12 @@ def build_albedo_net(model_config, *, rngs: nnx.Rngs) -> nnx.Module:
     c = model_config
     if c.get("arch", "maginet") == "unet":
         return UNet(widths=tuple(c.widths), norm=c.norm, activation=c.activation, dtype=jnp.dtype(c.dtype),
-                    rngs=rngs)
+                    remat=c.get("remat", "none"), rngs=rngs)
     return AlbedoNet(widths=tuple(c.widths), blocks_per_level=c.blocks_per_level,
                      bottleneck_blocks=c.bottleneck_blocks, decoder_blocks=c.decoder_blocks, norm=c.norm,
                      activation=c.activation, attention=c.attention, attention_reduction=c.attention_reduction,
-                     spatial_kernel=c.spatial_kernel, fusion=c.fusion, dtype=jnp.dtype(c.dtype), rngs=rngs)
+                     spatial_kernel=c.spatial_kernel, fusion=c.fusion, dtype=jnp.dtype(c.dtype),
+                     remat=c.get("remat", "none"), rngs=rngs)
 
 
 def size_multiple(model_config) -> int:

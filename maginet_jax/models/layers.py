@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from maginet_jax.training.sharding import constrain_activation
+
 NORMS = ("group", "instance", "none")
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nnx.relu,
@@ -28,7 +30,9 @@ def _group_count(channels: int, max_groups: int = 32, min_group_size: int = 4) -
 
 
 def make_norm(kind: str, channels: int, *, dtype, rngs: nnx.Rngs) -> Callable[[jax.Array], jax.Array]:
-    """Returns a normalisation layer over the channel axis: 'group', 'instance' or 'none'."""
+    """Returns a normalisation layer over the channel axis: 'group', 'instance' or 'none'. Statistics and
+    the normalisation are computed in float32 (flax promotes to its float32 scale and bias); the output is
+    `dtype`."""
     if kind == "group":
         return nnx.GroupNorm(channels, num_groups=_group_count(channels), dtype=dtype, rngs=rngs)
     if kind == "instance":
@@ -101,14 +105,34 @@ def check_level_size(name: str, levels: int, height: int, width: int) -> None:
         raise ValueError(f"{name} with {levels} levels needs image sizes divisible by {m}; got {height}x{width}")
 
 
-def encode(h: jax.Array, levels, downsamples) -> tuple[jax.Array, list[jax.Array]]:
+def encode(h: jax.Array, levels, downsamples, remat: str = "none") -> tuple[jax.Array, list[jax.Array]]:
     """Encoder levels (each a sequence of blocks), `downsamples[i - 1]` before level i > 0: (the last level's
     output, every level's output for the decoder's skips)."""
     skips = []
     for i, blocks in enumerate(levels):
         if i > 0:
-            h = downsamples[i - 1](h)
-        for block in blocks:
-            h = block(h)
+            h = block(apply, downsamples[i - 1], h, remat)
+        for b in blocks:
+            h = block(apply, b, h, remat)
         skips.append(h)
     return h, skips
+
+
+# How a block's activations are kept for the backward pass (config.model.remat): "blocks" keeps the conv
+# outputs and recomputes norms, activations and gates; "full" keeps only the block's input.
+REMATS = ("none", "blocks", "full")
+_REMAT_POLICIES = {"blocks": jax.checkpoint_policies.dots_saveable,
+                   "full": jax.checkpoint_policies.nothing_saveable}
+
+
+def apply(module, x: jax.Array) -> jax.Array:
+    """module(x), as a `block` function."""
+    return module(x)
+
+
+def block(fn: Callable, module, x: jax.Array, remat: str = "none") -> jax.Array:
+    """`fn(module, x)` as one block of a network: rematerialised in the backward pass as `remat` (REMATS)
+    says, its input and output split over the mesh's spatial axis when there is one."""
+    if remat != "none":
+        fn = nnx.remat(fn, policy=_REMAT_POLICIES[remat])
+    return constrain_activation(fn(module, constrain_activation(x)))

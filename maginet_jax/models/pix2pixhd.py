@@ -10,11 +10,14 @@ original checkpoints by their key names.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from maginet_jax.errors import UserError
+from maginet_jax.models.layers import apply, block
 from maginet_jax.torch_interop import to_numpy
 
 _INIT = nnx.initializers.normal(0.02)  # the original's weights_init for convs
@@ -27,10 +30,12 @@ def _check_norm(norm: str) -> None:
 
 
 def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
-    """torch InstanceNorm2d(affine=False): per-example, per-channel over H and W, biased variance."""
-    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps)
+    """torch InstanceNorm2d(affine=False): per-example, per-channel over H and W, biased variance; computed in
+    float32, returned in x's dtype."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=(1, 2), keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
 def reflect_pad(x: jax.Array, p: int) -> jax.Array:
@@ -43,6 +48,15 @@ def avg_pool_3s2(x: jax.Array) -> jax.Array:
     total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, pad)
     count = jax.lax.reduce_window(jnp.ones((1, *x.shape[1:3], 1), x.dtype), 0.0, jax.lax.add, window, strides, pad)
     return total / count
+
+
+def _conv_norm_relu(conv, x):
+    return jax.nn.relu(instance_norm(conv(x)))
+
+
+def _head(conv, x):
+    """The 7×7 input layer of a generator or enhancer level."""
+    return jax.nn.relu(instance_norm(conv(reflect_pad(x, 3))))
 
 
 def _conv(cin, cout, k, stride=1, pad=0, *, dtype, rngs):
@@ -77,10 +91,11 @@ class GlobalGenerator(nnx.Module):
     """pix2pixHD's global generator: 7×7 head, strided downsampling, ResNet blocks, transposed upsampling, tanh."""
 
     def __init__(self, input_nc: int, output_nc: int, ngf: int = 64, n_downsampling: int = 3, n_blocks: int = 9,
-                 norm: str = "instance", *, dtype=jnp.float32, rngs: nnx.Rngs, _with_tail: bool = True):
+                 norm: str = "instance", *, dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs,
+                 _with_tail: bool = True):
         _check_norm(norm)
         kw = dict(dtype=dtype, rngs=rngs)
-        self.n_downsampling, self.n_blocks = n_downsampling, n_blocks
+        self.n_downsampling, self.n_blocks, self.remat = n_downsampling, n_blocks, remat
         self.head = _conv(input_nc, ngf, 7, **kw)
         self.down = nnx.List([_conv(ngf * 2**i, ngf * 2 ** (i + 1), 3, 2, 1, **kw) for i in range(n_downsampling)])
         self.blocks = nnx.List([ResnetBlock(ngf * 2**n_downsampling, **kw) for _ in range(n_blocks)])
@@ -90,17 +105,17 @@ class GlobalGenerator(nnx.Module):
 
     def features(self, x):
         """Everything before the final reflect-pad, 7×7 conv and tanh (what LocalEnhancer keeps)."""
-        x = jax.nn.relu(instance_norm(self.head(reflect_pad(x, 3))))
+        x = block(_head, self.head, x, self.remat)
         for conv in self.down:
-            x = jax.nn.relu(instance_norm(conv(x)))
-        for block in self.blocks:
-            x = block(x)
+            x = block(_conv_norm_relu, conv, x, self.remat)
+        for resnet in self.blocks:
+            x = block(apply, resnet, x, self.remat)
         for conv in self.up:
-            x = jax.nn.relu(instance_norm(conv(x)))
+            x = block(_conv_norm_relu, conv, x, self.remat)
         return x
 
     def __call__(self, x):
-        return jnp.tanh(self.tail(reflect_pad(self.features(x), 3)))
+        return jnp.tanh(self.tail(reflect_pad(self.features(x), 3)).astype(jnp.float32))
 
     def torch_layers(self, prefix: str = "model.") -> dict:
         """{original key prefix: layer}, for `import_torch_state_dict`."""
@@ -121,12 +136,12 @@ class LocalEnhancer(nnx.Module):
 
     def __init__(self, input_nc: int, output_nc: int, ngf: int = 32, n_downsample_global: int = 3,
                  n_blocks_global: int = 9, n_local_enhancers: int = 1, n_blocks_local: int = 3,
-                 norm: str = "instance", *, dtype=jnp.float32, rngs: nnx.Rngs):
+                 norm: str = "instance", *, dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs):
         _check_norm(norm)
         kw = dict(dtype=dtype, rngs=rngs)
-        self.n_local_enhancers, self.n_blocks_local = n_local_enhancers, n_blocks_local
+        self.n_local_enhancers, self.n_blocks_local, self.remat = n_local_enhancers, n_blocks_local, remat
         self.global_net = GlobalGenerator(input_nc, output_nc, ngf * 2**n_local_enhancers, n_downsample_global,
-                                          n_blocks_global, _with_tail=False, **kw)
+                                          n_blocks_global, _with_tail=False, remat=remat, **kw)
         widths = [ngf * 2 ** (n_local_enhancers - n) for n in range(1, n_local_enhancers + 1)]
         self.down_head = nnx.List([_conv(input_nc, w, 7, **kw) for w in widths])
         self.down_conv = nnx.List([_conv(w, 2 * w, 3, 2, 1, **kw) for w in widths])
@@ -140,12 +155,12 @@ class LocalEnhancer(nnx.Module):
             pyramid.append(avg_pool_3s2(pyramid[-1]))
         out = self.global_net.features(pyramid[-1])
         for n in range(self.n_local_enhancers):
-            h = jax.nn.relu(instance_norm(self.down_head[n](reflect_pad(pyramid[self.n_local_enhancers - 1 - n], 3))))
-            h = jax.nn.relu(instance_norm(self.down_conv[n](h))) + out
-            for block in self.blocks[n]:
-                h = block(h)
-            out = jax.nn.relu(instance_norm(self.up[n](h)))
-        return jnp.tanh(self.tail(reflect_pad(out, 3)))
+            h = block(_head, self.down_head[n], pyramid[self.n_local_enhancers - 1 - n], self.remat)
+            h = block(_conv_norm_relu, self.down_conv[n], h, self.remat) + out
+            for resnet in self.blocks[n]:
+                h = block(apply, resnet, h, self.remat)
+            out = block(_conv_norm_relu, self.up[n], h, self.remat)
+        return jnp.tanh(self.tail(reflect_pad(out, 3)).astype(jnp.float32))
 
     def torch_layers(self) -> dict:
         """{original key prefix: layer}, for `import_torch_state_dict`."""
@@ -162,28 +177,34 @@ class LocalEnhancer(nnx.Module):
         return layers
 
 
+def _d_layer(conv, x, *, norm: bool, act: bool):
+    x = conv(x)
+    if norm:
+        x = instance_norm(x)
+    return jax.nn.leaky_relu(x, 0.2) if act else x
+
+
 class NLayerDiscriminator(nnx.Module):
     """PatchGAN: 4×4 convs with padding 2 (s2 maps n → n/2+1, s1 maps n → n+1), LeakyReLU 0.2."""
 
     def __init__(self, input_nc: int, ndf: int = 64, n_layers: int = 3, norm: str = "instance",
-                 use_sigmoid: bool = False, getIntermFeat: bool = False, *, dtype=jnp.float32, rngs: nnx.Rngs):
+                 use_sigmoid: bool = False, getIntermFeat: bool = False, *, dtype=jnp.float32,
+                 remat: str = "none", rngs: nnx.Rngs):
         _check_norm(norm)
         widths = [input_nc] + [min(ndf * 2**i, 512) for i in range(n_layers + 1)] + [1]
         strides = [2] * n_layers + [1, 1]
         self.convs = nnx.List([_conv(widths[i], widths[i + 1], 4, strides[i], 2, dtype=dtype, rngs=rngs)
                                for i in range(n_layers + 2)])
         self.n_layers, self.use_sigmoid, self.getIntermFeat = n_layers, use_sigmoid, getIntermFeat
+        self.remat = remat
 
     def layer_outputs(self, x) -> list[jax.Array]:
-        """The output of every layer group (what getIntermFeat returns)."""
+        """The output of every layer group (what getIntermFeat returns), in float32 (for the losses)."""
         outs = []
         for i, conv in enumerate(self.convs):
-            x = conv(x)
-            if 0 < i <= self.n_layers:
-                x = instance_norm(x)
-            if i <= self.n_layers:
-                x = jax.nn.leaky_relu(x, 0.2)
-            outs.append(x)
+            x = block(functools.partial(_d_layer, norm=0 < i <= self.n_layers, act=i <= self.n_layers), conv, x,
+                      self.remat)
+            outs.append(x.astype(jnp.float32))
         return outs
 
     def __call__(self, x):
@@ -205,9 +226,9 @@ class MultiscaleDiscriminator(nnx.Module):
 
     def __init__(self, input_nc: int, ndf: int = 64, n_layers: int = 3, norm: str = "instance",
                  use_sigmoid: bool = False, num_D: int = 3, getIntermFeat: bool = False, *, dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 remat: str = "none", rngs: nnx.Rngs):
         self.scales = nnx.List([NLayerDiscriminator(input_nc, ndf, n_layers, norm, use_sigmoid, getIntermFeat,
-                                                    dtype=dtype, rngs=rngs) for _ in range(num_D)])
+                                                    dtype=dtype, remat=remat, rngs=rngs) for _ in range(num_D)])
         self.num_D, self.getIntermFeat = num_D, getIntermFeat
 
     def __call__(self, x) -> list[list[jax.Array]]:
@@ -272,7 +293,8 @@ GENERATORS = ("global", "local")
 
 def build_generator(model_config, input_nc: int, output_nc: int, *, rngs: nnx.Rngs) -> nnx.Module:
     """pix2pixHD's `define_G` from `config.model` (netG, ngf, n_downsample_global, ...; configs/passes.py)."""
-    c, kw = model_config, dict(dtype=jnp.dtype(model_config.dtype), rngs=rngs)
+    c = model_config
+    kw = dict(dtype=jnp.dtype(c.dtype), remat=c.get("remat", "none"), rngs=rngs)
     if c.netG == "global":
         return GlobalGenerator(input_nc, output_nc, c.ngf, c.n_downsample_global, c.n_blocks_global, **kw)
     if c.netG == "local":
@@ -285,7 +307,8 @@ def build_discriminator(model_config, input_nc: int, *, rngs: nnx.Rngs) -> Multi
     """pix2pixHD's `define_D` from `config.model` (ndf, n_layers_D, num_D, getIntermFeat)."""
     c = model_config
     return MultiscaleDiscriminator(input_nc, c.ndf, c.n_layers_D, use_sigmoid=False, num_D=c.num_D,
-                                   getIntermFeat=c.getIntermFeat, dtype=jnp.dtype(c.dtype), rngs=rngs)
+                                   getIntermFeat=c.getIntermFeat, dtype=jnp.dtype(c.dtype),
+                                   remat=c.get("remat", "none"), rngs=rngs)
 
 
 def generator_multiple(model_config) -> int:

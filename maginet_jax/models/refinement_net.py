@@ -12,30 +12,32 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maginet_jax.models.layers import get_activation, resize_to
+from maginet_jax.models.layers import block, get_activation, resize_to
 
 
 class RefinementNet(nnx.Module):
     """(albedo (B,h,w,3), image (B,H,W,C)) → refined albedo (B,H,W,3) in [0, 1]."""
 
     def __init__(self, *, widths: tuple[int, int] = (32, 32), image_channels: int = 3, albedo_channels: int = 3,
-                 activation: str = "relu", dtype=jnp.float32, rngs: nnx.Rngs):
+                 activation: str = "relu", dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs):
         if len(widths) != 2:
             raise ValueError(f"RefinementNet has three convs, so two hidden widths; got {tuple(widths)}")
         self.conv1 = nnx.Conv(albedo_channels + image_channels, widths[0], (3, 3), dtype=dtype, rngs=rngs)
         self.conv2 = nnx.Conv(widths[0], widths[1], (3, 3), dtype=dtype, rngs=rngs)
         self.conv3 = nnx.Conv(widths[1], albedo_channels, (3, 3), kernel_init=nnx.initializers.zeros,
                               dtype=dtype, rngs=rngs)
-        self.act = get_activation(activation)
+        self.act, self.remat = get_activation(activation), remat
 
     def __call__(self, albedo: jax.Array, image: jax.Array) -> jax.Array:
         up = resize_to(albedo, *image.shape[1:3])
-        h = self.act(self.conv1(jnp.concatenate([up, image], axis=-1)))
-        residual = self.conv3(self.act(self.conv2(h))).astype(jnp.float32)
+        h = block(lambda net, x: net.act(net.conv1(x)), self, jnp.concatenate([up, image], axis=-1), self.remat)
+        h = block(lambda net, x: net.act(net.conv2(x)), self, h, self.remat)
+        residual = self.conv3(h).astype(jnp.float32)
         return jnp.clip(up + residual, 0.0, 1.0)
 
 
 def build_refinement_net(model_config, *, rngs: nnx.Rngs) -> RefinementNet:
     """Builds RefinementNet from `config.model` (see configs/refine.py for the keys)."""
     c = model_config
-    return RefinementNet(widths=tuple(c.widths), activation=c.activation, dtype=jnp.dtype(c.dtype), rngs=rngs)
+    return RefinementNet(widths=tuple(c.widths), activation=c.activation, dtype=jnp.dtype(c.dtype),
+                         remat=c.get("remat", "none"), rngs=rngs)

@@ -64,7 +64,7 @@ def optimizers(config) -> dict[str, optax.GradientTransformation]:
 
 def init(config, mesh: Mesh) -> tuple[dict[str, nnx.GraphDef], TrainState]:
     """Fresh G and D, or those of `init.pix2pixhd` (imported PyTorch weights or an earlier passes run)."""
-    graphdefs, state = init_state(networks(config), optimizers(config), config.seed, mesh)
+    graphdefs, state = init_state(networks(config), optimizers(config), config.seed, mesh, config.sharding)
     if not config.init.pix2pixhd:
         return graphdefs, state
     directory, what = config.init.pix2pixhd, "init.pix2pixhd"

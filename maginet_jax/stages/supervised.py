@@ -42,7 +42,7 @@ def optimizers(config) -> dict[str, optax.GradientTransformation]:
 
 
 def init(config, mesh: Mesh) -> tuple[dict[str, nnx.GraphDef], TrainState]:
-    return init_state(networks(config), optimizers(config), config.seed, mesh)
+    return init_state(networks(config), optimizers(config), config.seed, mesh, config.sharding)
 
 
 def frozen_nets(config, mesh: Mesh) -> dict:

@@ -47,13 +47,8 @@ def abstract_params(build: Build) -> tuple[nnx.GraphDef, nnx.State]:
     return nnx.split(nnx.eval_shape(lambda: build(nnx.Rngs(params=0))), nnx.Param)
 
 
-def init_state(networks: dict[str, Build], txs: dict[str, optax.GradientTransformation], seed: int,
-               mesh: Mesh) -> tuple[dict[str, nnx.GraphDef], TrainState]:
-    """Builds the networks on-device, replicated over `mesh`; returns (graphdefs, state).
-
-    Network i is initialised from key i of `split(PRNGKey(seed), n + 1)`, the step RNG from the last key.
-    """
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(networks) + 1)
+def _initialiser(networks: dict[str, Build], txs: dict[str, optax.GradientTransformation]):
+    """keys → TrainState: network i from key i, the step RNG from the last key."""
 
     def init(keys):
         params = {name: nnx.split(build(nnx.Rngs(params=key)), nnx.Param)[1]
@@ -61,11 +56,32 @@ def init_state(networks: dict[str, Build], txs: dict[str, optax.GradientTransfor
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state={name: txs[name].init(p) for name, p in params.items()}, rng=keys[-1])
 
+    return init
+
+
+def abstract_state(networks: dict[str, Build], txs: dict[str, optax.GradientTransformation], mesh: Mesh,
+                   sharding_config) -> tuple[dict[str, nnx.GraphDef], TrainState]:
+    """(graphdefs, the state as ShapeDtypeStructs carrying the shardings `sharding_config` gives them on
+    `mesh`), without allocating anything: what `init_state` makes, and what a dry run compiles against."""
+    shapes = jax.eval_shape(_initialiser(networks, txs), jax.ShapeDtypeStruct((len(networks) + 1, 2), jnp.uint32))
+    shardings = sharding.state_shardings(shapes, mesh, sharding_config.rules, sharding_config.fsdp_min_size)
     graphdefs = {name: abstract_params(build)[0] for name, build in networks.items()}
+    return graphdefs, jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+
+
+def init_state(networks: dict[str, Build], txs: dict[str, optax.GradientTransformation], seed: int,
+               mesh: Mesh, sharding_config) -> tuple[dict[str, nnx.GraphDef], TrainState]:
+    """Builds the networks on-device, laid out over `mesh` as `abstract_state` says; returns (graphdefs, state).
+
+    Network i is initialised from key i of `split(PRNGKey(seed), n + 1)`, the step RNG from the last key; the
+    values do not depend on the layout (jax's partitionable threefry).
+    """
+    graphdefs, like = abstract_state(networks, txs, mesh, sharding_config)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(networks) + 1)
     # A program run once: XLA's optimisation level 1 compiles it 2.5-7x faster on a CPU than the default (the
     # unrolled RNG of every parameter), with bit-identical parameters (checked on the demo and smoke models of
     # configs/: AlbedoNet, the U-Net, RefinementNet, global and local pix2pixHD G and D).
-    init = jax.jit(init, out_shardings=sharding.replicated(mesh),
+    init = jax.jit(_initialiser(networks, txs), out_shardings=jax.tree.map(lambda x: x.sharding, like),
                    compiler_options={"xla_backend_optimization_level": 1})
     return graphdefs, init(keys)
 

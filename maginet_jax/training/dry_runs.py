@@ -1,0 +1,50 @@
+"""What `python -m maginet_jax.train --dry_run` reports: a compiled train step's per-device memory and FLOPs,
+from XLA's own memory and cost analyses (figures for the backend it compiled for: sizes compiled on virtual
+CPU devices approximate an accelerator's, whose compiler fuses and lays out differently)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+
+from data_pipeline.synthetic import SyntheticSource
+
+
+def abstract_batch(config, batch_sharding: NamedSharding) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global training batch as shapes: every source yields the same keys and channels, and a small
+    synthetic record is the cheapest to ask (a dry run reads no data)."""
+    passes = ("albedo", *config.get("passes", ()))
+    record = SyntheticSource(num_records=1, resolution=32, passes=passes)[0]
+    crop = config.data.crop_size
+    return {k: jax.ShapeDtypeStruct((config.batch_size, crop, crop, v.shape[-1]), jnp.float32,
+                                    sharding=batch_sharding) for k, v in record.items()}
+
+
+def report(compiled, mesh: Mesh) -> dict:
+    """{"mesh", "flops_per_step", "flops_per_device", "bytes_per_device": {arguments, outputs, temporaries,
+    total}} of a compiled SPMD train step. XLA analyses the per-device program; the step's FLOPs are the
+    devices' sum. `total` counts donated outputs (the new state, written over the old) once."""
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: one dict per program
+    flops = float(cost.get("flops", 0.0))
+    arguments, outputs = memory.argument_size_in_bytes, memory.output_size_in_bytes
+    temporaries, aliased = memory.temp_size_in_bytes, memory.alias_size_in_bytes
+    return {"mesh": {name: int(size) for name, size in mesh.shape.items()},
+            "devices": mesh.size,
+            "platform": mesh.devices.flat[0].platform,
+            "flops_per_step": flops * mesh.size,
+            "flops_per_device": flops,
+            "bytes_per_device": {"arguments": arguments, "outputs": outputs, "temporaries": temporaries,
+                                 "total": arguments + outputs - aliased + temporaries}}
+
+
+def describe(report: dict) -> str:
+    """The report as a few aligned lines."""
+    b = report["bytes_per_device"]
+    gib = lambda n: f"{n / 2**30:.3f} GiB" if n >= 2**30 else f"{n / 2**20:.3f} MiB"
+    return "\n".join([f"  mesh            {report['mesh']} ({report['devices']} {report['platform']} devices)",
+                      f"  FLOPs per step  {report['flops_per_step']:.4g} ({report['flops_per_device']:.4g} "
+                      f"per device)",
+                      *(f"  {k:<15} {gib(b[k])} per device" for k in ("arguments", "outputs", "temporaries", "total"))])

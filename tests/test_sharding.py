@@ -1,0 +1,162 @@
+"""Sharding strategies on 8 virtual CPU devices: every strategy and combination gives the single-device step's
+losses and gradients; parameters really are sharded (fsdp) and activations really are split (spatial); a
+checkpoint saved on one mesh restores onto another."""
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from conftest import smoke
+from data_pipeline import loader
+from data_pipeline.synthetic import SyntheticSource
+from maginet_jax import train
+from maginet_jax.errors import UserError
+from maginet_jax.stages import passes, supervised
+from maginet_jax.training import sharding
+
+FSDP_MIN_SIZE = 64  # the smoke networks are tiny: shard all but their biases and norm scales
+
+
+def _config(stage: str, mesh=(("data", -1),)):
+    return smoke(stage, mesh=mesh, **{"sharding.fsdp_min_size": FSDP_MIN_SIZE})
+
+
+def _batch(c) -> dict:
+    source = SyntheticSource(num_records=8, resolution=32, seed=1, passes=("albedo", *c.get("passes", ())))
+    return next(iter(loader.make_loader(source, batch_size=8, crop_size=32, train=True, seed=0)))
+
+
+def _losses_and_gradients(c, devices, batch):
+    """(losses, gradients of every trained network, the compiled program's text, the parameters) of one step
+    of `c`'s stage on `devices`, the gradients gathered to numpy. The gradient is the SGD update / -lr."""
+    mesh = sharding.make_mesh(c.mesh, devices)
+    stage = train.STAGES[c.stage]
+    graphdefs, state = stage.init(c, mesh)
+    frozen_nets = jax.device_put(stage.frozen_nets(c, mesh), sharding.replicated(mesh))
+
+    def step(params, batch, frozen_nets, rng):
+        if c.stage == "passes":
+            cond, target = passes.condition_and_target(frozen_nets, batch, c)
+            grads, scalars = passes.gan_gradients(params, cond, target, batch["mask"], frozen_nets["perceptual"],
+                                                  config=c, graphdefs=graphdefs)
+            return {"g_loss": scalars["g_loss"], "d": scalars["d"]}, grads
+        (loss, _), grads = jax.value_and_grad(supervised.loss_fn, has_aux=True)(
+            params, frozen_nets, batch, rng, config=c, graphdefs=graphdefs)
+        return {"loss": loss}, grads
+
+    rep = sharding.replicated(mesh)
+    shardings = jax.tree.map(lambda x: x.sharding, state.params)
+    jitted = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh), rep, rep), out_shardings=rep)
+    with jax.set_mesh(mesh):
+        compiled = jitted.lower(state.params, sharding.to_global(batch, mesh), frozen_nets, state.rng).compile()
+        losses, grads = compiled(state.params, sharding.to_global(batch, mesh), frozen_nets, state.rng)
+    return jax.device_get(losses), jax.device_get(grads), compiled.as_text(), state.params
+
+
+_SINGLE = {}
+
+
+def _single_device(stage):
+    if stage not in _SINGLE:
+        c = _config(stage)
+        _SINGLE[stage] = _losses_and_gradients(c, jax.devices()[:1], _batch(c))[:2]
+    return _SINGLE[stage]
+
+
+# Every strategy alone and every combination, spread over the three stages (data alone: test_train).
+@pytest.mark.parametrize("stage,mesh", [
+    ("albedo", (("fsdp", 8),)),
+    ("passes", (("spatial", 8),)),
+    ("passes", (("data", 4), ("fsdp", 2))),
+    ("refine", (("data", 2), ("spatial", 4))),
+    ("passes", (("fsdp", 2), ("spatial", 4))),
+    ("albedo", (("data", 2), ("fsdp", 2), ("spatial", 2))),
+], ids=lambda v: v if isinstance(v, str) else "x".join(f"{a}{n}" for a, n in v))
+def test_strategies_match_the_single_device_step(stage, mesh):
+    c = _config(stage, mesh)
+    losses1, grads1 = _single_device(stage)
+    losses8, grads8, program, params = _losses_and_gradients(c, jax.devices(), _batch(c))
+    for k in losses1:
+        np.testing.assert_allclose(losses8[k], losses1[k], rtol=1e-5, err_msg=k)
+    for name in grads1:
+        g1, g8 = (np.concatenate([np.ravel(g) for g in jax.tree.leaves(t[name])]) for t in (grads1, grads8))
+        assert np.abs(g1).max() > 0
+        np.testing.assert_allclose(g8, g1, rtol=0, atol=1e-4 * np.abs(g1).max(), err_msg=name)
+    axes, leaves = dict(mesh), jax.tree.leaves(params)
+    sharded = sum(x.size for x in leaves if sharding.FSDP_AXIS in x.sharding.spec)
+    if "fsdp" in axes:  # parameters are sharded by the shape rule: all but biases and norm scales
+        assert sharded > 0.9 * sum(x.size for x in leaves)
+    else:
+        assert sharded == 0 and all(x.sharding.is_fully_replicated for x in leaves)
+    if "spatial" in axes:  # convs exchange the rows next to their neighbours' slices
+        assert "collective-permute" in program
+
+
+def test_fsdp_rules():
+    assert sharding.fsdp_spec((3, 3, 16, 32), 4, 64) == P(None, None, None, "fsdp")
+    assert sharding.fsdp_spec((3, 3, 16, 16), 4, 64) == P(None, None, None, "fsdp")  # ties: the last dimension
+    assert sharding.fsdp_spec((3, 3, 12, 6), 4, 64) == P(None, None, "fsdp", None)  # the largest that divides
+    assert sharding.fsdp_spec((3, 3, 3, 5), 4, 1) == P()  # none divides
+    assert sharding.fsdp_spec((512,), 4, 1024) == P()  # small
+    assert sharding.fsdp_spec((512,), 1, 0) == P()  # no fsdp axis
+    mesh = sharding.make_mesh((("fsdp", 4), ("data", 2)))
+    like = {"params": {"generator": {"kernel": jax.ShapeDtypeStruct((3, 3, 8, 64), np.float32)},
+                       "discriminator": {"kernel": jax.ShapeDtypeStruct((3, 3, 8, 64), np.float32)}},
+            "opt_state": {"generator": {"mu": {"kernel": jax.ShapeDtypeStruct((3, 3, 8, 64), np.float32)}}}}
+    got = sharding.state_shardings(like, mesh, (("^params/discriminator", "replicate"),), 64)
+    assert got["params"]["generator"]["kernel"].spec == P(None, None, None, "fsdp")
+    assert got["opt_state"]["generator"]["mu"]["kernel"].spec == P(None, None, None, "fsdp")  # as its parameter
+    assert got["params"]["discriminator"]["kernel"].spec == P()
+
+
+@pytest.mark.parametrize("rules,message", [
+    ((("kernel", "shard"),), "must be a (regex, strategy) pair, strategy one of ('fsdp', 'replicate')"),
+    (("kernel",), "must be a (regex, strategy) pair"),
+    ((("(kernel", "fsdp"),), "regex '(kernel' does not compile"),
+])
+def test_bad_rules_are_one_line(rules, message):
+    with pytest.raises(UserError) as e:
+        sharding.check_rules(rules)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_batch_and_crop_must_fit_the_mesh():
+    c = smoke("albedo", mesh=(("fsdp", 4), ("spatial", 2)), batch_size=6)
+    with pytest.raises(UserError, match=r"batch_size=6 must be divisible .* 4 shards of the mesh's data × fsdp"):
+        train.validate_mesh(c, 1, sharding.make_mesh(c.mesh))
+    c = smoke("albedo", mesh=(("spatial", 8),), **{"data.crop_size": 36, "data.resolution": 40})
+    with pytest.raises(UserError, match="data.crop_size 36 is not divisible by 8"):
+        train.validate_mesh(c, 1, sharding.make_mesh(c.mesh))
+
+
+def test_activations_split_over_the_spatial_axis_unless_too_small():
+    mesh = sharding.make_mesh((("data", 2), ("spatial", 4)))
+    shard = jax.jit(sharding.constrain_activation)
+    with jax.set_mesh(mesh):
+        big, small = shard(np.zeros((2, 16, 8, 3))), shard(np.zeros((2, 12, 8, 3)))  # 4 and 3 rows a device
+    assert {s.data.shape for s in big.addressable_shards} == {(1, 4, 8, 3)}
+    assert {s.data.shape for s in small.addressable_shards} == {(1, 12, 8, 3)}  # see sharding.MIN_ROWS_PER_DEVICE
+    assert sharding.constrain_activation(np.zeros((2, 16, 8, 3))).shape == (2, 16, 8, 3)  # no mesh: unchanged
+
+
+def test_checkpoint_restores_onto_another_mesh(tmp_path):
+    """Saved from a data-parallel run, restored into fsdp × spatial shardings (as the loop resumes): the same
+    values, in the new layout."""
+    c = _config("albedo")
+    c.num_train_steps = c.checkpoint_every_steps = 4
+    saved = train.train_and_evaluate(c, str(tmp_path))
+    c2 = _config("albedo", (("fsdp", 4), ("spatial", 2)))
+    mesh = sharding.make_mesh(c2.mesh)
+    _, like = supervised.init(c2, mesh)
+    data = iter(loader.make_loader(loader.make_source(c2.data, "train", c2.data.num_train_examples, ("albedo",)),
+                                   batch_size=c2.batch_size, crop_size=c2.data.crop_size, train=True, seed=c2.seed))
+    with ocp.CheckpointManager(os.path.join(tmp_path, "checkpoints")) as checkpoints:
+        restored = train.restore_checkpoint(checkpoints, 4, like, data)
+    for a, b, want in zip(jax.tree.leaves(saved), jax.tree.leaves(restored), jax.tree.leaves(like)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert b.sharding == want.sharding
+    assert any(sharding.FSDP_AXIS in leaf.sharding.spec for leaf in jax.tree.leaves(restored.params))
