@@ -133,6 +133,11 @@ def apply(module, x: jax.Array) -> jax.Array:
 def block(fn: Callable, module, x: jax.Array, remat: str = "none") -> jax.Array:
     """`fn(module, x)` as one block of a network: rematerialised in the backward pass as `remat` (REMATS)
     says, its input and output split over the mesh's spatial axis when there is one."""
-    if remat != "none":
-        fn = nnx.remat(fn, policy=_REMAT_POLICIES[remat])
-    return constrain_activation(fn(module, constrain_activation(x)))
+    x = constrain_activation(x)
+    if remat == "none":
+        return constrain_activation(fn(module, x))
+    # jax.checkpoint of a pure function of the module's state: nnx.remat would refuse a module whose
+    # parameters come from an outer trace (pix2pixHD's D inside the gradient with respect to G's output).
+    graphdef, state = nnx.split(module)
+    pure = lambda state, x: fn(nnx.merge(graphdef, state), x)
+    return constrain_activation(jax.checkpoint(pure, policy=_REMAT_POLICIES[remat])(state, x))

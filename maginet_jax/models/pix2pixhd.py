@@ -10,8 +10,6 @@ original checkpoints by their key names.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -177,11 +175,12 @@ class LocalEnhancer(nnx.Module):
         return layers
 
 
-def _d_layer(conv, x, *, norm: bool, act: bool):
-    x = conv(x)
-    if norm:
-        x = instance_norm(x)
-    return jax.nn.leaky_relu(x, 0.2) if act else x
+def _conv_lrelu(conv, x):
+    return jax.nn.leaky_relu(conv(x), 0.2)
+
+
+def _conv_norm_lrelu(conv, x):
+    return jax.nn.leaky_relu(instance_norm(conv(x)), 0.2)
 
 
 class NLayerDiscriminator(nnx.Module):
@@ -202,8 +201,8 @@ class NLayerDiscriminator(nnx.Module):
         """The output of every layer group (what getIntermFeat returns), in float32 (for the losses)."""
         outs = []
         for i, conv in enumerate(self.convs):
-            x = block(functools.partial(_d_layer, norm=0 < i <= self.n_layers, act=i <= self.n_layers), conv, x,
-                      self.remat)
+            layer = _conv_lrelu if i == 0 else _conv_norm_lrelu if i <= self.n_layers else apply
+            x = block(layer, conv, x, self.remat)
             outs.append(x.astype(jnp.float32))
         return outs
 

@@ -1,8 +1,12 @@
-"""Sharding strategies on 8 virtual CPU devices: every strategy and combination gives the single-device step's
-losses and gradients; parameters really are sharded (fsdp) and activations really are split (spatial); a
-checkpoint saved on one mesh restores onto another."""
+"""Scaling options. Sharding strategies on 8 virtual CPU devices: every strategy and combination gives the
+single-device step's losses and gradients; parameters really are sharded (fsdp) and activations really are
+split (spatial); a checkpoint saved on one mesh restores onto another. bfloat16 and remat, and the dry run that
+sizes a mesh."""
 
+import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -10,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import smoke
+from conftest import REPO, smoke
 from data_pipeline import loader
 from data_pipeline.synthetic import SyntheticSource
 from maginet_jax import train
@@ -31,8 +35,8 @@ def _batch(c) -> dict:
 
 
 def _losses_and_gradients(c, devices, batch):
-    """(losses, gradients of every trained network, the compiled program's text, the parameters) of one step
-    of `c`'s stage on `devices`, the gradients gathered to numpy. The gradient is the SGD update / -lr."""
+    """(losses, gradients of every trained network, the compiled program, the parameters) of one step of `c`'s
+    stage on `devices`, the gradients gathered to numpy. The gradient is the SGD update / -lr."""
     mesh = sharding.make_mesh(c.mesh, devices)
     stage = train.STAGES[c.stage]
     graphdefs, state = stage.init(c, mesh)
@@ -54,7 +58,7 @@ def _losses_and_gradients(c, devices, batch):
     with jax.set_mesh(mesh):
         compiled = jitted.lower(state.params, sharding.to_global(batch, mesh), frozen_nets, state.rng).compile()
         losses, grads = compiled(state.params, sharding.to_global(batch, mesh), frozen_nets, state.rng)
-    return jax.device_get(losses), jax.device_get(grads), compiled.as_text(), state.params
+    return jax.device_get(losses), jax.device_get(grads), compiled, state.params
 
 
 _SINGLE = {}
@@ -79,7 +83,7 @@ def _single_device(stage):
 def test_strategies_match_the_single_device_step(stage, mesh):
     c = _config(stage, mesh)
     losses1, grads1 = _single_device(stage)
-    losses8, grads8, program, params = _losses_and_gradients(c, jax.devices(), _batch(c))
+    losses8, grads8, compiled, params = _losses_and_gradients(c, jax.devices(), _batch(c))
     for k in losses1:
         np.testing.assert_allclose(losses8[k], losses1[k], rtol=1e-5, err_msg=k)
     for name in grads1:
@@ -93,7 +97,7 @@ def test_strategies_match_the_single_device_step(stage, mesh):
     else:
         assert sharded == 0 and all(x.sharding.is_fully_replicated for x in leaves)
     if "spatial" in axes:  # convs exchange the rows next to their neighbours' slices
-        assert "collective-permute" in program
+        assert "collective-permute" in compiled.as_text()
 
 
 def test_fsdp_rules():
@@ -160,3 +164,80 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert b.sharding == want.sharding
     assert any(sharding.FSDP_AXIS in leaf.sharding.spec for leaf in jax.tree.leaves(restored.params))
+
+
+@pytest.mark.parametrize("stage", ["refine", "passes"])
+def test_bfloat16_computes_in_bf16_and_keeps_float32_state(stage):
+    """Same initial parameters as float32 (they stay float32), convs in bf16, losses within bf16's rounding."""
+    c = _config(stage)
+    c.model.dtype = "bfloat16"
+    losses32, grads32 = _single_device(stage)
+    losses16, grads16, compiled, params = _losses_and_gradients(c, jax.devices()[:1], _batch(c))
+    assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype("float32")}
+    assert {x.dtype for x in jax.tree.leaves(grads16)} == {np.dtype("float32")}
+    assert "bf16[" in compiled.as_text()
+    for k in losses32:
+        np.testing.assert_allclose(losses16[k], losses32[k], rtol=3e-2, err_msg=k)
+    for name in grads32:
+        g32, g16 = (np.concatenate([np.ravel(g) for g in jax.tree.leaves(t[name])]) for t in (grads32, grads16))
+        # bf16 keeps 8 bits of mantissa, and bias gradients are sums over every pixel in bf16 (passes' G: 13%
+        # off in L2, D 7%; refine 1%); a wrong sign or a lost term is off by O(1)
+        assert np.linalg.norm(g16 - g32) < 0.2 * np.linalg.norm(g32), name
+        assert not np.array_equal(g16, g32)  # it did compute in bf16
+
+
+def test_remat_recomputes_and_keeps_the_gradients():
+    c = _config("albedo")
+    reference = _single_device("albedo")[1]
+    flops = []
+    for remat in ("none", "blocks", "full"):
+        c.model.remat = remat
+        _, grads, compiled, _ = _losses_and_gradients(c, jax.devices()[:1], _batch(c))
+        for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(grads)):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+        flops.append(compiled.cost_analysis()["flops"])
+    assert flops[0] < flops[1] < flops[2]  # blocks recomputes norms and activations; full the convs too
+
+
+def _dry(tmp_path, name, **overrides):
+    c = _config("passes")
+    for key, value in overrides.items():
+        c[key] = value
+    workdir = tmp_path / name
+    workdir.mkdir()
+    return train.dry_run(c, str(workdir)), workdir
+
+
+def test_dry_run_reports_memory_and_flops_and_writes_nothing_else(tmp_path):
+    data, workdir = _dry(tmp_path, "data", mesh=(("data", 8),))
+    fsdp, _ = _dry(tmp_path, "fsdp", mesh=(("fsdp", 8),))
+    assert json.loads((workdir / "dry_run.json").read_text()) == data
+    assert os.listdir(workdir) == ["dry_run.json"]  # no checkpoint, config or logs
+    assert data["mesh"] == {"data": 8, "fsdp": 1, "spatial": 1} and data["devices"] == 8
+    for report in (data, fsdp):
+        b = report["bytes_per_device"]
+        assert set(b) == {"arguments", "outputs", "temporaries", "total"}
+        assert b["temporaries"] > 0 and b["temporaries"] <= b["total"] <= b["arguments"] + b["outputs"] + b["temporaries"]
+        assert report["flops_per_step"] == report["flops_per_device"] * 8
+    # the same step; fsdp holds an eighth of the state on each device
+    np.testing.assert_allclose(fsdp["flops_per_step"], data["flops_per_step"], rtol=0.05)
+    assert fsdp["bytes_per_device"]["arguments"] < 0.5 * data["bytes_per_device"]["arguments"]
+    remat, _ = _dry(tmp_path, "remat", mesh=(("data", 8),), model=dict(smoke("passes").model, remat="full"))
+    assert remat["flops_per_step"] > data["flops_per_step"]  # the forward pass, again, in the backward
+
+
+def _train_cli(*args):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # not conftest's 8 devices
+    return subprocess.run([sys.executable, "-m", "maginet_jax.train", "--config=configs/albedo.py:smoke", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_dry_run_cli_sizes_a_mesh_of_virtual_devices(tmp_path):
+    r = _train_cli(f"--workdir={tmp_path}", "--dry_run", "--dry_run_devices=4", "--config.mesh=(('fsdp',4),)")
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "dry_run.json").read_text())
+    assert report["mesh"] == {"data": 1, "fsdp": 4, "spatial": 1} and report["platform"] == "cpu"
+    assert "temporaries" in r.stderr and os.listdir(tmp_path) == ["dry_run.json"]
+    r = _train_cli(f"--workdir={tmp_path / 'no'}", "--dry_run_devices=4")
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "maginet_jax.train: error: --dry_run_devices needs --dry_run"]
