@@ -15,9 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging as pylogging
 import os
-import re
 import signal
 import sys
 import threading
@@ -34,7 +32,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from data_pipeline import loader
-from maginet_jax import evaluator, image_io
+from maginet_jax import cli, evaluator, image_io
 from maginet_jax.errors import UserError, check_choices, check_divisible, first_line
 from maginet_jax.models import layers
 from maginet_jax.perceptual import weights as pretrained
@@ -391,47 +389,19 @@ def run(config, workdir: str, *, dry: bool = False) -> None:
         train_and_evaluate(config, workdir)
 
 
-class _OwnInfoOnly(pylogging.Filter):
-    """Keeps our INFO lines and everyone's warnings: orbax alone logs ~40 INFO lines per checkpoint."""
-
-    def filter(self, record) -> bool:
-        path = record.pathname.replace(os.sep, "/")
-        return record.levelno >= pylogging.WARNING or "/maginet_jax/" in path or "/data_pipeline/" in path
-
-
-def quiet_library_logs() -> None:
-    """Our INFO lines and everyone's warnings only (ABSLHandler passes records to its python_handler)."""
-    logging.get_absl_handler().python_handler.addFilter(_OwnInfoOnly())
-
-
-def _one_line(e: BaseException) -> str:
-    """The gist of a flag/config error: the innermost 'Error: message' of an embedded traceback, unquoted."""
-    text = str(e).replace("\\n", "\n").replace("\\'", "'")
-    inner = re.findall(r"^\w*(?:Error|Exception): (.+)$", text, flags=re.M)
-    text = inner[-1] if inner and "Traceback" in text else text
-    text = " ".join(text.split())
-    errno = re.search(r"\[Errno \d+\] .*$", text)  # a config file that cannot be read
-    text = f"cannot load the config file: {errno.group(0)}" if errno else text
-    while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # KeyError reprs nest quotes
-        text = text[1:-1]
-    if re.fullmatch(r"[\w.]+", text):  # a bare KeyError from a config override
-        return f"unknown config key '{text}'"
-    return re.sub(r"^'?([\w.]+)'? Did you mean", r"unknown config key '\1'; did you mean", text)
-
-
 def parse_flags(argv: list[str], prog: str = "maginet_jax.train") -> list[str]:
     """absl flag parsing, with a bad flag or config override reported as one line (not a traceback)."""
     try:
         argv = flags.FLAGS(argv)
         hasattr(CONFIG.value, "keys")  # config_flags defers some load errors (a missing file) to first use
     except Exception as e:  # config_flags raises KeyError/AttributeError/ValueError/IOError
-        sys.exit(f"{prog}: error: {_one_line(e)}")
+        sys.exit(f"{prog}: error: {cli.flag_error_line(e)}")
     return argv
 
 
 def main(argv) -> None:
     if not _LIBRARY_LOGS.value:
-        quiet_library_logs()
+        cli.quiet_library_logs()
     if len(argv) > 1:
         sys.exit(f"maginet_jax.train: error: unexpected arguments {argv[1:]}")
     try:

@@ -7,8 +7,12 @@ import tempfile
 # Must precede the first jax import of the session.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Many tests train the same small programs again (resume, chained stages): compile each once per session.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="maginet-jax-cache-"))
+# Many tests train the same small programs again (resume, chained stages, subprocesses): compile each once per
+# session, shared by the xdist workers of one run (they get the same testrunuid) and their subprocesses.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"maginet-jax-cache-{_RUN}") if _RUN
+                      else tempfile.mkdtemp(prefix="maginet-jax-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from maginet_jax.errors import UserError
@@ -40,12 +41,19 @@ def reflect_pad(x: jax.Array, p: int) -> jax.Array:
     return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
 
 
+def _real_texels(n: int) -> np.ndarray:
+    """How many of the 3 taps of each output position of AvgPool(3, 2, 1) along a side of n land inside it."""
+    starts = np.arange(0, n, 2) - 1  # ceil(n / 2) windows, the first starting in the padding
+    return np.minimum(starts + 3, n) - np.maximum(starts, 0)
+
+
 def avg_pool_3s2(x: jax.Array) -> jax.Array:
-    """AvgPool2d(3, stride=2, padding=1, count_include_pad=False): borders average only real texels."""
+    """AvgPool2d(3, stride=2, padding=1, count_include_pad=False): borders average only real texels. The
+    counts are a numpy constant (XLA took seconds to constant-fold them from a reduce_window at 1024²)."""
     window, strides, pad = (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
     total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, pad)
-    count = jax.lax.reduce_window(jnp.ones((1, *x.shape[1:3], 1), x.dtype), 0.0, jax.lax.add, window, strides, pad)
-    return total / count
+    count = np.outer(_real_texels(x.shape[1]), _real_texels(x.shape[2]))[None, :, :, None]
+    return total / count.astype(x.dtype)
 
 
 def _conv_norm_relu(conv, x):
@@ -120,8 +128,8 @@ class GlobalGenerator(nnx.Module):
         n, layers = self.n_downsampling, {f"{prefix}1": self.head}
         layers.update({f"{prefix}{4 + 3 * i}": conv for i, conv in enumerate(self.down)})
         first_block = 4 + 3 * n
-        for j, block in enumerate(self.blocks):
-            layers.update(block.torch_layers(f"{prefix}{first_block + j}."))
+        for j, resnet in enumerate(self.blocks):
+            layers.update(resnet.torch_layers(f"{prefix}{first_block + j}."))
         first_up = first_block + self.n_blocks
         layers.update({f"{prefix}{first_up + 3 * i}": conv for i, conv in enumerate(self.up)})
         if self.tail is not None:
@@ -168,8 +176,8 @@ class LocalEnhancer(nnx.Module):
             level = n + 1
             layers[f"model{level}_1.1"] = self.down_head[n]
             layers[f"model{level}_1.4"] = self.down_conv[n]
-            for j, block in enumerate(self.blocks[n]):
-                layers.update(block.torch_layers(f"model{level}_2.{j}."))
+            for j, resnet in enumerate(self.blocks[n]):
+                layers.update(resnet.torch_layers(f"model{level}_2.{j}."))
             layers[f"model{level}_2.{nb}"] = self.up[n]
         layers[f"model{self.n_local_enhancers}_2.{nb + 4}"] = self.tail
         return layers
