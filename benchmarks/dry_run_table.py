@@ -71,7 +71,8 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     flags.FLAGS.set_default("workdir", "unused")  # train's flags; the dry runs use temporary directories
-    sys.argv += [] if any(a.startswith("--config") for a in sys.argv) else ["--config=configs/passes.py"]
+    if not any(a.split("=")[0] == "--config" for a in sys.argv):
+        sys.argv.insert(1, "--config=configs/passes.py")  # before any --config.key override
     argv = train.parse_flags(sys.argv, prog="dry_run_table.py")
     train.use_virtual_devices(_DEVICES.value, True)
     app.run(main, argv=argv, flags_parser=lambda a: a)

@@ -116,7 +116,7 @@ def validate(config, *, read_data: bool = True) -> None:
     if o.schedule == "constant_then_linear" and not 0 <= o.decay_steps <= after_warmup:
         raise UserError(f"optim.decay_steps={o.decay_steps} must be in [0, {after_warmup}] (the steps after warm-up)")
     if d.source == "synthetic" and d.root:
-        raise UserError(f"data.root is set but data.source='synthetic' reads no files; "
+        raise UserError("data.root is set but data.source='synthetic' reads no files; "
                         f"did you mean --config.data.source=ffhq_uv_intrinsics?")
     for split, n in (("train", d.num_train_examples), ("test", config.eval.num_examples)) if read_data else ():
         try:

@@ -28,8 +28,9 @@ def ablation_root(tmp_path_factory):
 
 
 def test_every_script_has_a_tiny_run():
-    assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "flat_pass_baseline.py", "kill_resume.py",
-                            "lighting_invariance.py", "perceptual_cost.py"}, "add a tiny run of the new script to this file"
+    assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "dry_run_table.py", "flat_pass_baseline.py",
+                            "kill_resume.py", "lighting_invariance.py", "perceptual_cost.py"}, \
+        "add a tiny run of the new script to this file"
 
 
 def test_ablation(ablation_root):
@@ -62,3 +63,11 @@ def test_kill_resume(tmp_path):
     out = _run(sys.executable, "benchmarks/kill_resume.py", "--kills=1", f"--root={tmp_path}", "--seed=3")
     assert len([line for line in out.splitlines() if line.startswith("attempt 1/1: resumed from step 0")]) == 1
     assert out.strip().splitlines()[-1] == "after 1 kills: final train state identical, metrics.jsonl identical"
+
+
+def test_dry_run_table():
+    out = _run(sys.executable, "benchmarks/dry_run_table.py", "--config=configs/passes.py:smoke", "--devices=2",
+               "--sizes=32", "--rows=data,spatial_remat")
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| 32²")]
+    assert [(r[1], r[2]) for r in rows] == [("data", "1"), ("spatial_remat", "1/2")]
+    assert all(float(r[5]) >= 0 for r in rows)
