@@ -66,7 +66,7 @@ def test_kill_resume(tmp_path):
 
 
 def test_dry_run_table():
-    out = _run(sys.executable, "benchmarks/dry_run_table.py", "--config=configs/passes.py:smoke", "--devices=2",
+    out = _run(sys.executable, "benchmarks/dry_run_table.py", "--config=configs/refine.py:smoke", "--devices=2",
                "--sizes=32", "--rows=data,spatial_remat")
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| 32²")]
     assert [(r[1], r[2]) for r in rows] == [("data", "1"), ("spatial_remat", "1/2")]
