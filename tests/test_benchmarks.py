@@ -52,7 +52,7 @@ def test_lighting_invariance(ablation_root):
 
 def test_perceptual_cost():
     # two of the four variants: the others differ only in the loss weights (and cost two VGG16 compiles)
-    out = _run(sys.executable, "benchmarks/perceptual_cost.py", "--config=configs/albedo.py:smoke", "--steps=1",
+    out = _run(sys.executable, "benchmarks/perceptual_cost.py", "--config=configs/refine.py:smoke", "--steps=1",
                "--variants=base,lpips")
     rows = out.strip().splitlines()[-2:]
     assert [r.split("  ")[0] for r in rows] == ["base terms", "+ patch-lpips"]
@@ -60,7 +60,8 @@ def test_perceptual_cost():
 
 
 def test_kill_resume(tmp_path):
-    out = _run(sys.executable, "benchmarks/kill_resume.py", "--kills=1", f"--root={tmp_path}", "--seed=3")
+    out = _run(sys.executable, "benchmarks/kill_resume.py", "--kills=1", f"--root={tmp_path}", "--seed=3",
+               "--config=configs/refine.py:smoke")
     assert len([line for line in out.splitlines() if line.startswith("attempt 1/1: resumed from step 0")]) == 1
     assert out.strip().splitlines()[-1] == "after 1 kills: final train state identical, metrics.jsonl identical"
 
