@@ -134,7 +134,7 @@ def test_build_cli(raw, tmp_path):
 
 def test_training_prepares_the_dataset_on_first_use(raw, tmp_path):
     from maginet_jax.train import train_and_evaluate
-    c = smoke("albedo", **{"data.source": "ffhq_uv_intrinsics", "data.root": raw, "data.resolution": 32,
+    c = smoke("refine", **{"data.source": "ffhq_uv_intrinsics", "data.root": raw, "data.resolution": 32,
                            "data.tfds_dir": str(tmp_path / "tfds"), "data.test_fraction": 0.25,
                            "num_train_steps": 2, "eval_every_steps": 2})
     state = train_and_evaluate(c, str(tmp_path / "run"))

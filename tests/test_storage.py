@@ -9,6 +9,7 @@ import pytest
 from etils.epath import testing as epath_testing
 from orbax.checkpoint._src.path import gcs_utils
 
+from conftest import smoke
 from maginet_jax import train
 from maginet_jax.training.writers import read_metrics
 
@@ -44,10 +45,9 @@ def fake_gcs(tmp_path, monkeypatch):
         yield root
 
 
-def test_training_writes_every_artifact_to_the_workdir(fake_gcs, tmp_path, monkeypatch, smoke_config):
+def test_training_writes_every_artifact_to_the_workdir(fake_gcs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anything written to a relative local path would appear here
-    c = smoke_config
-    c.num_train_steps, c.eval_every_steps, c.checkpoint_every_steps = 4, 4, 2
+    c = smoke("refine", num_train_steps=4, eval_every_steps=4, checkpoint_every_steps=2)  # the fastest stage
     state = train.train_and_evaluate(c, "gs://bucket/run")
     assert int(state.step) == 4
     run = fake_gcs / "bucket" / "run"

@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import Interrupted, crash_during_step, tamper_with_step
+from conftest import Interrupted, crash_during_step, smoke, tamper_with_step
 from data_pipeline import loader, synthetic
 from maginet_jax import train
 from maginet_jax.errors import UserError
@@ -160,10 +160,11 @@ def eight_examples():
     return next(iter(loader.make_loader(src, batch_size=8, crop_size=32, train=True, seed=0)))
 
 
-def test_sharded_gradients_match_single_device(smoke_config, eight_examples):
+def test_sharded_gradients_match_single_device(eight_examples):
     assert jax.device_count() == 8, "conftest sets 8 virtual CPU devices"
-    g1 = _gradients(smoke_config, jax.devices()[:1], eight_examples)
-    g8 = _gradients(smoke_config, jax.devices(), eight_examples)
+    c = smoke("refine")  # the fastest to compile; AlbedoNet on every mesh axis: test_scaling.py
+    g1 = _gradients(c, jax.devices()[:1], eight_examples)
+    g8 = _gradients(c, jax.devices(), eight_examples)
     assert np.abs(g1).max() > 1e-4  # the loss does depend on the parameters
     # fp32 with another reduction order: the gradients agree to 1e-4 of the largest. A sharding bug (a loss or
     # gradient not reduced over all shards) is off by O(1). (Compared as gradients, not Adam updates: Adam's
@@ -171,8 +172,8 @@ def test_sharded_gradients_match_single_device(smoke_config, eight_examples):
     np.testing.assert_allclose(g8, g1, rtol=0, atol=1e-4 * np.abs(g1).max())
 
 
-def test_sharded_adam_step_metrics_match(smoke_config, eight_examples):
-    c = smoke_config
+def test_sharded_adam_step_metrics_match(eight_examples):
+    c = smoke("refine")
     # Patch-LPIPS's frozen AlexNet runs inside the sharded step too (VGG is passed in the same way, as a
     # replicated frozen_nets pair, and would add two VGG16 compiles here).
     m1 = _run_steps(c, jax.devices()[:1], eight_examples)
