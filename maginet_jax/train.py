@@ -37,8 +37,7 @@ from maginet_jax.errors import UserError, check_choices, check_divisible, first_
 from maginet_jax.models import layers
 from maginet_jax.perceptual import weights as pretrained
 from maginet_jax.stages import passes, supervised
-from maginet_jax.training import images, runs, sharding
-from maginet_jax.training import dry_runs
+from maginet_jax.training import dry_runs, images, runs, sharding
 from maginet_jax.training.state import SCHEDULES, TrainState, abstract_state
 from maginet_jax.training.writers import create_writer
 
@@ -73,7 +72,7 @@ class Stage:
     validate: Callable  # (config) -> None; UserError on the first problem
     networks: Callable  # (config) -> {name: build(nnx.Rngs) -> nnx.Module}, the trained networks
     optimizers: Callable  # (config) -> {name: optax.GradientTransformation}, one per trained network
-    init: Callable  # (config, mesh) -> (graphdefs, TrainState), replicated over the mesh
+    init: Callable  # (config, mesh) -> (graphdefs, TrainState), laid out over the mesh by config.sharding
     frozen_nets: Callable  # (config, mesh) -> pytree of (graphdef, state) pairs
     train_step: Callable  # (state, batch, frozen_nets, *, config, graphdefs) -> (state, {name: scalar})
     predict: Callable  # (params, frozen_nets, batch, *, config, graphdefs) -> ({pass: image}, {pass: baseline})
@@ -117,7 +116,7 @@ def validate(config, *, read_data: bool = True) -> None:
         raise UserError(f"optim.decay_steps={o.decay_steps} must be in [0, {after_warmup}] (the steps after warm-up)")
     if d.source == "synthetic" and d.root:
         raise UserError("data.root is set but data.source='synthetic' reads no files; "
-                        f"did you mean --config.data.source=ffhq_uv_intrinsics?")
+                        "did you mean --config.data.source=ffhq_uv_intrinsics?")
     for split, n in (("train", d.num_train_examples), ("test", config.eval.num_examples)) if read_data else ():
         try:
             loader.make_source(d, split, n, ("albedo",))

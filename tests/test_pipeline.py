@@ -1,6 +1,5 @@
 """Source → decode → augment → batch: dtypes, shared geometry, normal flips, sharding and exact resume."""
 
-import os
 import subprocess
 import sys
 import time
