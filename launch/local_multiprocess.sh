@@ -5,7 +5,9 @@
 # Each process gets CPU devices of its own (LOCAL_DEVICES each, default 1) and the same arguments plus
 # --coordinator_address/--num_processes/--process_id. Process 0 logs to the terminal; process i > 0 to
 # <workdir>/process_<i>.log only when LOG_ALL=1 (else its output is dropped: it repeats process 0's).
-# If one process fails, the others are stopped; the exit status is the first failure's (0 when all succeed).
+# If one process fails, the others are killed (the run cannot go on without it; a SIGTERM would only reach
+# JAX's preemption service while they wait for it in a collective); the exit status is the first failure's (0
+# when all succeed).
 # Ctrl-C or SIGTERM to this script is passed on to every process (a terminal's Ctrl-C may reach them twice,
 # which is harmless), and they checkpoint and exit as a single run would.
 set -uo pipefail
@@ -18,8 +20,8 @@ workdir=""
 for arg in "$@"; do [[ "$arg" == --workdir=* ]] && workdir="${arg#--workdir=}"; done
 
 pids=()
-stop_all() { for pid in "${pids[@]}"; do [[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null; done; }
-trap 'stop_all' TERM INT
+stop_all() { for pid in "${pids[@]}"; do [[ -n "$pid" ]] && kill "-$1" "$pid" 2>/dev/null; done; }
+trap 'stop_all TERM' TERM INT
 for ((i = 0; i < n; i++)); do
   out=/dev/null
   if [[ $i -eq 0 ]]; then out=/dev/stdout
@@ -40,7 +42,7 @@ while :; do
     wait "$pid"
     rc=$?
     pids[$i]=""
-    if [[ $rc -ne 0 && $status -eq 0 ]]; then status=$rc; stop_all; fi
+    if [[ $rc -ne 0 && $status -eq 0 ]]; then status=$rc; stop_all KILL; fi
   done
   [[ $running -eq 0 ]] && break
   sleep 0.5

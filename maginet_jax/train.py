@@ -411,7 +411,11 @@ def main(argv) -> None:
             logging.set_verbosity(logging.WARNING)
         run(CONFIG.value, WORKDIR.value, dry=_DRY_RUN.value)
     except UserError as e:
-        sys.exit(f"maginet_jax.train: error: {e}")
+        message = f"maginet_jax.train: error: {e}"
+        if jax.process_count() > 1:  # exit hooks would wait for the other processes, which may be waiting for us
+            print(message, file=sys.stderr, flush=True)
+            os._exit(1)
+        sys.exit(message)
 
 
 if __name__ == "__main__":

@@ -109,3 +109,21 @@ def test_incomplete_process_flags_are_one_line(tmp_path):
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         "maginet_jax.train: error: --num_processes also needs --coordinator_address and --process_id"]
     assert os.listdir(tmp_path) == []
+
+
+def test_bad_data_found_by_process_zero_stops_both_at_once(tmp_path):
+    """Process 0 prepares the dataset while process 1 waits at the barrier: a bad data root is process 0's one
+    error line and exit status 1, and process 1 is stopped, not left to time out in the barrier."""
+    from data_pipeline import make_fixture
+    make_fixture.write_fixture(str(tmp_path / "raw"), num_subjects=12, resolution=48, seed=0)  # no test subject
+    workdir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    r = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", "--", *ARGS, f"--workdir={workdir}",
+                        "--config.data.source=ffhq_uv_intrinsics", f"--config.data.root={tmp_path / 'raw'}",
+                        f"--config.data.tfds_dir={tmp_path / 'tfds'}", "--config.data.test_fraction=0.25"],
+                       cwd=REPO, env={**env, "LOG_ALL": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    assert r.stdout.strip().splitlines()[-1].startswith("maginet_jax.train: error: 12 subjects under")
+    # process 1 is killed by the launcher or loses its coordinator; before the fix it waited out the barrier's
+    # 30 s timeout, as process 0's exit hooks waited for it
+    assert "DEADLINE_EXCEEDED" not in (workdir / "process_1.log").read_text()
