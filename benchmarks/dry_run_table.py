@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 from maginet_jax import train  # noqa: E402
+from maginet_jax.training import sharding  # noqa: E402
 
 _DEVICES = flags.DEFINE_integer("devices", 8, "Virtual CPU devices (the mesh size).")
 _SIZES = flags.DEFINE_list("sizes", ["1024", "2048"], "Crop sizes (data.crop_size = data.resolution).")
@@ -59,6 +60,7 @@ def main(argv) -> None:
         for row in _ROWS.value:
             c = row_config(base, size, n, row)
             train.validate(c, read_data=False)
+            train.validate_mesh(c, 1, sharding.make_mesh(c.mesh))
             with tempfile.TemporaryDirectory() as workdir:
                 t = time.time()
                 r = train.dry_run(c, workdir)
@@ -70,7 +72,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    flags.FLAGS.set_default("workdir", "unused")  # train's flags; the dry runs use temporary directories
     if not any(a.split("=")[0] == "--config" for a in sys.argv):
         sys.argv.insert(1, "--config=configs/passes.py")  # before any --config.key override
     argv = train.parse_flags(sys.argv, prog="dry_run_table.py")

@@ -162,8 +162,9 @@ def jit_train_step(config, graphdefs, mesh, state_sharding) -> Callable:
 
 
 def dry_run(config, workdir: str) -> dict:
-    """Compiles the train step for `config` on its mesh from shapes alone (no parameters allocated, no data
-    read) and writes XLA's per-device memory and FLOPs to `<workdir>/dry_run.json`; returns them."""
+    """Compiles the train step for `config` on its mesh from shapes alone (no trained parameters allocated, no
+    data read; the networks it does not train are loaded as in training, for their shapes) and writes XLA's
+    per-device memory and FLOPs to `<workdir>/dry_run.json`; returns them."""
     mesh = sharding.make_mesh(config.mesh)
     stage = STAGES[config.stage]
     graphdefs, state = abstract_state(stage.networks(config), stage.optimizers(config), mesh, config.sharding)

@@ -68,7 +68,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_sharding(mesh: Mesh, ndim: int = 4) -> NamedSharding:
     """The leading (batch) axis split over data × fsdp; an image's height (NHWC) also over spatial."""
-    return NamedSharding(mesh, P(BATCH_AXES, SPATIAL_AXIS) if ndim >= 2 else P(BATCH_AXES))
+    return NamedSharding(mesh, P(BATCH_AXES, SPATIAL_AXIS) if ndim == 4 else P(BATCH_AXES))
 
 
 def to_global(local_batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
