@@ -3,15 +3,17 @@
 # optimizer, steps and seeds (config.seed: initialisation and batch order). Results: docs/ablation.md.
 #   bash benchmarks/ablation.sh [SEEDS...]        (default: 0 1 2), then
 #   python benchmarks/ablation_table.py runs/ablation
-# ABLATION_VARIANT (default demo; the tests use smoke) and ABLATION_ROOT (default runs/ablation) change both.
+# ABLATION_VARIANT (default demo; the tests use smoke) and ABLATION_ROOT (default runs/ablation) change both;
+# ABLATION_ARGS adds config overrides to both trainings (the tests shrink the networks with it).
 set -euo pipefail
 seeds=("${@:-0 1 2}")
 variant="${ABLATION_VARIANT:-demo}"
 root="${ABLATION_ROOT:-runs/ablation}"
+read -r -a extra <<< "${ABLATION_ARGS:-}"
 for seed in ${seeds[@]}; do
   for model in albedo unet_baseline; do
     wd="${root}/${model}_seed${seed}"
-    python -m maginet_jax.train --config="configs/${model}.py:${variant}" --workdir="$wd" --config.seed="$seed"
+    python -m maginet_jax.train --config="configs/${model}.py:${variant}" --workdir="$wd" --config.seed="$seed" "${extra[@]}"
     python -m maginet_jax.evaluate --workdir="$wd" > /dev/null
   done
 done

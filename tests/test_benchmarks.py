@@ -1,6 +1,7 @@
 """Every script in benchmarks/ runs, with tiny settings, so no refactor can strand one (figures are not
 checked here: they are measured on an idle machine, see the README)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -21,15 +22,18 @@ def _run(*cmd, env=None, timeout=600):
 
 @pytest.fixture(scope="module")
 def ablation_root(tmp_path_factory):
-    """benchmarks/ablation.sh at :smoke for seed 0: two trained and evaluated runs."""
+    """benchmarks/ablation.sh at :smoke for seed 0, two levels, no LPIPS: two trained and evaluated runs."""
     root = str(tmp_path_factory.mktemp("ablation"))
-    _run("bash", "benchmarks/ablation.sh", "0", env={"ABLATION_VARIANT": "smoke", "ABLATION_ROOT": root})
+    _run("bash", "benchmarks/ablation.sh", "0", env={
+        "ABLATION_VARIANT": "smoke", "ABLATION_ROOT": root,
+        "ABLATION_ARGS": "--config.model.widths=(8,16) --config.losses.lpips=0 --config.num_train_steps=4"})
     return root
 
 
 def test_every_script_has_a_tiny_run():
-    assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "dry_run_table.py", "flat_pass_baseline.py",
-                            "kill_resume.py", "lighting_invariance.py", "perceptual_cost.py"}, \
+    assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "compare.py", "compare_report.py", "dry_run_table.py",
+                            "flat_pass_baseline.py", "kill_resume.py", "lighting_invariance.py",
+                            "perceptual_cost.py"}, \
         "add a tiny run of the new script to this file"
 
 
@@ -72,3 +76,28 @@ def test_dry_run_table():
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| 32²")]
     assert [(r[1], r[2]) for r in rows] == [("data", "1"), ("spatial_remat", "1/2")]
     assert all(float(r[5]) >= 0 for r in rows)
+
+
+def test_compare(tmp_path):  # compare_report.py too: compare writes its table and chart
+    out = _run(sys.executable, "-m", "benchmarks.compare", "--stage=refine", "--config=configs/refine.py:smoke",
+               f"--json={tmp_path}/r.json", "--steps=2", "--warmup=1", "--variants=jax,torch_eager_channels_last",
+               "--pipeline_batches=1", f"--out_dir={tmp_path}")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [(r["framework"], r["layout"]) for r in report["results"]] == [("jax", "NHWC"), ("torch_eager", "channels_last")]
+    for r in report["results"]:
+        assert r["train_step_min_s"] <= r["train_step_s"] <= r["train_step_max_s"] and r["infer_step_s"] > 0
+    assert report["flops_per_step"]["train"] > report["flops_per_step"]["infer"] > 0
+    assert report["pipeline"]["images_per_s"] > 0 and report["command"].startswith("python -m benchmarks.compare")
+    device = report["device"]
+    assert (tmp_path / device / "refine.png").stat().st_size > 0
+    assert "| torch_eager_channels_last | channels_last |" in (tmp_path / device / "refine.md").read_text()
+    assert "| torch_eager_channels_last |" in out
+
+
+def test_compare_bad_input_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--stage=albedo", "--config=configs/refine.py:smoke",
+                        f"--json={tmp_path}/r.json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == ("benchmarks.compare: error: --stage=albedo but the config is of the "
+                                                 "'refine' stage")
+    assert not (tmp_path / "r.json").exists()

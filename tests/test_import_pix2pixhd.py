@@ -14,7 +14,7 @@ import pytest
 import torch
 from flax import nnx
 
-import torch_pix2pixhd as ref
+from benchmarks.torch_twin import pix2pixhd as ref
 from conftest import REPO, smoke
 from maginet_jax.tools import import_pix2pixhd
 

@@ -1,6 +1,6 @@
 """LPIPS and the perceptual backbones: parity with an independent PyTorch re-creation, weight loading, safety.
 
-The reference is tests/torch_reference.py (hand-written torch.nn, torchvision layer indices). Tolerances are
+The reference is benchmarks/torch_twin/perceptual.py (hand-written torch.nn, torchvision layer indices). Tolerances are
 fixed by float32 arithmetic, not tuned: 1e-4 absolute on LPIPS distances, 1e-5 of each tap's largest
 magnitude on AlexNet/VGG16 features, 1e-4 relative on VGG19 taps.
 """
@@ -17,7 +17,7 @@ import pytest
 import torch
 from flax import nnx
 
-import torch_reference as ref
+from benchmarks.torch_twin import perceptual as ref
 from data_pipeline import synthetic
 from maginet_jax.errors import UserError
 from maginet_jax.perceptual import networks, weights

@@ -7,18 +7,20 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import jit_apply, random_module
 from maginet_jax.models.albedo_net import AdaptiveFusion, AlbedoNet, build_albedo_net
 from maginet_jax.models.attention import ChannelGate, SpatialGate
 
 
 def _net(**kw):
-    return AlbedoNet(widths=kw.pop("widths", (8, 16, 16)), attention_reduction=4, rngs=nnx.Rngs(0), **kw)
+    return random_module(lambda: AlbedoNet(widths=kw.get("widths", (8, 16, 16)), attention_reduction=4, rngs=nnx.Rngs(0),
+                                       **{k: v for k, v in kw.items() if k != "widths"}))
 
 
 def test_shapes_and_range():
     net = _net(widths=(8, 8, 16, 16))
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 48, 3))
-    out, sides = jax.jit(lambda net, x: net(x))(net, x)  # one compile: op by op takes ~20 s on 2 cores
+    out, sides = jit_apply(net, x)
     assert out.shape == (2, 32, 48, 3)
     # Side outputs coarse → fine at 1/4 and 1/2 (the bottleneck at 1/8 has no head).
     assert [s.shape for s in sides] == [(2, 8, 12, 3), (2, 16, 24, 3)]
@@ -88,10 +90,11 @@ def test_adaptive_fusion_weights_are_a_per_pixel_softmax():
 
 
 def test_build_from_config(smoke_config):
-    net = build_albedo_net(smoke_config.model, rngs=nnx.Rngs(0))
+    net = nnx.eval_shape(lambda: build_albedo_net(smoke_config.model, rngs=nnx.Rngs(0)))
     assert net.widths == tuple(smoke_config.model.widths)
     smoke_config.model.dtype = "bfloat16"
-    out, _ = build_albedo_net(smoke_config.model, rngs=nnx.Rngs(0))(jnp.zeros((1, 16, 16, 3)))
+    out, _ = jit_apply(random_module(lambda: build_albedo_net(smoke_config.model, rngs=nnx.Rngs(0))),
+                       jnp.zeros((1, 16, 16, 3)))
     assert out.dtype == jnp.float32  # heads cast back: losses stay in float32
 
 
@@ -105,9 +108,9 @@ def test_unet_baseline_matches_albedonet_size_and_interface():
     for variant in ("", "demo"):
         ours, unet = albedo.get_config(variant), unet_baseline.get_config(variant)
         assert abs(count(unet) / count(ours) - 1) < 0.02, variant
-    net = build_albedo_net(unet_baseline.get_config("smoke").model, rngs=nnx.Rngs(0))
+    net = random_module(lambda: build_albedo_net(unet_baseline.get_config("smoke").model, rngs=nnx.Rngs(0)))
     assert isinstance(net, UNet)
-    out, sides = net(jnp.full((2, 32, 32, 3), 0.5))
+    out, sides = jit_apply(net, jnp.full((2, 32, 32, 3), 0.5))
     assert out.shape == (2, 32, 32, 3) and sides == [] and float(out.min()) >= 0 and float(out.max()) <= 1
     with pytest.raises(ValueError, match="divisible by 4"):
         net(jnp.zeros((1, 30, 32, 3)))

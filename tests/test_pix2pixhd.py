@@ -1,6 +1,6 @@
 """pix2pixHD in JAX (maginet_jax.models.pix2pixhd): parity with an independent PyTorch re-creation, weight import.
 
-The reference is tests/torch_pix2pixhd.py: NVIDIA pix2pixHD's ResnetBlock, GlobalGenerator, LocalEnhancer,
+The reference is benchmarks/torch_twin/pix2pixhd.py: NVIDIA pix2pixHD's ResnetBlock, GlobalGenerator, LocalEnhancer,
 NLayerDiscriminator and MultiscaleDiscriminator rebuilt in plain torch.nn with the original attribute names, so
 its `state_dict()` has the key names of real pix2pixHD checkpoints. Each test gives the torch module random
 weights, imports its state dict into the JAX module with `import_torch_state_dict` and runs both on the same
@@ -18,7 +18,8 @@ import pytest
 import torch
 from flax import nnx
 
-import torch_pix2pixhd as ref
+from benchmarks.torch_twin import pix2pixhd as ref
+from conftest import jit_apply
 from maginet_jax.errors import UserError
 from maginet_jax.models import pix2pixhd as p
 
@@ -50,7 +51,9 @@ def make_input(shape, seed: int = 0) -> torch.Tensor:
 def build_pair(torch_module: torch.nn.Module, jax_cls, *args, seed: int = 0, jax_seed: int = 0, **kwargs):
     """The torch module with random weights, and the JAX module of the same configuration holding them."""
     ref.randomize_(torch_module, seed).eval()
-    jax_module = jax_cls(*args, **kwargs, rngs=nnx.Rngs(jax_seed))
+    # Built abstractly, as the import tool does: every weight comes from torch (and eager NNX initialisation
+    # compiles each initializer op for each new shape, seconds per module).
+    jax_module = nnx.eval_shape(lambda: jax_cls(*args, **kwargs, rngs=nnx.Rngs(jax_seed)))
     p.import_torch_state_dict(jax_module, numpy_state(torch_module))
     return torch_module, jax_module
 
@@ -153,7 +156,7 @@ def test_resnet_block_parity():
                                      "conv_block.5.weight", "conv_block.5.bias"]
     tm, jm = build_pair(tm, p.ResnetBlock, 8, seed=3)
     x = make_input((2, 8, 13, 11), seed=4)
-    assert_close(jm(nhwc(x)), torch_forward(tm, x), "ResnetBlock 13x11")
+    assert_close(jit_apply(jm, nhwc(x)), torch_forward(tm, x), "ResnetBlock 13x11")
 
 
 # --------------------------------------------------------------------------------------------- generators
@@ -170,7 +173,7 @@ def test_global_generator_parity(n_downsampling, n_blocks, size):
                         p.GlobalGenerator, 3, 2, ngf=4, n_downsampling=n_downsampling, n_blocks=n_blocks, seed=5)
     x = make_input((2, 3, *size), seed=6)
     want = torch_forward(tm, x)
-    assert_close(jm(nhwc(x)), want, f"GlobalGenerator nd={n_downsampling} nb={n_blocks} {size}")
+    assert_close(jit_apply(jm, nhwc(x)), want, f"GlobalGenerator nd={n_downsampling} nb={n_blocks} {size}")
     assert float(want.abs().max()) < 1.0 and float(want.std()) > 0.1  # a live tanh output, not saturated
 
 
@@ -185,7 +188,7 @@ def test_local_enhancer_parity(n_local_enhancers):
     x = make_input((2, 3, 47, 31), seed=8)
     want = torch_forward(tm, x)
     assert want.shape == (2, 2, 48, 32)
-    assert_close(jm(nhwc(x)), want, f"LocalEnhancer N={n_local_enhancers} 47x31")
+    assert_close(jit_apply(jm, nhwc(x)), want, f"LocalEnhancer N={n_local_enhancers} 47x31")
     assert float(want.std()) > 0.1
 
 
@@ -199,7 +202,7 @@ def test_nlayer_discriminator_parity(n_layers, use_sigmoid, getIntermFeat):
     cfg = dict(ndf=8, n_layers=n_layers, use_sigmoid=use_sigmoid, getIntermFeat=getIntermFeat)
     tm, jm = build_pair(ref.NLayerDiscriminator(3, **cfg), p.NLayerDiscriminator, 3, **cfg, seed=9)
     x = make_input((2, 3, 37, 45), seed=10)
-    want, got = torch_forward(tm, x), jm(nhwc(x))
+    want, got = torch_forward(tm, x), jit_apply(jm, nhwc(x))
     h, w = 37, 45
     sizes = []
     for stride in [2] * n_layers + [1, 1]:
@@ -234,7 +237,7 @@ def test_multiscale_discriminator_parity(num_D, getIntermFeat, use_sigmoid):
     cfg = dict(ndf=ndf, n_layers=n_layers, use_sigmoid=use_sigmoid, num_D=num_D, getIntermFeat=getIntermFeat)
     tm, jm = build_pair(ref.MultiscaleDiscriminator(3, **cfg), p.MultiscaleDiscriminator, 3, **cfg, seed=11)
     x = make_input((2, 3, 67, 53), seed=12)
-    want, got = torch_forward(tm, x), jm(nhwc(x))
+    want, got = torch_forward(tm, x), jit_apply(jm, nhwc(x))
 
     per_scale = n_layers + 2 if getIntermFeat else 1
     assert isinstance(got, list) and len(got) == len(want) == num_D

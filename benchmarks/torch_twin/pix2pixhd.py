@@ -1,4 +1,4 @@
-"""Independent PyTorch re-creation of pix2pixHD's networks, for the parity tests in tests/test_pix2pixhd.py.
+"""The PyTorch twin of pix2pixHD's networks: parity tests (tests/test_pix2pixhd.py) and benchmarks/compare.py.
 
 NVIDIA's pix2pixHD (`models/networks.py`) defines its generators and discriminators as `nn.Sequential`s and
 plain attributes; a checkpoint's state-dict keys are nothing but those attribute names and Sequential
@@ -19,9 +19,6 @@ import math
 
 import torch
 from torch import nn
-
-torch.set_default_dtype(torch.float32)
-torch.set_float32_matmul_precision("highest")
 
 
 def instance_norm(channels: int) -> nn.Module:

@@ -1,0 +1,270 @@
+r"""JAX against its PyTorch twin (benchmarks/torch_twin) on one stage: train step, inference, input pipeline.
+
+    python -m benchmarks.compare --stage albedo --config=configs/albedo.py:demo --json /tmp/albedo.json
+    python -m benchmarks.compare --stage refine --config=configs/refine.py:demo --json /tmp/refine.json
+    python -m benchmarks.compare --stage passes --config=configs/passes.py:demo --json /tmp/passes.json
+
+Variants: JAX (the project's own jitted train step, donated state, as `python -m maginet_jax.train` runs it);
+PyTorch eager and `torch.compile`, NCHW and channels_last. All start from the same weights (copied from JAX)
+and take the same batch from the grain pipeline, at the config's batch size, resolution and dtype. After
+`--warmup` steps (their time, compilation included, is `warmup_s`), `--steps` rounds each time one step of every
+variant in turn, so the machine's noise hits all alike; a step's time runs until its results are computed
+(`block_until_ready`; PyTorch on a GPU: `torch.cuda.synchronize`). The pipeline is timed alone, reading as the
+config says (workers, threads), against what the JAX train step consumes.
+
+Peak memory: on a GPU the allocators' peaks (JAX `memory_stats`, `torch.cuda.max_memory_allocated`). On a CPU,
+JAX's is XLA's buffer assignment for the step (arguments + outputs + temporaries − donated), and PyTorch has
+no allocator statistics, so its figure is left out rather than guessed.
+
+Writes the JSON (device, versions, command, config, one object per variant in `results`) and, under
+`--out_dir/<device>/`, `<stage>.md` (a Markdown table) and `<stage>.png` (a bar chart).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import numpy as np
+import torch
+from absl import app, flags
+from flax import nnx
+
+from benchmarks import compare_report
+from benchmarks.torch_twin import steps, transfer
+from data_pipeline import loader
+from maginet_jax import train
+from maginet_jax.errors import UserError
+from maginet_jax.training import sharding
+
+_STAGE = flags.DEFINE_enum("stage", None, ["albedo", "refine", "passes"], "The stage to time (must be the config's).")
+_JSON = flags.DEFINE_string("json", None, "Where to write the results JSON.")
+_STEPS = flags.DEFINE_integer("steps", 15, "Timed rounds (one step of every variant each).")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per variant first (compilation, allocator warm-up).")
+_VARIANTS = flags.DEFINE_list("variants", "jax,torch_eager,torch_eager_channels_last,torch_compile,"
+                              "torch_compile_channels_last", "Which variants to time.")
+_PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 20, "Batches of the input pipeline to time (0: skip).")
+_OUT_DIR = flags.DEFINE_string("out_dir", "benchmarks/results", "Table and chart go to <out_dir>/<device>/.")
+
+VARIANTS = ("jax", "torch_eager", "torch_eager_channels_last", "torch_compile", "torch_compile_channels_last")
+# Dense peak FLOP/s by device kind and dtype, for MFU (NVIDIA's data sheets, SXM parts).
+PEAK_FLOPS = {"H100": {"float32": 67e12, "bfloat16": 989e12}, "H200": {"float32": 67e12, "bfloat16": 989e12}}
+
+
+def device_name() -> str:
+    """A directory-friendly name of the accelerator (or CPU and core count) the figures come from."""
+    d = jax.devices()[0]
+    if d.platform == "cpu":
+        return f"cpu-{os.cpu_count()}-cores"
+    return d.device_kind.lower().replace(" ", "-")
+
+
+def check(config, stage: str, variants: list[str]) -> None:
+    """UserError for what the comparison cannot do."""
+    if config.stage != stage:
+        raise UserError(f"--stage={stage} but the config is of the {config.stage!r} stage")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or not variants:
+        raise UserError(f"--variants {unknown or variants}: choose from {VARIANTS}")
+    if config.get("model", {}).get("arch", "maginet") != "maginet":
+        raise UserError("the PyTorch twin has AlbedoNet, not the U-Net baseline (model.arch=unet)")
+    if config.losses.get("vgg", 0) > 0 and config.perceptual.vgg_backbone != "vgg16":
+        raise UserError("the PyTorch twin's VGG loss is VGG16's (perceptual.vgg_backbone=vgg16)")
+    if stage == "passes" and (config.init.albedo_workdir or config.init.refine_workdir):
+        raise UserError("the PyTorch twin conditions stage 3 on the ground-truth albedo: leave init.*_workdir empty")
+    if config.model.get("dtype", "float32") != "float32" and jax.devices()[0].platform == "cpu":
+        raise UserError("on a CPU, compare in float32 (model.dtype): bfloat16 convolutions are emulated there")
+    train.validate(config)
+
+
+def synced(fn):
+    """Calls fn and waits for every result on the device: the time a step really takes."""
+    def run(*args):
+        out = fn(*args)
+        jax.block_until_ready(out)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return out
+    return run
+
+
+class JaxVariant:
+    """The stage's jitted train step and prediction, exactly as the training loop and the evaluator run them."""
+
+    name, layout = "jax", "NHWC"
+
+    def __init__(self, config, batch):
+        self.mesh = sharding.make_mesh(config.mesh)
+        stage = train.STAGES[config.stage]
+        self.graphdefs, self.state = stage.init(config, self.mesh)
+        self.frozen = jax.device_put(stage.frozen_nets(config, self.mesh), sharding.replicated(self.mesh))
+        self.batch = sharding.to_global(batch, self.mesh)
+        step = train.jit_train_step(config, self.graphdefs, self.mesh, jax.tree.map(lambda x: x.sharding, self.state))
+        predict = jax.jit(functools.partial(stage.predict, config=config, graphdefs=self.graphdefs))
+        with jax.set_mesh(self.mesh):  # compiled ahead, for XLA's cost analysis; the time counts as warm-up
+            t = time.perf_counter()
+            self.train_compiled = step.lower(self.state, self.batch, self.frozen).compile()
+            t_train = time.perf_counter()
+            self.infer_compiled = predict.lower(self.state.params, self.frozen, self.batch).compile()
+            self.compile_s = {"train": t_train - t, "infer": time.perf_counter() - t_train}
+
+    def networks(self) -> dict:
+        """The trained networks and stage 2's frozen stage-1 AlbedoNet, as NNX modules (to copy to PyTorch)."""
+        nets = {n: nnx.merge(self.graphdefs[n], p) for n, p in self.state.params.items()}
+        upstream = self.frozen["upstream"].get("albedo")
+        return {**nets, "albedo": nnx.merge(*upstream)} if upstream else nets
+
+    def train_step(self):
+        self.state, scalars = self.train_compiled(self.state, self.batch, self.frozen)
+        return scalars
+
+    def infer_step(self):
+        return self.infer_compiled(self.state.params, self.frozen, self.batch)
+
+    def cost(self) -> dict:
+        """XLA's FLOPs per step and, on a CPU, its buffer assignment's bytes; on a GPU the allocator's peak."""
+        flops = {k: float(c.cost_analysis().get("flops", 0.0)) for k, c in
+                 (("train", self.train_compiled), ("infer", self.infer_compiled))}
+        m = self.train_compiled.memory_analysis()
+        stats = jax.devices()[0].memory_stats() or {}
+        peak = stats.get("peak_bytes_in_use") or (m.argument_size_in_bytes + m.output_size_in_bytes
+                                                  + m.temp_size_in_bytes - m.alias_size_in_bytes)
+        return {"flops": flops, "peak_memory_bytes": int(peak),
+                "memory_source": "allocator peak" if stats else "XLA buffer assignment"}
+
+
+class TorchVariant:
+    compile_s = {"train": 0.0, "infer": 0.0}  # torch.compile compiles in the first (warm-up) steps
+
+    """The twin's train step and inference, eager or compiled, NCHW or channels_last, from the JAX weights."""
+
+    def __init__(self, name: str, config, batch, jax_networks: dict):
+        self.name, self.config = name, config
+        self.layout = "channels_last" if name.endswith("channels_last") else "NCHW"
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        fmt = torch.channels_last if self.layout == "channels_last" else torch.contiguous_format
+        self.nets = steps.build(config)
+        for key, module in jax_networks.items():
+            transfer.load_from_jax(self.nets[key], module)
+        self.nets = {k: v.to(device=device, memory_format=fmt) if v is not None else None for k, v in self.nets.items()}
+        self.opt = steps.Optimizers(config, self.nets, fused=True)
+        if name.startswith("torch_compile"):
+            self.nets = {k: torch.compile(v) if v is not None else None for k, v in self.nets.items()}
+        self.batch = {k: torch.from_numpy(np.ascontiguousarray(np.asarray(v).transpose(0, 3, 1, 2))).to(
+            device=device, memory_format=fmt) for k, v in batch.items() if np.ndim(v) == 4}
+        self.generator = torch.Generator(device=device).manual_seed(0)
+        self.step = 0
+
+    def train_step(self):
+        self.step += 1
+        return steps.train_step(self.nets, self.opt, self.batch, self.config, self.step, generator=self.generator)
+
+    def infer_step(self):
+        return steps.infer_step(self.nets, self.batch, self.config)
+
+    def cost(self) -> dict:
+        if not torch.cuda.is_available():
+            return {"peak_memory_bytes": None, "memory_source": "not measured (no CPU allocator statistics)"}
+        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated()), "memory_source": "allocator peak"}
+
+
+def time_interleaved(variants: list, method: str, warmup: int, rounds: int) -> dict[str, dict]:
+    """{variant: {warmup_s, times}}: `warmup` untimed calls each, then `rounds` rounds of one call per variant."""
+    out = {}
+    for v in variants:
+        run = synced(getattr(v, method))
+        t = time.perf_counter()
+        for _ in range(max(warmup, 1)):
+            run()
+        out[v.name] = {"warmup_s": time.perf_counter() - t, "times": []}
+    for _ in range(rounds):
+        for v in variants:
+            run = synced(getattr(v, method))
+            t = time.perf_counter()
+            run()
+            out[v.name]["times"].append(time.perf_counter() - t)
+    return out
+
+
+def pipeline_rate(config, num_batches: int) -> float:
+    """Training images per second the grain pipeline delivers alone, as the config configures it."""
+    source = loader.make_source(config.data, "train", config.data.num_train_examples,
+                                ("albedo", *config.get("passes", ())))
+    it = iter(loader.make_loader(source, batch_size=config.batch_size, crop_size=config.data.crop_size, train=True,
+                                 seed=config.seed, worker_count=config.data.worker_count,
+                                 worker_buffer_size=config.data.worker_buffer_size,
+                                 read_threads=config.data.read_threads, read_buffer_size=config.data.read_buffer_size))
+    for _ in range(2):  # workers started, buffers filled once
+        next(it)
+    t = time.perf_counter()
+    for _ in range(num_batches):
+        next(it)
+    return num_batches * config.batch_size / (time.perf_counter() - t)
+
+
+def run(config, variants: list[str], rounds: int, warmup: int, pipeline_batches: int) -> dict:
+    """Times the variants; returns the JSON report."""
+    source = loader.make_source(config.data, "train", config.batch_size, ("albedo", *config.get("passes", ())))
+    batch = next(iter(loader.make_loader(source, batch_size=config.batch_size, crop_size=config.data.crop_size,
+                                         train=True, seed=config.seed)))
+    jax_variant = JaxVariant(config, batch)  # built first: the twins start from its weights
+    runners = [jax_variant] if "jax" in variants else []
+    runners += [TorchVariant(n, config, batch, jax_variant.networks()) for n in VARIANTS[1:] if n in variants]
+    timings = {"train": time_interleaved(runners, "train_step", warmup, rounds),
+               "infer": time_interleaved(runners, "infer_step", warmup, rounds)}
+    flops = jax_variant.cost()["flops"]
+    peak = PEAK_FLOPS.get(next((k for k in PEAK_FLOPS if k in jax.devices()[0].device_kind), ""), {})
+    results = []
+    for v in runners:
+        row = {"framework": v.name.replace("_channels_last", ""), "variant": v.name, "layout": v.layout,
+               "dtype": config.model.get("dtype", "float32")}
+        for mode, t in timings.items():
+            times = t[v.name]["times"]
+            row.update({f"{mode}_step_s": float(np.median(times)), f"{mode}_step_min_s": float(np.min(times)),
+                        f"{mode}_step_max_s": float(np.max(times)),
+                        f"{mode}_warmup_s": t[v.name]["warmup_s"] + v.compile_s[mode],
+                        f"{mode}_images_per_s": config.batch_size / float(np.median(times)),
+                        f"{mode}_tflops_per_s": flops[mode] / float(np.median(times)) / 1e12})
+            if row["dtype"] in peak:
+                row[f"{mode}_mfu"] = row[f"{mode}_tflops_per_s"] * 1e12 / peak[row["dtype"]]
+        cost = v.cost()
+        row.update({"peak_memory_bytes": cost["peak_memory_bytes"], "memory_source": cost["memory_source"]})
+        results.append(row)
+    report = {"stage": config.stage, "device": device_name(), "device_kind": jax.devices()[0].device_kind,
+              "versions": {"python": platform.python_version(), "jax": jax.__version__, "torch": torch.__version__},
+              "threads": {"torch": torch.get_num_threads(), "cpu_count": os.cpu_count()},
+              "command": " ".join(["python -m benchmarks.compare", *sys.argv[1:]]),
+              "batch_size": config.batch_size, "resolution": config.data.crop_size, "rounds": rounds, "warmup": warmup,
+              "flops_per_step": flops, "results": results, "config": json.loads(config.to_json_best_effort())}
+    if pipeline_batches:
+        delivered = pipeline_rate(config, pipeline_batches)
+        consumed = next((r["train_images_per_s"] for r in results if r["variant"] == "jax"), None)
+        report["pipeline"] = {"images_per_s": delivered, "jax_train_step_images_per_s": consumed,
+                              "ratio": delivered / consumed if consumed else None,
+                              "worker_count": config.data.worker_count}
+    return report
+
+
+def main(argv) -> None:
+    del argv
+    config = train.CONFIG.value  # --config and its overrides, as train.py defines them
+    try:
+        check(config, _STAGE.value, _VARIANTS.value)
+        report = run(config, _VARIANTS.value, _STEPS.value, _WARMUP.value, _PIPELINE_BATCHES.value)
+    except UserError as e:
+        sys.exit(f"benchmarks.compare: error: {e}")
+    with open(_JSON.value, "w") as f:
+        json.dump(report, f, indent=2)
+    table, chart = compare_report.write(report, os.path.join(_OUT_DIR.value, report["device"]))
+    print(open(table).read())
+    print(f"wrote {_JSON.value}, {table}, {chart}")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["stage", "config", "json"])
+    app.run(main, flags_parser=functools.partial(train.parse_flags, prog="benchmarks.compare"))

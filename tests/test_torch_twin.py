@@ -1,0 +1,143 @@
+"""The PyTorch twin (benchmarks/torch_twin) computes what the JAX stages compute, so benchmarks/compare.py times
+the same work: network outputs to 1e-4, and the loss terms and the gradient of every trained parameter of each
+stage's full train loss to 1e-3 relative (per tensor, against its largest entry), on the same inputs and weights.
+
+Every parameter of the JAX networks is random (`random_module`; fresh norms would have scale 1 and bias 0, and
+RefinementNet's last conv starts at zero), so a parameter mapped to the wrong place cannot go unnoticed.
+"""
+
+import jax
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from benchmarks.torch_twin import networks, steps, transfer
+from conftest import jit_apply, random_module, smoke
+from data_pipeline import loader
+from data_pipeline.synthetic import SyntheticSource
+from maginet_jax.models.albedo_net import AlbedoNet, build_albedo_net
+from maginet_jax.models.refinement_net import build_refinement_net
+from maginet_jax.perceptual.losses import perceptual_nets, sample_patch_corners
+from maginet_jax.stages import passes, supervised
+
+torch.set_num_threads(1)
+
+
+def _batch(c, n: int = 2) -> dict:
+    source = SyntheticSource(num_records=n, resolution=c.data.crop_size, seed=3,
+                             passes=("albedo", *c.get("passes", ())))
+    return next(iter(loader.make_loader(source, batch_size=n, crop_size=c.data.crop_size, train=False, seed=0)))
+
+
+def _nchw(batch: dict) -> dict:
+    return {k: torch.from_numpy(np.ascontiguousarray(np.asarray(v).transpose(0, 3, 1, 2)))
+            for k, v in batch.items() if np.ndim(v) == 4}
+
+
+def _close(got, want, rtol, what):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * max(np.abs(want).max(), 1e-12), err_msg=what)
+
+
+def _check_gradients(torch_grads: dict, jax_module, jax_grads) -> None:
+    """Each tensor to 1e-3 of its largest entry; a tensor whose gradient is round-off (a conv bias before a norm
+    without affine parameters: exactly 0 in theory) to 1e-5 of the network's largest entry."""
+    want = transfer.gradients_in_torch_layout(jax_module, jax_grads)
+    assert torch_grads.keys() == want.keys()
+    largest = max(np.abs(g).max() for g in want.values())
+    assert sum(np.abs(g).max() > 1e-2 * largest for g in want.values()) > 0.5 * len(want)  # the loss reaches them
+    for key, g in want.items():
+        scale = max(np.abs(g).max(), 1e-2 * largest)
+        np.testing.assert_allclose(torch_grads[key], g, rtol=1e-3, atol=1e-3 * scale, err_msg=key)
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"norm": "instance", "activation": "gelu", "fusion": "concat", "attention": "channel"},
+    {"norm": "none", "activation": "leaky_relu", "fusion": "sum", "attention": "spatial", "blocks_per_level": 2},
+    {"activation": "silu", "attention": "none", "widths": (8, 16, 16, 24), "spatial_kernel": 3},
+], ids=["default", "instance-gelu-concat", "none-lrelu-sum", "silu-4levels"])
+def test_albedo_net_outputs_match(options):
+    kw = {"widths": (8, 16, 16), "attention_reduction": 4, **options}
+    model = random_module(lambda: AlbedoNet(**kw, rngs=nnx.Rngs(0)), seed=2)
+    twin = transfer.load_from_jax(networks.AlbedoNet(**kw), model)
+    x = np.random.default_rng(0).uniform(size=(2, 24, 40, 3)).astype(np.float32)
+    albedo, sides = jit_apply(model, x)
+    with torch.no_grad():
+        t_albedo, t_sides = twin(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+    assert len(sides) == len(t_sides) == len(kw["widths"]) - 2
+    for got, want in zip([t_albedo, *t_sides], [albedo, *sides]):
+        np.testing.assert_allclose(got.numpy(), np.asarray(want).transpose(0, 3, 1, 2), rtol=0, atol=1e-4)
+
+
+def test_transfer_is_strict():
+    model = random_module(lambda: AlbedoNet(widths=(8, 16), attention_reduction=4, rngs=nnx.Rngs(0)))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        transfer.load_from_jax(networks.AlbedoNet(widths=(8, 16), attention_reduction=4, bottleneck_blocks=3), model)
+
+
+def _supervised_parity(c, frozen_nets, nets, model):
+    batch = _batch(c)
+    graphdef, params = nnx.split(model, nnx.Param)
+    rng = jax.random.PRNGKey(5)
+    (loss, terms), grads = jax.jit(jax.value_and_grad(lambda p: supervised.loss_fn(
+        p, frozen_nets, batch, rng, config=c, graphdefs={"model": graphdef}), has_aux=True))({"model": params})
+    corners = sample_patch_corners(rng, batch["mask"], c.perceptual.num_patches, c.perceptual.patch_size)
+    t_loss, t_terms = steps.supervised_losses(nets, _nchw(batch), c, corners=torch.from_numpy(np.asarray(corners)))
+    t_loss.backward()
+    assert t_terms.keys() == terms.keys()
+    for k in terms:
+        _close(t_terms[k].item(), terms[k], 1e-4, k)
+    _close(t_loss.item(), loss, 1e-4, "loss")
+    _check_gradients(transfer.torch_gradients(nets["model"]), model, grads["model"])
+
+
+def test_albedo_train_loss_and_gradients_match():
+    c = smoke("albedo", **{"losses.vgg": 0.05})  # every term: mse, edge, side, VGG, patch-LPIPS
+    model = random_module(lambda: build_albedo_net(c.model, rngs=nnx.Rngs(0)), seed=1)
+    nets = steps.build(c)
+    transfer.load_from_jax(nets["model"], model)
+    frozen_nets = {"perceptual": perceptual_nets(c.perceptual, vgg=True, lpips=True), "upstream": {}}
+    _supervised_parity(c, frozen_nets, nets, model)
+
+
+def test_refine_train_loss_and_gradients_match():
+    c = smoke("refine")  # conditioned on a (frozen) stage-1 AlbedoNet's prediction
+    albedo_config = smoke("albedo").model
+    upstream = random_module(lambda: build_albedo_net(albedo_config, rngs=nnx.Rngs(0)), seed=4)
+    model = random_module(lambda: build_refinement_net(c.model, rngs=nnx.Rngs(0)), seed=1)
+    nets = steps.build(c)
+    transfer.load_from_jax(nets["model"], model)
+    nets["albedo"] = transfer.load_from_jax(networks.albedo_net(albedo_config), upstream)
+    frozen_nets = {"perceptual": perceptual_nets(c.perceptual, vgg=False, lpips=True),
+                   "upstream": {"albedo": nnx.split(upstream)}}
+    _supervised_parity(c, frozen_nets, nets, model)
+
+
+@pytest.mark.parametrize("net_g", ["global", "local"])
+def test_passes_train_losses_and_gradients_match(net_g):
+    c = smoke("passes", **{"model.netG": net_g, "model.n_blocks_global": 1, "losses.vgg": 0.05 if net_g == "global" else 0.0})
+    nets = steps.build(c)
+    jax_nets = {}
+    for i, (name, build) in enumerate(passes.networks(c).items()):
+        jax_nets[name] = random_module(lambda: build(nnx.Rngs(0)), seed=10 + i)
+        transfer.load_from_jax(nets[name], jax_nets[name])
+    split = {name: nnx.split(m, nnx.Param) for name, m in jax_nets.items()}
+    graphdefs, params = {n: s[0] for n, s in split.items()}, {n: s[1] for n, s in split.items()}
+    batch = _batch(c)
+    frozen_nets = {"perceptual": perceptual_nets(c.perceptual, vgg=c.losses.vgg > 0, lpips=False), "upstream": {}}
+    cond, target = passes.condition_and_target(frozen_nets, batch, c)
+    grads, scalars = jax.jit(lambda p: passes.gan_gradients(p, cond, target, batch["mask"], frozen_nets["perceptual"],
+                                                           config=c, graphdefs=graphdefs))(params)
+    g_loss, d_loss, terms = steps.gan_losses(nets, _nchw(batch), c)
+    g_loss.backward()  # D's parameters get no gradient from the G loss, as in JAX
+    assert all(p.grad is None for p in nets["discriminator"].parameters())
+    d_loss.backward()  # D's loss sees the generator's output detached
+    _close(g_loss.item(), scalars["g_loss"], 1e-4, "g_loss")
+    _close(d_loss.item(), scalars["d"], 1e-4, "d")
+    assert set(terms) == set(scalars) - {"g_loss", "d"}
+    for k in terms:
+        _close(terms[k].item(), scalars[k], 1e-4, k)
+    for name in ("generator", "discriminator"):
+        _check_gradients(transfer.torch_gradients(nets[name]), jax_nets[name], grads[name])
