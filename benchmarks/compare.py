@@ -47,7 +47,7 @@ _JSON = flags.DEFINE_string("json", None, "Where to write the results JSON.")
 _STEPS = flags.DEFINE_integer("steps", 15, "Timed rounds (one step of every variant each).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per variant first (compilation, allocator warm-up).")
 _VARIANTS = flags.DEFINE_list("variants", "jax,torch_eager,torch_eager_channels_last,torch_compile,"
-                              "torch_compile_channels_last", "Which variants to time.")
+                              "torch_compile_channels_last", "Which variants to time (empty: only the pipeline).")
 _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 20, "Batches of the input pipeline to time (0: skip).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "benchmarks/results", "Table and chart go to <out_dir>/<device>/.")
 
@@ -69,8 +69,8 @@ def check(config, stage: str, variants: list[str]) -> None:
     if config.stage != stage:
         raise UserError(f"--stage={stage} but the config is of the {config.stage!r} stage")
     unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown or not variants:
-        raise UserError(f"--variants {unknown or variants}: choose from {VARIANTS}")
+    if unknown:
+        raise UserError(f"--variants {unknown}: choose from {VARIANTS} (none: the input pipeline alone)")
     if config.get("model", {}).get("arch", "maginet") != "maginet":
         raise UserError("the PyTorch twin has AlbedoNet, not the U-Net baseline (model.arch=unet)")
     if config.losses.get("vgg", 0) > 0 and config.perceptual.vgg_backbone != "vgg16":
@@ -209,15 +209,17 @@ def pipeline_rate(config, num_batches: int) -> float:
 
 def run(config, variants: list[str], rounds: int, warmup: int, pipeline_batches: int) -> dict:
     """Times the variants; returns the JSON report."""
-    source = loader.make_source(config.data, "train", config.batch_size, ("albedo", *config.get("passes", ())))
-    batch = next(iter(loader.make_loader(source, batch_size=config.batch_size, crop_size=config.data.crop_size,
-                                         train=True, seed=config.seed)))
-    jax_variant = JaxVariant(config, batch)  # built first: the twins start from its weights
-    runners = [jax_variant] if "jax" in variants else []
-    runners += [TorchVariant(n, config, batch, jax_variant.networks()) for n in VARIANTS[1:] if n in variants]
+    runners, flops = [], {"train": 0.0, "infer": 0.0}
+    if variants:
+        source = loader.make_source(config.data, "train", config.batch_size, ("albedo", *config.get("passes", ())))
+        batch = next(iter(loader.make_loader(source, batch_size=config.batch_size, crop_size=config.data.crop_size,
+                                             train=True, seed=config.seed)))
+        jax_variant = JaxVariant(config, batch)  # built first: the twins start from its weights
+        runners = [jax_variant] if "jax" in variants else []
+        runners += [TorchVariant(n, config, batch, jax_variant.networks()) for n in VARIANTS[1:] if n in variants]
+        flops = jax_variant.cost()["flops"]
     timings = {"train": time_interleaved(runners, "train_step", warmup, rounds),
                "infer": time_interleaved(runners, "infer_step", warmup, rounds)}
-    flops = jax_variant.cost()["flops"]
     peak = PEAK_FLOPS.get(next((k for k in PEAK_FLOPS if k in jax.devices()[0].device_kind), ""), {})
     results = []
     for v in runners:
