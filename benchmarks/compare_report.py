@@ -39,7 +39,7 @@ def table(report: dict) -> str:
         ratio = f"{p['ratio']:.1f}×" if p["ratio"] else "n/a"
         lines.append(f"Input pipeline alone ({p['worker_count']} grain workers): {p['images_per_s']:.1f} images/s; "
                      f"the JAX train step consumes {consumed} images/s ({ratio}).")
-    lines += ["", f"Command: `{report['command']}`", ""]
+    lines += ["", f"Command: `{report['command']}`", "", f"![{report['stage']}]({report['stage']}.png)", ""]
     return "\n".join(lines)
 
 

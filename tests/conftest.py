@@ -1,5 +1,6 @@
 """Test set-up: 8 virtual CPU devices (for the sharding tests) and parsed absl flags (for grain workers)."""
 
+import functools
 import os
 import sys
 import tempfile
@@ -90,11 +91,17 @@ def crash_during_step(monkeypatch, step: int) -> None:
 
 def jit_apply(module, *args):
     """module(*args) as one jitted program: op by op, every op of every new shape compiles by itself (seconds for
-    a small network on 2 cores)."""
+    a small network on 2 cores). Compiled once per graph definition and argument shapes."""
     from flax import nnx
-    import jax
     graphdef, state = nnx.split(module)
-    return jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, *args)
+    return _jitted_merge_call()(graphdef, state, *args)
+
+
+@functools.cache
+def _jitted_merge_call():
+    import jax
+    from flax import nnx
+    return jax.jit(lambda graphdef, state, *args: nnx.merge(graphdef, state)(*args), static_argnums=0)
 
 
 def random_module(make, seed: int = 0):

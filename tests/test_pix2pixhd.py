@@ -19,7 +19,7 @@ import torch
 from flax import nnx
 
 from benchmarks.torch_twin import pix2pixhd as ref
-from conftest import jit_apply
+from conftest import jit_apply, random_module
 from maginet_jax.errors import UserError
 from maginet_jax.models import pix2pixhd as p
 
@@ -273,7 +273,7 @@ def small_generator_state(**overrides) -> dict[str, np.ndarray]:
 
 
 def jax_generator(seed: int = 0) -> p.GlobalGenerator:
-    return p.GlobalGenerator(3, 2, ngf=4, n_downsampling=2, n_blocks=2, rngs=nnx.Rngs(seed))
+    return random_module(lambda: p.GlobalGenerator(3, 2, ngf=4, n_downsampling=2, n_blocks=2, rngs=nnx.Rngs(0)), seed)
 
 
 def _drop(state, key):
@@ -296,7 +296,7 @@ def test_import_reports_each_problem(mutate, match, key):
 def test_import_reports_all_problems_at_once_and_changes_nothing():
     jm = jax_generator()
     x = nhwc(make_input((1, 3, 32, 32), seed=14))
-    before = np.asarray(jm(x))
+    before = np.asarray(jit_apply(jm, x))
     state = small_generator_state()
     del state["model.1.bias"]
     state["model.7.weight"] = state["model.7.weight"][:, :4]  # wrong in-channels
@@ -309,7 +309,7 @@ def test_import_reports_all_problems_at_once_and_changes_nothing():
     for word in ("missing", "unexpected", "shape", "model.1.bias", "model.7.weight", "model.12.bias",
                  "model.20.weight", "model.11.conv_block.2.running_mean"):
         assert word in msg, f"{word!r} not in: {msg}"
-    np.testing.assert_array_equal(np.asarray(jm(x)), before)
+    np.testing.assert_array_equal(np.asarray(jit_apply(jm, x)), before)
 
 
 def test_import_rejects_checkpoint_of_another_configuration():
@@ -352,15 +352,15 @@ def test_import_sets_every_parameter(name):
     make_torch, make_jax, shape = builders[name]
     tm = ref.randomize_(make_torch(), 15).eval()
     state = tm.state_dict()  # torch tensors this time (the other tests pass numpy arrays)
-    a, b = make_jax(nnx.Rngs(0)), make_jax(nnx.Rngs(1))
+    a, b = (random_module(lambda: make_jax(nnx.Rngs(0)), seed) for seed in (0, 1))
     assert param_count(a) == state_count(state), "the JAX module has parameters a pix2pixHD checkpoint lacks"
     x = nhwc(make_input(shape, seed=16))
-    fresh_a, fresh_b = jax.tree.leaves(a(x)), jax.tree.leaves(b(x))
+    fresh_a, fresh_b = jax.tree.leaves(jit_apply(a, x)), jax.tree.leaves(jit_apply(b, x))
     assert any(not np.array_equal(u, v) for u, v in zip(fresh_a, fresh_b)), "seeds should differ before import"
     p.import_torch_state_dict(a, state)
     p.import_torch_state_dict(b, state)
-    for u, v in zip(jax.tree.leaves(a(x)), jax.tree.leaves(b(x)), strict=True):
+    for u, v in zip(jax.tree.leaves(jit_apply(a, x)), jax.tree.leaves(jit_apply(b, x)), strict=True):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
     want = jax.tree.leaves(torch_forward(tm, make_input(shape, seed=16)))
-    for u, t in zip(jax.tree.leaves(a(x)), want, strict=True):
+    for u, t in zip(jax.tree.leaves(jit_apply(a, x)), want, strict=True):
         assert_close(u, t, f"{name} from torch tensors")
