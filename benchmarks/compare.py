@@ -12,9 +12,10 @@ variant in turn, so the machine's noise hits all alike; a step's time runs until
 (`block_until_ready`; PyTorch on a GPU: `torch.cuda.synchronize`). The pipeline is timed alone, reading as the
 config says (workers, threads), against what the JAX train step consumes.
 
-Peak memory: on a GPU the allocators' peaks (JAX `memory_stats`, `torch.cuda.max_memory_allocated`). On a CPU,
-JAX's is XLA's buffer assignment for the step (arguments + outputs + temporaries − donated), and PyTorch has
-no allocator statistics, so its figure is left out rather than guessed.
+Peak memory of the train step: JAX's is XLA's buffer assignment for it (arguments + outputs + temporaries −
+donated), exact for the program on any device; PyTorch's, on a GPU, is the allocator's peak over the variant's
+warm-up steps (`torch.cuda.max_memory_allocated`, reset before them). PyTorch has no CPU allocator statistics, so
+on a CPU its figure is left out rather than guessed.
 
 Writes the JSON (device, versions, command, config, one object per variant in `results`) and, under
 `--out_dir/<device>/`, `<stage>.md` (a Markdown table) and `<stage>.png` (a bar chart).
@@ -71,7 +72,7 @@ def check(config, stage: str, variants: list[str]) -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise UserError(f"--variants {unknown}: choose from {VARIANTS} (none: the input pipeline alone)")
-    if config.get("model", {}).get("arch", "maginet") != "maginet":
+    if config.model.get("arch", "maginet") != "maginet":
         raise UserError("the PyTorch twin has AlbedoNet, not the U-Net baseline (model.arch=unet)")
     if config.losses.get("vgg", 0) > 0 and config.perceptual.vgg_backbone != "vgg16":
         raise UserError("the PyTorch twin's VGG loss is VGG16's (perceptual.vgg_backbone=vgg16)")
@@ -84,12 +85,10 @@ def check(config, stage: str, variants: list[str]) -> None:
 
 def synced(fn):
     """Calls fn and waits for every result on the device: the time a step really takes."""
-    def run(*args):
-        out = fn(*args)
-        jax.block_until_ready(out)
+    def run():
+        jax.block_until_ready(fn())
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        return out
     return run
 
 
@@ -126,22 +125,22 @@ class JaxVariant:
     def infer_step(self):
         return self.infer_compiled(self.state.params, self.frozen, self.batch)
 
-    def cost(self) -> dict:
-        """XLA's FLOPs per step and, on a CPU, its buffer assignment's bytes; on a GPU the allocator's peak."""
-        flops = {k: float(c.cost_analysis().get("flops", 0.0)) for k, c in
-                 (("train", self.train_compiled), ("infer", self.infer_compiled))}
+    def flops(self) -> dict[str, float]:
+        """XLA's FLOPs of a train and an inference step."""
+        return {k: float(c.cost_analysis().get("flops", 0.0)) for k, c in
+                (("train", self.train_compiled), ("infer", self.infer_compiled))}
+
+    def memory(self, warmup_peak) -> dict:
+        del warmup_peak  # PyTorch's measure; XLA's buffer assignment is exact
         m = self.train_compiled.memory_analysis()
-        stats = jax.devices()[0].memory_stats() or {}
-        peak = stats.get("peak_bytes_in_use") or (m.argument_size_in_bytes + m.output_size_in_bytes
-                                                  + m.temp_size_in_bytes - m.alias_size_in_bytes)
-        return {"flops": flops, "peak_memory_bytes": int(peak),
-                "memory_source": "allocator peak" if stats else "XLA buffer assignment"}
+        return {"peak_memory_bytes": int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                                         - m.alias_size_in_bytes), "memory_source": "XLA buffer assignment"}
 
 
 class TorchVariant:
-    compile_s = {"train": 0.0, "infer": 0.0}  # torch.compile compiles in the first (warm-up) steps
-
     """The twin's train step and inference, eager or compiled, NCHW or channels_last, from the JAX weights."""
+
+    compile_s = {"train": 0.0, "infer": 0.0}  # torch.compile compiles in the first (warm-up) steps
 
     def __init__(self, name: str, config, batch, jax_networks: dict):
         self.name, self.config = name, config
@@ -167,38 +166,35 @@ class TorchVariant:
     def infer_step(self):
         return steps.infer_step(self.nets, self.batch, self.config)
 
-    def cost(self) -> dict:
-        if not torch.cuda.is_available():
+    def memory(self, warmup_peak) -> dict:
+        if warmup_peak is None:
             return {"peak_memory_bytes": None, "memory_source": "not measured (no CPU allocator statistics)"}
-        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated()), "memory_source": "allocator peak"}
+        return {"peak_memory_bytes": warmup_peak, "memory_source": "allocator peak"}
 
 
 def time_interleaved(variants: list, method: str, warmup: int, rounds: int) -> dict[str, dict]:
-    """{variant: {warmup_s, times}}: `warmup` untimed calls each, then `rounds` rounds of one call per variant."""
-    out = {}
+    """{variant: {warmup_s, warmup_peak, times}}: `warmup` untimed calls each (on a GPU, PyTorch's allocator
+    peak over them), then `rounds` rounds of one call per variant."""
+    runs, out = {v.name: synced(getattr(v, method)) for v in variants}, {}
     for v in variants:
-        run = synced(getattr(v, method))
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
         for _ in range(max(warmup, 1)):
-            run()
-        out[v.name] = {"warmup_s": time.perf_counter() - t, "times": []}
+            runs[v.name]()
+        out[v.name] = {"warmup_s": time.perf_counter() - t, "times": [],
+                       "warmup_peak": int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None}
     for _ in range(rounds):
         for v in variants:
-            run = synced(getattr(v, method))
             t = time.perf_counter()
-            run()
+            runs[v.name]()
             out[v.name]["times"].append(time.perf_counter() - t)
     return out
 
 
 def pipeline_rate(config, num_batches: int) -> float:
     """Training images per second the grain pipeline delivers alone, as the config configures it."""
-    source = loader.make_source(config.data, "train", config.data.num_train_examples,
-                                ("albedo", *config.get("passes", ())))
-    it = iter(loader.make_loader(source, batch_size=config.batch_size, crop_size=config.data.crop_size, train=True,
-                                 seed=config.seed, worker_count=config.data.worker_count,
-                                 worker_buffer_size=config.data.worker_buffer_size,
-                                 read_threads=config.data.read_threads, read_buffer_size=config.data.read_buffer_size))
+    it = iter(loader.training_loader(config, config.batch_size))
     for _ in range(2):  # workers started, buffers filled once
         next(it)
     t = time.perf_counter()
@@ -217,7 +213,7 @@ def run(config, variants: list[str], rounds: int, warmup: int, pipeline_batches:
         jax_variant = JaxVariant(config, batch)  # built first: the twins start from its weights
         runners = [jax_variant] if "jax" in variants else []
         runners += [TorchVariant(n, config, batch, jax_variant.networks()) for n in VARIANTS[1:] if n in variants]
-        flops = jax_variant.cost()["flops"]
+        flops = jax_variant.flops()
     timings = {"train": time_interleaved(runners, "train_step", warmup, rounds),
                "infer": time_interleaved(runners, "infer_step", warmup, rounds)}
     peak = PEAK_FLOPS.get(next((k for k in PEAK_FLOPS if k in jax.devices()[0].device_kind), ""), {})
@@ -234,8 +230,7 @@ def run(config, variants: list[str], rounds: int, warmup: int, pipeline_batches:
                         f"{mode}_tflops_per_s": flops[mode] / float(np.median(times)) / 1e12})
             if row["dtype"] in peak:
                 row[f"{mode}_mfu"] = row[f"{mode}_tflops_per_s"] * 1e12 / peak[row["dtype"]]
-        cost = v.cost()
-        row.update({"peak_memory_bytes": cost["peak_memory_bytes"], "memory_source": cost["memory_source"]})
+        row.update(v.memory(timings["train"][v.name]["warmup_peak"]))
         results.append(row)
     report = {"stage": config.stage, "device": device_name(), "device_kind": jax.devices()[0].device_kind,
               "versions": {"python": platform.python_version(), "jax": jax.__version__, "torch": torch.__version__},

@@ -132,6 +132,16 @@ def make_loader(source, *, batch_size: int, crop_size: int, train: bool, seed: i
                                                            prefetch_buffer_size=read_buffer_size))
 
 
+def training_loader(config, batch_size: int) -> grain.DataLoader:
+    """The training split as `config.data` configures it (source, workers, read-ahead, flips), shuffled with
+    `config.seed`, `batch_size` records a batch from this process: what the training loop reads."""
+    d = config.data
+    source = make_source(d, "train", d.num_train_examples, ("albedo", *config.get("passes", ())))
+    return make_loader(source, batch_size=batch_size, crop_size=d.crop_size, train=True, seed=config.seed,
+                       worker_count=d.worker_count, flip=d.flip, worker_buffer_size=d.worker_buffer_size,
+                       read_threads=d.read_threads, read_buffer_size=d.read_buffer_size)
+
+
 def _spatial_keys(record: dict) -> list[str]:
     return [k for k, v in record.items() if np.ndim(v) == 3]
 

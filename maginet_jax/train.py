@@ -251,13 +251,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     train_step = jit_train_step(config, graphdefs, mesh, jax.tree.map(lambda x: x.sharding, state))
     predict = functools.partial(stage.predict, config=config, graphdefs=graphdefs)
 
-    source = loader.make_source(config.data, "train", config.data.num_train_examples,
-                                ("albedo", *config.get("passes", ())))
-    train_iter = iter(loader.make_loader(
-        source, batch_size=config.batch_size // jax.process_count(), crop_size=config.data.crop_size,
-        train=True, seed=config.seed, worker_count=config.data.worker_count, flip=config.data.flip,
-        worker_buffer_size=config.data.worker_buffer_size, read_threads=config.data.read_threads,
-        read_buffer_size=config.data.read_buffer_size))
+    train_iter = iter(loader.training_loader(config, config.batch_size // jax.process_count()))
 
     # Checkpoints hold the state and the data iterator's position, so a resumed run sees exactly the batches
     # and random numbers an uninterrupted run would.

@@ -125,6 +125,14 @@ def random_module(make, seed: int = 0):
     return module
 
 
+def synthetic_batch(passes=(), *, n: int = 8, resolution: int = 32, seed: int = 1) -> dict:
+    """One training batch (random crop and flip) of `n` synthetic records with the albedo and `passes`."""
+    from data_pipeline import loader
+    from data_pipeline.synthetic import SyntheticSource
+    source = SyntheticSource(num_records=n, resolution=resolution, seed=seed, passes=("albedo", *passes))
+    return next(iter(loader.make_loader(source, batch_size=n, crop_size=resolution, train=True, seed=0)))
+
+
 def smoke(stage: str, **overrides):
     """The :smoke config of `stage`, with dotted-key overrides, e.g. smoke("passes", **{"gan.mode": "hinge"})."""
     import importlib

@@ -13,8 +13,8 @@ from maginet_jax.models.attention import ChannelGate, SpatialGate
 
 
 def _net(**kw):
-    return random_module(lambda: AlbedoNet(widths=kw.get("widths", (8, 16, 16)), attention_reduction=4, rngs=nnx.Rngs(0),
-                                       **{k: v for k, v in kw.items() if k != "widths"}))
+    kw = {"widths": (8, 16, 16), "attention_reduction": 4, **kw}
+    return random_module(lambda: AlbedoNet(rngs=nnx.Rngs(0), **kw))
 
 
 def test_shapes_and_range():

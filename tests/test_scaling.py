@@ -15,9 +15,8 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import REPO, smoke
+from conftest import REPO, smoke, synthetic_batch
 from data_pipeline import loader
-from data_pipeline.synthetic import SyntheticSource
 from maginet_jax import train
 from maginet_jax.errors import UserError
 from maginet_jax.stages import passes, supervised
@@ -32,8 +31,7 @@ def _config(stage: str, mesh=(("data", -1),)):
 
 
 def _batch(c) -> dict:
-    source = SyntheticSource(num_records=8, resolution=32, seed=1, passes=("albedo", *c.get("passes", ())))
-    return next(iter(loader.make_loader(source, batch_size=8, crop_size=32, train=True, seed=0)))
+    return synthetic_batch(c.get("passes", ()))
 
 
 def _losses_and_gradients(c, devices, batch):
@@ -160,9 +158,7 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
     like = like.replace(params=jax.tree.map(lambda x: x * 0, like.params))  # nothing restored by accident
 
     def data():
-        source = loader.make_source(c.data, "train", c.data.num_train_examples, ("albedo",))
-        return iter(loader.make_loader(source, batch_size=c.batch_size, crop_size=c.data.crop_size, train=True,
-                                       seed=c.seed))
+        return iter(loader.training_loader(c, c.batch_size))
 
     with ocp.CheckpointManager(os.path.join(tmp_path, "checkpoints")) as checkpoints:
         checkpoints.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(saved),

@@ -104,8 +104,7 @@ def test_niter_fix_global_trains_only_the_local_enhancer():
     graphdefs, state = passes.init(c, mesh)
     before = jax.device_get(nnx.to_pure_dict(state.params["generator"]))
     frozen_nets = jax.device_put(passes.frozen_nets(c, mesh), sharding.replicated(mesh))
-    source = loader.make_source(c.data, "train", c.data.num_train_examples, ("albedo", *c.passes))
-    batches = iter(loader.make_loader(source, batch_size=c.batch_size, crop_size=c.data.crop_size, train=True, seed=0))
+    batches = iter(loader.training_loader(c, c.batch_size))
     step = train.jit_train_step(c, graphdefs, mesh, jax.tree.map(lambda x: x.sharding, state))
     with jax.set_mesh(mesh):  # the loop's train step, for the niter_fix_global steps
         for _ in range(3):

@@ -13,21 +13,13 @@ import torch
 from flax import nnx
 
 from benchmarks.torch_twin import networks, steps, transfer
-from conftest import jit_apply, random_module, smoke
-from data_pipeline import loader
-from data_pipeline.synthetic import SyntheticSource
+from conftest import jit_apply, random_module, smoke, synthetic_batch
 from maginet_jax.models.albedo_net import AlbedoNet, build_albedo_net
 from maginet_jax.models.refinement_net import build_refinement_net
 from maginet_jax.perceptual.losses import perceptual_nets, sample_patch_corners
 from maginet_jax.stages import passes, supervised
 
 torch.set_num_threads(1)
-
-
-def _batch(c, n: int = 2) -> dict:
-    source = SyntheticSource(num_records=n, resolution=c.data.crop_size, seed=3,
-                             passes=("albedo", *c.get("passes", ())))
-    return next(iter(loader.make_loader(source, batch_size=n, crop_size=c.data.crop_size, train=False, seed=0)))
 
 
 def _nchw(batch: dict) -> dict:
@@ -78,7 +70,7 @@ def test_transfer_is_strict():
 
 
 def _supervised_parity(c, frozen_nets, nets, model):
-    batch = _batch(c)
+    batch = synthetic_batch(c.get("passes", ()), n=2)
     graphdef, params = nnx.split(model, nnx.Param)
     rng = jax.random.PRNGKey(5)
     (loss, terms), grads = jax.jit(jax.value_and_grad(lambda p: supervised.loss_fn(
@@ -125,7 +117,7 @@ def test_passes_train_losses_and_gradients_match(net_g):
         transfer.load_from_jax(nets[name], jax_nets[name])
     split = {name: nnx.split(m, nnx.Param) for name, m in jax_nets.items()}
     graphdefs, params = {n: s[0] for n, s in split.items()}, {n: s[1] for n, s in split.items()}
-    batch = _batch(c)
+    batch = synthetic_batch(c.get("passes", ()), n=2)
     frozen_nets = {"perceptual": perceptual_nets(c.perceptual, vgg=c.losses.vgg > 0, lpips=False), "upstream": {}}
     cond, target = passes.condition_and_target(frozen_nets, batch, c)
     grads, scalars = jax.jit(lambda p: passes.gan_gradients(p, cond, target, batch["mask"], frozen_nets["perceptual"],

@@ -13,8 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import Interrupted, crash_during_step, smoke, tamper_with_step
-from data_pipeline import loader, synthetic
+from conftest import Interrupted, crash_during_step, smoke, synthetic_batch, tamper_with_step
 from maginet_jax import train
 from maginet_jax.errors import UserError
 from maginet_jax.stages import supervised
@@ -161,8 +160,7 @@ def _run_steps(c, devices, batch, num_steps=2):
 
 @pytest.fixture(scope="module")
 def eight_examples():
-    src = synthetic.SyntheticSource(num_records=8, resolution=32, seed=1)
-    return next(iter(loader.make_loader(src, batch_size=8, crop_size=32, train=True, seed=0)))
+    return synthetic_batch()
 
 
 def test_sharded_gradients_match_single_device(eight_examples):

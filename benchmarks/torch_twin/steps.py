@@ -12,8 +12,6 @@ comes from a frozen AlbedoNet twin when `nets` has one ("albedo"), else from the
 
 from __future__ import annotations
 
-import itertools
-
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -21,6 +19,8 @@ from torch import nn
 
 from benchmarks.torch_twin import losses, networks, perceptual
 from benchmarks.torch_twin import pix2pixhd as p2p
+from maginet_jax import losses as maginet_losses
+from maginet_jax.stages import passes, supervised
 from maginet_jax.training import runs
 from maginet_jax.training.state import make_schedule
 
@@ -38,7 +38,7 @@ def build(config) -> dict[str, nn.Module | None]:
             run = runs.read_config(config.init.albedo_workdir, expect_stage="albedo", what="init.albedo_workdir")
             nets["albedo"] = networks.albedo_net(run.model)
     else:
-        m, out_nc = config.model, sum(config.pass_channels[q] for q in config.passes)
+        m, out_nc = config.model, sum(passes.pass_channels(config))
         if m.netG == "global":
             nets["generator"] = p2p.GlobalGenerator(3, out_nc, m.ngf, m.n_downsample_global, m.n_blocks_global)
         else:
@@ -50,7 +50,8 @@ def build(config) -> dict[str, nn.Module | None]:
 
 
 def trained(config) -> tuple[str, ...]:
-    return ("generator", "discriminator") if config.stage == "passes" else ("model",)
+    """The names of the networks the JAX stage trains."""
+    return tuple((passes if config.stage == "passes" else supervised).networks(config))
 
 
 def coarse_albedo(nets, batch) -> torch.Tensor:
@@ -68,7 +69,7 @@ def supervised_losses(nets, batch, config, corners=None, generator=None):
         albedo, sides = nets["model"](batch["image"])
     else:
         albedo, sides = nets["model"](coarse_albedo(nets, batch), batch["image"]), []
-    weights = {k: float(v) for k, v in config.losses.items() if v > 0}
+    weights = maginet_losses.active_weights(config.losses, supervised.TERMS)
     terms = {}
     if "mse" in weights:
         terms["mse"] = losses.masked_mse(albedo, target, mask)
@@ -89,8 +90,8 @@ def supervised_losses(nets, batch, config, corners=None, generator=None):
 def condition_and_target(batch, config) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 3's (condition, every pass concatenated on channels), in [0, 1]."""
     parts = []
-    for name in config.passes:
-        x, c = batch[name], config.pass_channels[name]
+    for name, c in zip(config.passes, passes.pass_channels(config)):
+        x = batch[name]
         parts.append(x if x.shape[1] == c else (x.repeat(1, c, 1, 1) if x.shape[1] == 1 else x.mean(1, keepdim=True)))
     return batch["albedo"], torch.cat(parts, dim=1)
 
@@ -111,10 +112,9 @@ def gan_losses(nets, batch, config):
     terms = {"g_gan": losses.generator_loss(fake_out, mode)}
     if w.fm > 0:
         terms["g_fm"] = losses.feature_matching_loss(real_out, fake_out, config.model.n_layers_D, w.fm)
-    channels = [config.pass_channels[q] for q in config.passes]
-    bounds = list(itertools.accumulate(channels))
-    split = lambda x: [x[:, a:b] for a, b in zip([0] + bounds[:-1], bounds)]
-    preds, targets, mask = split((fake + 1.0) / 2.0), split(target01), batch["mask"]
+    channels = list(passes.pass_channels(config))
+    preds, targets = torch.split((fake + 1.0) / 2.0, channels, dim=1), torch.split(target01, channels, dim=1)
+    mask = batch["mask"]
     if w.mse > 0:
         terms["mse"] = sum(losses.masked_mse(q, t, mask) for q, t in zip(preds, targets)) / len(preds)
     if w.vgg > 0:
