@@ -12,13 +12,17 @@ Passes (HWC, float in [0, 1]; 1-channel passes broadcast over RGB):
 ``albedo`` (3), ``ambient_occlusion`` (1), ``normal`` (3, *encoded* as
 ``e = n * 0.5 + 0.5``), ``specular`` (1), ``translucency`` (1).
 
-Lights: ``ambient`` RGB, up to ``MAX_LIGHTS`` directional lights with unit
-direction ``l_k`` (pointing toward the light) and RGB colour ``c_k`` (unused
-lights have ``c_k = 0``), a scalar ``shininess`` and an RGB subsurface tint
-``scatter``.  With ``n = decode_normal(normal)`` and
-``h_k = normalize(l_k + v)``::
+Lights: ``ambient`` RGB, directional lights with unit direction ``l_k``
+(pointing toward the light) and RGB colour ``c_k`` (unused lights have
+``c_k = 0``; the data use ``MAX_LIGHTS``, relighting any number), a scalar
+``shininess``, an RGB subsurface tint ``scatter`` and an optional
+spherical-harmonics environment ``sh`` (9 RGB coefficients of the
+*irradiance*, already convolved with the clamped cosine, so
+``E_sh(n) = sum_i sh_i Y_i(n)`` with the real basis ``Y_i`` of
+:func:`sh_basis`; ``None``, as in the data, is zero).  With
+``n = decode_normal(normal)`` and ``h_k = normalize(l_k + v)``::
 
-    E          = ambient + sum_k c_k * max(n.l_k, 0)
+    E          = ambient + sum_k c_k * max(n.l_k, 0) + max(E_sh(n), 0)
     raw_diffuse = albedo * ao * E
     subsurface = translucency * scatter * albedo
                  * sum_k c_k * clip((n.l_k + w) / (1 + w), 0, 1),   w = 0.5
@@ -26,7 +30,10 @@ lights have ``c_k = 0``), a scalar ``shininess`` and an RGB subsurface tint
     image      = clip(raw_diffuse + subsurface + specular, 0, 1)
 
 ``raw_diffuse`` is exactly the diffuse term (no clipping), i.e. the
-"albedo under the sample's lighting" pass.
+"albedo under the sample's lighting" pass.  Relighting may first edit the
+materials with :func:`edit_materials`.  The interactive relighting page's
+fragment shader (``maginet_jax/relight_page.html``) implements these same
+equations; change both together.
 
 Batching: passes may carry leading batch axes ``(..., H, W, C)``.  Lights are
 either unbatched (shared by the whole batch) or carry the same leading batch
@@ -71,7 +78,8 @@ class Lights:
 
     ambient (..., 3) RGB; directions (..., MAX_LIGHTS, 3) unit vectors toward
     the lights; colors (..., MAX_LIGHTS, 3) RGB (0 for unused lights);
-    shininess (...) Phong-style exponent; scatter (..., 3) subsurface tint.
+    shininess (...) Phong-style exponent; scatter (..., 3) subsurface tint;
+    sh (..., 9, 3) irradiance SH coefficients or None (no environment).
     """
 
     ambient: Any
@@ -79,6 +87,7 @@ class Lights:
     colors: Any
     shininess: Any
     scatter: Any
+    sh: Any = None
 
 
 def _tint(rng: np.random.Generator, saturation: float) -> np.ndarray:
@@ -183,6 +192,87 @@ def decode_normal(e):
     return _normalize(xp, e * 2.0 - 1.0)
 
 
+# Real spherical harmonics up to order 2, ordered (l, m) = (0,0), (1,-1), (1,0), (1,1), (2,-2), (2,-1), (2,0),
+# (2,1), (2,2), and the clamped-cosine convolution factor of each order (Ramamoorthi & Hanrahan 2001).
+_SH_NORM = (0.282095, 0.488603, 0.488603, 0.488603, 1.092548, 1.092548, 0.315392, 1.092548, 0.546274)
+_SH_COSINE = (np.pi, 2.0 * np.pi / 3.0, 2.0 * np.pi / 3.0, 2.0 * np.pi / 3.0) + (np.pi / 4.0,) * 5
+
+
+def sh_basis(n) -> list:
+    """The 9 real SH basis functions at unit vectors n (..., 3), each (..., 1), in the texture frame."""
+    x, y, z = n[..., 0:1], n[..., 1:2], n[..., 2:3]
+    terms = (1.0 + 0.0 * x, y, z, x, x * y, y * z, 3.0 * z * z - 1.0, x * z, x * x - y * y)
+    return [c * t for c, t in zip(_SH_NORM, terms)]
+
+
+def sh_irradiance(n, sh):
+    """E_sh(n) = sum_i sh_i Y_i(n): (..., 3) from unit normals n (..., H, W, 3) and coefficients sh (..., 9, 3).
+
+    Written as a sum rather than a matmul for the reason given in _dot3.
+    """
+    xp = n.__array_namespace__()
+    total = 0.0
+    for i, y_i in enumerate(sh_basis(n)):
+        total = total + y_i * _pixelwise(xp, sh[..., i, :], n.dtype)
+    return total
+
+
+def sh_of_light(direction, color) -> np.ndarray:
+    """(9, 3) irradiance coefficients of a distant light: its order-2 approximation of color * max(n.l, 0)."""
+    d = np.asarray(direction, np.float64) / np.linalg.norm(direction)
+    basis = np.array([y_i[0] for y_i in sh_basis(d)])
+    return (np.array(_SH_COSINE) * basis)[:, None] * np.asarray(color, np.float64)[None, :]
+
+
+def sh_of_constant(color) -> np.ndarray:
+    """(9, 3) coefficients of a constant irradiance `color` (a uniformly bright environment)."""
+    sh = np.zeros((9, 3))
+    sh[0] = np.asarray(color, np.float64) / _SH_NORM[0]
+    return sh
+
+
+def estimate_sh(passes: Mapping[str, Any], image, mask) -> np.ndarray:
+    """Least-squares (9, 3) SH irradiance that best explains `image` as albedo * ao * E_sh(n).
+
+    NumPy only.  Uses the pixels where `mask` (H, W[, 1]) is set and the image is neither black nor
+    saturated in that channel (clipping breaks the linear model); fits each colour channel separately.
+    """
+    n = decode_normal(np.asarray(passes["normal"], np.float64))
+    basis = np.concatenate(sh_basis(n), axis=-1)  # (H, W, 9)
+    weight = np.asarray(passes["albedo"], np.float64) * np.asarray(passes["ambient_occlusion"], np.float64)
+    image = np.asarray(image, np.float64)
+    valid = np.asarray(mask, bool).reshape(image.shape[:2])
+    sh = np.zeros((9, 3))
+    for c in range(3):
+        use = valid & (image[..., c] > 0.0) & (image[..., c] < 1.0) & (weight[..., c] > 1e-3)
+        if use.sum() < 9:
+            raise ValueError(f"too few usable pixels ({int(use.sum())}) to fit lighting in channel {c}")
+        design = basis[use] * weight[..., c][use][:, None]
+        sh[:, c] = np.linalg.lstsq(design, image[..., c][use], rcond=None)[0]
+    return sh
+
+
+def edit_materials(passes: Mapping[str, Any], tint=(1.0, 1.0, 1.0), saturation=1.0, specular_scale=1.0,
+                   translucency_scale=1.0, ao_strength=1.0) -> dict:
+    """Material edits before shading (all neutral at their defaults).
+
+    albedo' = clip(tint * (luma + saturation * (albedo - luma)), 0, 1) with Rec. 709 luma;
+    specular' = specular_scale * specular; translucency' = translucency_scale * translucency;
+    ao' = clip(1 - ao_strength * (1 - ao), 0, 1) (0 removes occlusion, 1 keeps it, >1 deepens it).
+    """
+    albedo = passes["albedo"]
+    xp = albedo.__array_namespace__()
+    dt = albedo.dtype
+    luma = 0.2126 * albedo[..., 0:1] + 0.7152 * albedo[..., 1:2] + 0.0722 * albedo[..., 2:3]
+    tint = xp.asarray(tint, dtype=dt)
+    out = dict(passes)
+    out["albedo"] = xp.clip(tint * (luma + saturation * (albedo - luma)), 0.0, 1.0)
+    out["specular"] = passes["specular"] * specular_scale
+    out["translucency"] = passes["translucency"] * translucency_scale
+    out["ambient_occlusion"] = xp.clip(1.0 - ao_strength * (1.0 - passes["ambient_occlusion"]), 0.0, 1.0)
+    return out
+
+
 def _pixelwise(xp, x, ref_dtype):
     """Give a (..., C) light quantity two singleton spatial axes: (..., 1, 1, C)."""
     x = xp.asarray(x, dtype=ref_dtype)
@@ -214,8 +304,8 @@ def shade(passes: Mapping[str, Any], lights: Lights) -> dict:
     direct = 0.0
     wrapped = 0.0
     highlight = 0.0
-    # MAX_LIGHTS is static, so this unrolls cleanly under jit.
-    for k in range(MAX_LIGHTS):
+    # The light count is a static shape, so this unrolls cleanly under jit.
+    for k in range(directions.shape[-2]):
         l_k = _pixelwise(xp, directions[..., k, :], dt)
         c_k = _pixelwise(xp, colors[..., k, :], dt)
         h_k = _normalize(xp, l_k + view)
@@ -225,7 +315,10 @@ def shade(passes: Mapping[str, Any], lights: Lights) -> dict:
         wrapped = wrapped + c_k * xp.clip((n_dot_l + WRAP) / (1.0 + WRAP), 0.0, 1.0)
         highlight = highlight + c_k * xp.pow(xp.maximum(n_dot_h, 0.0), shininess)
 
-    raw_diffuse = albedo * ao * (ambient + direct)
+    irradiance = ambient + direct
+    if lights.sh is not None:
+        irradiance = irradiance + xp.maximum(sh_irradiance(n, xp.asarray(lights.sh, dtype=dt)), 0.0)
+    raw_diffuse = albedo * ao * irradiance
     subsurface = trans * scatter * albedo * wrapped
     specular = spec * highlight
     image = xp.clip(raw_diffuse + subsurface + specular, 0.0, 1.0)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging as pylogging
 import os
 import re
+import sys
 
-from absl import logging
+from absl import flags, logging
 
 
 class _OwnInfoOnly(pylogging.Filter):
@@ -35,3 +36,11 @@ def flag_error_line(e: BaseException) -> str:
     if re.fullmatch(r"[\w.]+", text):  # a bare KeyError from a config override
         return f"unknown config key '{text}'"
     return re.sub(r"^'?([\w.]+)'? Did you mean", r"unknown config key '\1'; did you mean", text)
+
+
+def parse_flags(argv: list[str], prog: str) -> list[str]:
+    """absl flag parsing for a CLI without a config file: a bad or missing flag is one line naming `prog`."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"{prog}: error: {e}")

@@ -1,4 +1,4 @@
-"""Image files for prediction: reading any format Pillow knows, writing 8-bit and 16-bit PNGs.
+"""Image files for prediction: reading any format Pillow knows (16-bit PNGs with pypng), writing 8-/16-bit PNGs.
 
 Pillow cannot write 16-bit RGB, which normals need (an 8-bit code step is already a 0.45° tilt), so those
 PNGs are written here directly: non-interlaced, filter type 0, zlib-compressed, as the PNG spec allows.
@@ -11,22 +11,37 @@ import struct
 import zlib
 
 import numpy as np
+import png
 from etils import epath
 from PIL import Image, UnidentifiedImageError
 
 from maginet_jax.errors import UserError
 
 
+def _read_png16(path: str) -> np.ndarray | None:
+    """A 16-bit grey or RGB PNG as (H, W, C) uint16 codes (Pillow would truncate RGB ones to 8 bits), else None."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR" or head[24] != 16 or head[25] not in (0, 2):
+        return None
+    width, height, rows, info = png.Reader(filename=path).asDirect()
+    return np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, info["planes"])
+
+
 def read_image(path: str) -> np.ndarray:
     """(H, W, 3) float32 RGB in [0, 1]; grey, palette and 16-bit files are converted. UserError otherwise."""
     try:
+        codes = _read_png16(path)
+        if codes is not None:
+            codes = codes.astype(np.float32) / 65535.0
+            return np.repeat(codes, 3, axis=-1) if codes.shape[-1] == 1 else codes[..., :3]
         with Image.open(path) as im:
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 grey = np.asarray(im, np.float32) / (65535.0 if im.mode != "I" else max(float(np.max(im)), 1.0))
                 return np.repeat(grey[..., None], 3, axis=-1)
             return np.asarray(im.convert("RGB"), np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, png.Error) as e:
         reason = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else str(e) or type(e).__name__
         raise UserError(f"cannot read {path!r}: {reason}") from None
 

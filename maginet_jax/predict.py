@@ -33,7 +33,7 @@ from absl import app, flags, logging
 from PIL import Image
 from tqdm import tqdm
 
-from maginet_jax import image_io
+from maginet_jax import cli, image_io
 from maginet_jax.errors import UserError
 from maginet_jax.models import pix2pixhd
 from maginet_jax.models.albedo_net import size_multiple
@@ -149,14 +149,6 @@ def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input
     return skipped
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing, with a bad or missing flag reported as one line."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(f"maginet_jax.predict: error: {e}")
-
-
 def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax logs ~20 INFO lines per restored run
     if len(argv) > 1:
@@ -171,4 +163,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, prog="maginet_jax.predict"))

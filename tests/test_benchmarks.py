@@ -33,7 +33,7 @@ def ablation_root(tmp_path_factory):
 def test_every_script_has_a_tiny_run():
     assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "compare.py", "compare_report.py", "dry_run_table.py",
                             "flat_pass_baseline.py", "kill_resume.py", "lighting_invariance.py",
-                            "perceptual_cost.py"}, \
+                            "perceptual_cost.py", "relight_speed.py"}, \
         "add a tiny run of the new script to this file"
 
 
@@ -52,6 +52,11 @@ def test_lighting_invariance(ablation_root):
     out = _run(sys.executable, "benchmarks/lighting_invariance.py", f"--workdir={ablation_root}/albedo_seed0",
                "--num_textures", "2", "--num_lights", "2")
     assert "relighting spread" in out and "2 textures x 2 lightings" in out
+
+
+def test_relight_speed():
+    out = _run(sys.executable, "benchmarks/relight_speed.py", "--sizes=32", "--batch=2", "--rounds=2")
+    assert "| 32² x1 |" in out and "| 32² sweep x2 |" in out
 
 
 def test_perceptual_cost():

@@ -1,0 +1,193 @@
+"""Relighting: the renderer reproduces the synthetic data's own images, the SH environment and material edits
+behave as the shading model says, --match recovers known lighting, the sweep, bad input as one line with nothing
+written, and the interactive page's WebGL shader against the Python renderer in headless Chromium."""
+
+import base64
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.parse
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from data_pipeline import shading, synthetic
+from maginet_jax import image_io, relighting
+from maginet_jax.errors import UserError
+
+SIZE = 48
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return synthetic.generate(0, 5, SIZE, split="test")
+
+
+@pytest.fixture(scope="module")
+def stem(sample, tmp_path_factory):
+    """The sample's passes written as predict writes them (8-bit PNGs, 16-bit normal)."""
+    stem = str(tmp_path_factory.mktemp("passes") / "face")
+    for name in relighting.PASSES:
+        image_io.write_png(f"{stem}_{name}.png", sample[name], bits=16 if name == "normal" else 8)
+    return stem
+
+
+def _rig_of(lights: shading.Lights, **kwargs) -> relighting.Rig:
+    """The Rig of the data's lights: directions as (azimuth, elevation), unused lights dropped."""
+    rig_lights = tuple((math.degrees(math.atan2(d[0], d[2])), math.degrees(math.asin(d[1])), *c)
+                       for d, c in zip(lights.directions.tolist(), lights.colors.tolist()) if max(c) > 0)
+    return relighting.Rig(lights=rig_lights, ambient=tuple(lights.ambient.tolist()),
+                       shininess=float(lights.shininess), scatter=tuple(lights.scatter.tolist()), **kwargs)
+
+
+def test_ground_truth_passes_under_their_own_lights_give_the_image(sample):
+    lights = shading.lights_from_array(sample["lights"])
+    got = relighting.render({k: sample[k] for k in relighting.PASSES}, _rig_of(lights))
+    assert np.abs(got - sample["image"]).max() < 2e-5
+    assert sample["image"].mean() > 0.05  # a lit face, not two black images
+
+
+def test_no_light_is_black_and_a_constant_environment_is_albedo_times_ao(sample):
+    passes = {k: sample[k] for k in relighting.PASSES}
+    assert not relighting.render(passes, relighting.Rig(ambient=(0.0, 0.0, 0.0))).any()
+    constant = np.array([0.5, 0.6, 0.7])
+    got = relighting.render(passes, relighting.Rig(ambient=(0.0, 0.0, 0.0), sh=shading.sh_of_constant(constant)))
+    np.testing.assert_allclose(got, passes["albedo"] * passes["ambient_occlusion"] * constant, atol=1e-6)
+
+
+def test_sh_of_a_light_approximates_its_cosine_lobe():
+    # The order-2 SH of max(n.l, 0) has its known error: at most ~0.094 (at n = -l) for a unit light.
+    rng = np.random.default_rng(0)
+    n = rng.normal(size=(2000, 3))
+    n /= np.linalg.norm(n, axis=-1, keepdims=True)
+    l_dir = relighting.direction(30, 40)
+    approx = shading.sh_irradiance(n[:, None, None, :], shading.sh_of_light(l_dir, (1.0, 1.0, 1.0)))[:, 0, 0, 0]
+    exact = np.maximum(n @ l_dir, 0.0)
+    assert np.abs(approx - exact).max() < 0.1 and np.abs(approx - exact).mean() < 0.04
+
+
+def test_material_edits(sample):
+    passes = {k: sample[k] for k in relighting.PASSES}
+    grey = shading.edit_materials(passes, saturation=0.0)["albedo"]
+    assert np.abs(grey - grey[..., :1]).max() < 1e-6  # no saturation: R = G = B
+    edited = shading.edit_materials(passes, tint=(1.0, 0.5, 0.0), specular_scale=2.0, translucency_scale=0.5,
+                                    ao_strength=0.0)
+    np.testing.assert_allclose(edited["albedo"], passes["albedo"] * [1.0, 0.5, 0.0], atol=1e-7)
+    np.testing.assert_allclose(edited["specular"], 2 * passes["specular"])
+    np.testing.assert_allclose(edited["translucency"], 0.5 * passes["translucency"])
+    assert (edited["ambient_occlusion"] == 1).all()
+    neutral = relighting.Rig(lights=((10, 10, 1, 1, 1),))
+    brighter = relighting.render(passes, relighting.Rig(lights=neutral.lights, specular_scale=3.0))
+    assert (brighter >= relighting.render(passes, neutral) - 1e-6).all()
+
+
+def _known_environment():
+    return shading.sh_of_constant((0.35, 0.3, 0.25)) + shading.sh_of_light(relighting.direction(-40, 25), (0.5, 0.4, 0.3))
+
+
+def test_match_recovers_known_lighting(sample):
+    passes = {k: sample[k] for k in relighting.PASSES}
+    sh = _known_environment()
+    image = relighting.render(passes, relighting.Rig(ambient=(0, 0, 0), sh=tuple(map(tuple, sh))))
+    assert 0 < image.max() < 1  # no clipping: the diffuse model is exact here
+    got = shading.estimate_sh(passes, image, sample["mask"])
+    assert np.abs(got - sh).max() < 1e-3
+
+
+def test_command_line_match_and_sweep(sample, stem, tmp_path):
+    """--match from a 16-bit reference PNG writes coefficients --sh reads back; --sweep N writes N frames."""
+    sh = _known_environment()
+    passes = relighting.read_passes(stem)
+    assert np.array_equal(np.round(passes["normal"] * 65535), np.round(sample["normal"] * 65535))  # 16 bits kept
+    reference = relighting.render(passes, relighting.Rig(ambient=(0, 0, 0), sh=tuple(map(tuple, sh))))
+    image_io.write_png(tmp_path / "reference.png", reference, bits=16)
+    out = tmp_path / "out"
+    relighting.relight(stem, str(out), relighting.Rig(ambient=(0, 0, 0)), sweep=5, match=str(tmp_path / "reference.png"))
+    assert np.abs(np.loadtxt(out / "face_sh.txt") - sh).max() < 1e-3
+    assert np.abs(image_io.read_image(str(out / "face_relit.png")) - reference).max() <= 0.5 / 255 + 1e-3
+    with Image.open(out / "face_sweep.gif") as gif:
+        assert gif.n_frames == 5
+    assert Image.open(out / "face_sweep.png").size == (5 * SIZE, SIZE)
+    assert sorted(os.listdir(out)) == ["face_relit.png", "face_sh.txt", "face_sweep.gif", "face_sweep.png"]
+
+
+def test_sweep_moves_the_light(sample):
+    frames = np.asarray(relighting.render_batch({k: sample[k] for k in relighting.PASSES},
+                                             relighting.sweep_rigs(relighting.Rig(ambient=(0, 0, 0)), 4)))
+    assert frames.shape == (4, SIZE, SIZE, 3)
+    assert min(np.abs(frames[i] - frames[(i + 1) % 4]).mean() for i in range(4)) > 0.01
+
+
+def test_directory_of_stems(stem, tmp_path):
+    src = tmp_path / "passes"
+    src.mkdir()
+    for other in ("a", "b"):
+        for name in relighting.PASSES:
+            shutil.copy(f"{stem}_{name}.png", src / f"{other}_{name}.png")
+    relighting.relight(str(src), str(tmp_path / "out"), relighting.Rig())
+    assert sorted(os.listdir(tmp_path / "out")) == ["a_relit.png", "b_relit.png"]
+
+
+@pytest.mark.parametrize("case", ["missing", "sizes", "light"])
+def test_bad_input_is_one_line_and_writes_nothing(stem, tmp_path, case):
+    src = tmp_path / "passes"
+    src.mkdir()
+    for name in relighting.PASSES:
+        shutil.copy(f"{stem}_{name}.png", src / f"good_{name}.png")
+        if not (case == "missing" and name == "specular"):
+            shutil.copy(f"{stem}_{name}.png", src / f"bad_{name}.png")
+    if case == "sizes":
+        Image.new("L", (SIZE, SIZE + 2)).save(src / "bad_translucency.png")
+    light = "30,20,1,1" if case == "light" else "30,20,1,1,1"
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "maginet_jax.relight", f"--passes={src}", f"--output={out}",
+                        f"--light={light}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    expected = {"missing": r"missing pass 'specular': .*bad_specular.png' does not exist",
+                "sizes": r"passes of '.*bad' differ in size: .*translucency 48x50",
+                "light": r"--light=.30,20,1,1.: expected 5 comma-separated numbers \(colours >= 0\)"}[case]
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stdout == "", r.stderr
+    assert re.fullmatch(r"maginet_jax\.relight: error: " + expected + "\n", r.stderr), r.stderr
+    assert not out.exists()
+
+
+def test_bad_sh_file(stem, tmp_path):
+    (tmp_path / "sh.txt").write_text("1 2 3\n4 5 6\n")
+    with pytest.raises(UserError, match=r"holds 2x3 numbers, not 9 rows of R G B"):
+        relighting.read_sh(str(tmp_path / "sh.txt"))
+    with pytest.raises(UserError, match=r"neither a preset .* nor a file"):
+        relighting.read_sh("sunrise")
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed (Debian package `chromium`; "
+                    ".ci/run installs it)")
+def test_page_renders_what_python_renders(stem, tmp_path):
+    """The page's WebGL shader, run by headless Chromium on the CPU (SwiftShader), against relighting.render."""
+    passes = relighting.read_passes(stem)
+    page = tmp_path / "page.html"
+    relighting.relight(stem, "", relighting.Rig(), html=str(page))
+    rig = relighting.Rig(lights=((40, 30, 0.8, 0.7, 0.6), (-60, -10, 0.3, 0.3, 0.5)), ambient=(0.05, 0.06, 0.07),
+                      sh=tuple(map(tuple, relighting.PRESETS["sunset"])), sh_intensity=0.7, tint=(1.0, 0.9, 0.8),
+                      saturation=1.3, specular_scale=1.5, shininess=40.0, translucency_scale=2.5, ao_strength=1.4,
+                      scatter=(0.9, 0.5, 0.4))  # every term large enough that a wrong equation shows
+    fragment = urllib.parse.urlencode({"state": json.dumps(rig.as_state()), "readback": 1})
+    r = subprocess.run([_chromium(), "--headless=new", "--no-sandbox", "--use-angle=swiftshader",
+                        "--enable-unsafe-swiftshader", "--virtual-time-budget=10000", "--dump-dom",
+                        f"{page.as_uri()}#{fragment}"], capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="readback">([^<]*)</pre>', r.stdout)
+    assert found and found.group(1) and not found.group(1).startswith("error"), r.stdout[-2000:] + r.stderr[-2000:]
+    rgba = np.frombuffer(base64.b64decode(found.group(1)), np.uint8).reshape(SIZE, SIZE, 4)
+    got = rgba[::-1, :, :3].astype(int)  # readPixels rows run bottom-up
+    want = np.round(relighting.render(passes, rig) * 255).astype(int)
+    assert want.mean() > 20 and want.std() > 5  # a lit, varied face
+    close = (np.abs(got - want) <= 2).all(axis=-1)
+    assert close.mean() >= 0.99, f"{close.mean():.4f} of pixels within 2/255; max error {np.abs(got - want).max()}"
