@@ -51,6 +51,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model.n_layers_D = 3
     c.model.num_D = 2
     c.model.getIntermFeat = True  # needed by feature matching
+    # Generator upsampling: transpose (pix2pixHD's stride-2 transposed convs, what imported checkpoints hold) |
+    # resize (×2 resize_method, then a 3×3 conv: no checkerboard).
+    c.model.upsample = "transpose"
+    c.model.resize_method = "nearest"  # nearest | bilinear
     # Compute dtype of the convs: float32 | bfloat16 (parameters, optimizer state, norms and losses stay
     # float32).
     c.model.dtype = "float32"

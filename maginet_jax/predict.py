@@ -1,7 +1,8 @@
 r"""Predicts the six passes of face images (UV textures or portraits) with three trained stages.
 
     python -m maginet_jax.predict --albedo_workdir=runs/albedo_demo --refine_workdir=runs/refine_demo \
-        --passes_workdir=runs/passes_demo --input=IMAGE_OR_DIRECTORY --output=DIR [--native] [--size=N]
+        --passes_workdir=runs/passes_demo --input=IMAGE_OR_DIRECTORY --output=DIR [--native] [--size=N] \
+        [--mask=FILE | --no_mask]
 
 Writes, for each input `<stem>`: `<stem>_albedo.png` (the refined albedo), `<stem>_<pass>.png` for every pass
 the passes run predicts (ambient_occlusion, normal, specular, translucency, raw_diffuse), and a labelled
@@ -14,6 +15,11 @@ to the input's exact size. --native keeps the S×S outputs (of the padded square
 Normals: 16-bit RGB PNGs, renormalised to unit length after resizing, encoded as code = round((n + 1) / 2 ·
 65535) per component in the texture's tangent frame (x right, y up, z out of the skin), like the training
 data. Other passes are 8-bit (grey for one-channel passes).
+
+Masking: outside the face the networks' outputs are unconstrained, so every pass is written as 0 where the texture
+is not valid, as in the training data: by default where the input is black (every channel <= 2/255, the
+background of a UV texture), or where `--mask FILE` is dark (< 0.5 after resizing it to each input; one file
+serves a directory of textures that share a UV layout). `--no_mask` writes the raw outputs.
 
 A directory is processed in name order with a progress bar; files that cannot be read are reported and
 skipped, and the exit status is then 1. Bad input (a missing path, an empty directory, a run of the wrong
@@ -48,7 +54,23 @@ _INPUT = flags.DEFINE_string("input", None, "An image file, or a directory of th
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory (created if needed).")
 _NATIVE = flags.DEFINE_bool("native", False, "Keep outputs at the working size S×S instead of the input's size.")
 _SIZE = flags.DEFINE_integer("size", 0, "Working size S (0: the size the passes run was trained at).")
+_MASK = flags.DEFINE_string("mask", "", "An image whose bright pixels (>= 0.5) mark the valid texture region, resized "
+                            "to each input (default: the input's non-black pixels).")
+_NO_MASK = flags.DEFINE_bool("no_mask", False, "Write the raw outputs, also outside the face.")
 flags.mark_flags_as_required(["albedo_workdir", "passes_workdir", "input", "output"])
+
+BLACK = 2.0 / 255.0  # tolerates the rounding noise of a black background
+
+
+def texture_mask(image: np.ndarray) -> np.ndarray:
+    """(H, W, 1) float 0/1: the input's non-black pixels, a UV texture's valid region."""
+    return (image.max(axis=-1, keepdims=True) > BLACK).astype(np.float32)
+
+
+def fit_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A [0, 1] mask image (H, W, C) resized to (height, width) and thresholded at 0.5: (height, width, 1)."""
+    grey = mask.mean(axis=-1, keepdims=True)
+    return (resize(grey, height, width) >= 0.5).astype(np.float32)
 
 
 def resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -85,19 +107,25 @@ class Predictor:
         self._params, self._frozen_nets = params, {"upstream": upstream}
         self._run = jax.jit(functools.partial(passes.predict, config=config, graphdefs=graphdefs))
 
-    def __call__(self, image: np.ndarray, native: bool = False) -> dict[str, np.ndarray]:
-        """{"albedo": ..., pass: ...} as HWC float arrays in [0, 1], at the input's size unless `native`."""
+    def __call__(self, image: np.ndarray, native: bool = False, mask: np.ndarray | None = None
+                 ) -> dict[str, np.ndarray]:
+        """{"albedo": ..., pass: ...} as HWC float arrays in [0, 1], at the input's size unless `native`; with a
+        0/1 `mask` (H, W, 1) at the input's size, every output is 0 where it is 0."""
         h, w = image.shape[:2]
         side = max(h, w)
         top, left = (side - h) // 2, (side - w) // 2
-        square = np.pad(image, ((top, side - h - top), (left, side - w - left), (0, 0)), mode="edge")
-        got, _ = self._run(self._params, self._frozen_nets, {"image": resize(square, self.size, self.size)[None]})
+        square = lambda x: np.pad(x, ((top, side - h - top), (left, side - w - left), (0, 0)), mode="edge")  # noqa: E731
+        got, _ = self._run(self._params, self._frozen_nets, {"image": resize(square(image), self.size, self.size)[None]})
         outputs = {k: np.asarray(got[k][0]) for k in ("albedo", *self.passes)}  # jit returns keys sorted
-        if not native:
+        if native and mask is not None:
+            mask = fit_mask(square(mask), self.size, self.size)
+        elif not native:
             outputs = {k: resize(v, side, side)[top:top + h, left:left + w] for k, v in outputs.items()}
         outputs = {k: np.clip(v, 0.0, 1.0) for k, v in outputs.items()}
         if "normal" in outputs and outputs["normal"].shape[-1] == 3:
             outputs["normal"] = unit_normals(outputs["normal"])
+        if mask is not None:
+            outputs = {k: v * mask for k, v in outputs.items()}
         return outputs
 
 
@@ -128,14 +156,24 @@ def write_outputs(output_dir: str, stem: str, image: np.ndarray, outputs: dict[s
 
 
 def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input_path: str, output_dir: str,
-            native: bool = False, size: int = 0) -> list[str]:
+            native: bool = False, size: int = 0, mask: str = "", no_mask: bool = False) -> list[str]:
     """Runs the whole pipeline; returns the error lines of inputs that were skipped."""
+    if mask and no_mask:
+        raise UserError("--mask and --no_mask contradict each other: give one")
     files = list_inputs(input_path)
-    runs.prepare_workdir(output_dir)
+    single = len(files) == 1 and os.path.isfile(input_path)
+    first = image_io.read_image(files[0]) if single else None  # a single unreadable file is the error itself
+    mask_image = image_io.read_image(mask) if mask else None
     predictor = Predictor(albedo_workdir, refine_workdir, passes_workdir, size)
-    if len(files) == 1 and os.path.isfile(input_path):
-        image = image_io.read_image(files[0])  # a single unreadable file is the error itself
-        write_outputs(output_dir, os.path.splitext(os.path.basename(files[0]))[0], image, predictor(image, native))
+    runs.prepare_workdir(output_dir)  # only once every input has been checked
+
+    def one(path: str, image: np.ndarray) -> None:
+        h, w = image.shape[:2]
+        valid = None if no_mask else fit_mask(mask_image, h, w) if mask else texture_mask(image)
+        write_outputs(output_dir, os.path.splitext(os.path.basename(path))[0], image, predictor(image, native, valid))
+
+    if single:
+        one(files[0], first)
         return []
     skipped = []
     for path in tqdm(files, desc="predict", unit="image", file=sys.stderr):
@@ -145,7 +183,7 @@ def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input
             tqdm.write(f"skipped: {e}", file=sys.stderr)
             skipped.append(str(e))
             continue
-        write_outputs(output_dir, os.path.splitext(os.path.basename(path))[0], image, predictor(image, native))
+        one(path, image)
     return skipped
 
 
@@ -155,7 +193,7 @@ def main(argv) -> None:
         sys.exit(f"maginet_jax.predict: error: unexpected arguments {argv[1:]}")
     try:
         skipped = predict(_ALBEDO.value, _REFINE.value, _PASSES.value, _INPUT.value, _OUTPUT.value, _NATIVE.value,
-                          _SIZE.value)
+                          _SIZE.value, _MASK.value, _NO_MASK.value)
     except UserError as e:
         sys.exit(f"maginet_jax.predict: error: {e}")
     if skipped:

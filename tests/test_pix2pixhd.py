@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from ml_collections import ConfigDict
 
 from benchmarks.torch_twin import pix2pixhd as ref
 from conftest import jit_apply, random_module
@@ -190,6 +191,37 @@ def test_local_enhancer_parity(n_local_enhancers):
     assert want.shape == (2, 2, 48, 32)
     assert_close(jit_apply(jm, nhwc(x)), want, f"LocalEnhancer N={n_local_enhancers} 47x31")
     assert float(want.std()) > 0.1
+
+
+@pytest.mark.parametrize("net,resize_method", [("global", "nearest"), ("global", "bilinear"), ("local", "bilinear")])
+def test_resize_upsampling_parity(net, resize_method):
+    """upsample="resize" against the twin's [Upsample, ReflectionPad2d, Conv2d] levels, at odd sizes."""
+    up = dict(upsample="resize", resize_method=resize_method)
+    if net == "global":
+        cfg = dict(ngf=4, n_downsampling=2, n_blocks=1)
+        tm, jm = build_pair(ref.GlobalGenerator(3, 2, **cfg, **up), p.GlobalGenerator, 3, 2, **cfg, **up, seed=9)
+        x = make_input((2, 3, 37, 29), seed=10)
+    else:
+        cfg = dict(ngf=4, n_downsample_global=2, n_blocks_global=1, n_local_enhancers=1, n_blocks_local=1)
+        tm, jm = build_pair(ref.LocalEnhancer(3, 2, **cfg, **up), p.LocalEnhancer, 3, 2, **cfg, **up, seed=9)
+        x = make_input((2, 3, 47, 31), seed=10)
+    want = torch_forward(tm, x)
+    assert_close(jit_apply(jm, nhwc(x)), want, f"{net} resize/{resize_method}")
+    assert float(want.std()) > 0.1
+
+
+@pytest.mark.parametrize("netG,size", [("global", (37, 29)), ("global", (64, 48)), ("local", (47, 31)),
+                                       ("local", (64, 64))])
+def test_resize_keeps_every_output_size_of_transpose(netG, size):
+    model = ConfigDict(dict(netG=netG, ngf=4, n_downsample_global=2, n_blocks_global=1, n_local_enhancers=1,
+                            n_blocks_local=1, dtype="float32"))
+    shapes = {}
+    for upsample in p.UPSAMPLES:
+        model.upsample = upsample
+        forward = lambda x: p.build_generator(model, 3, 9, rngs=nnx.Rngs(0))(x)  # noqa: E731
+        shapes[upsample] = jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)).shape
+    assert shapes["resize"] == shapes["transpose"], shapes
+    assert shapes["transpose"][-1] == 9
 
 
 # --------------------------------------------------------------------------------------------- discriminators

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from maginet_jax import predict
+from maginet_jax import image_io, predict
 from maginet_jax.stages import supervised
 
 PASSES = ("ambient_occlusion", "normal", "specular", "translucency", "raw_diffuse")
@@ -126,19 +126,71 @@ def test_directory_with_a_bad_file(chain, odd_image, tmp_path):
     ("empty", "holds no files"),
     ("text", "not an image Pillow can read"),
     ("wrong_stage", "--passes_workdir="),
+    ("mask_and_no_mask", "--mask and --no_mask contradict"),
+    ("missing_mask", "cannot read"),
 ])
 def test_bad_input_is_one_line(chain, tmp_path, case, message):
     dirs = chain[0]
-    passes, source = dirs["passes"], tmp_path / "in"
+    passes, source, extra = dirs["passes"], tmp_path / "in", []
     if case == "empty":
         source.mkdir()
     else:
         source = tmp_path / "x.png"
         source.write_text("hello")
-    if case == "wrong_stage":
+    if case != "empty" and case != "text":
         source.write_bytes(open(os.path.join(dirs["passes"], "samples", "step_0000000.png"), "rb").read())
+    if case == "wrong_stage":
         passes = dirs["refine"]
-    r = _predict_cli(dirs, f"--passes_workdir={passes}", f"--input={source}", f"--output={tmp_path / 'out'}")
+    if case == "mask_and_no_mask":
+        extra = [f"--mask={source}", "--no_mask"]
+    if case == "missing_mask":
+        extra = [f"--mask={tmp_path / 'nowhere.png'}"]
+    r = _predict_cli(dirs, f"--passes_workdir={passes}", f"--input={source}", f"--output={tmp_path / 'out'}", *extra)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("maginet_jax.predict: error: ") and message in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def _framed_texture(size=(40, 48), border=6, seed=4) -> np.ndarray:
+    """A random texture inside a black frame, like a UV map's background."""
+    image = np.zeros((*size, 3), np.float32)
+    image[border:-border, border:-border] = np.random.default_rng(seed).uniform(0.1, 1.0, (size[0] - 2 * border,
+                                                                                             size[1] - 2 * border, 3))
+    return image
+
+
+def test_outputs_are_masked_by_the_texture(chain, tmp_path):
+    """Default: every pass is 0 on the black frame and, inside, equal to the raw (--no_mask) output."""
+    dirs = chain[0]
+    image = _framed_texture()
+    source = tmp_path / "uv.png"
+    image_io.write_png(str(source), image)
+    image = image_io.read_image(str(source))
+    for args, out in (({}, "masked"), ({"no_mask": True}, "raw")):
+        predict.predict(dirs["albedo"], dirs["refine"], dirs["passes"], str(source), str(tmp_path / out), **args)
+    inside = predict.texture_mask(image)[..., 0] > 0
+    assert inside.sum() == 28 * 36
+    for name in ("albedo", *PASSES):
+        masked = image_io.read_image(str(tmp_path / "masked" / f"uv_{name}.png"))
+        raw = image_io.read_image(str(tmp_path / "raw" / f"uv_{name}.png"))
+        assert not masked[~inside].any(), name
+        assert raw[~inside].max() > 0, name  # the networks do write something there
+        np.testing.assert_array_equal(masked[inside], raw[inside], err_msg=name)
+
+
+def test_mask_file_resized_to_each_input(chain, tmp_path):
+    """--mask: one mask image of another size; its dark half blanks the outputs, also at the native size."""
+    dirs = chain[0]
+    rng = np.random.default_rng(5)
+    source = tmp_path / "face.png"
+    image_io.write_png(str(source), rng.uniform(0.1, 1.0, (40, 40, 3)))
+    mask = np.zeros((20, 20, 1), np.float32)
+    mask[:, :10] = 1.0  # the left half is valid
+    image_io.write_png(str(tmp_path / "mask.png"), mask)
+    p = predict.Predictor(dirs["albedo"], dirs["refine"], dirs["passes"])
+    for native, side in ((False, 40), (True, 32)):
+        out = p(image_io.read_image(str(source)), native, predict.fit_mask(mask, 40, 40))
+        for name, x in out.items():
+            assert x.shape[:2] == (side, side), name
+            assert not x[:, side // 2:].any() and x[:, :side // 2].any(), (name, native)

@@ -107,9 +107,11 @@ def test_refine_train_loss_and_gradients_match():
     _supervised_parity(c, frozen_nets, nets, model)
 
 
-@pytest.mark.parametrize("net_g", ["global", "local"])
-def test_passes_train_losses_and_gradients_match(net_g):
-    c = smoke("passes", **{"model.netG": net_g, "model.n_blocks_global": 1, "losses.vgg": 0.05 if net_g == "global" else 0.0})
+@pytest.mark.parametrize("net_g,upsample", [("global", "transpose"), ("local", "transpose"), ("global", "resize")])
+def test_passes_train_losses_and_gradients_match(net_g, upsample):
+    c = smoke("passes", **{"model.netG": net_g, "model.n_blocks_global": 1, "model.upsample": upsample,
+                           "model.resize_method": "bilinear",
+                           "losses.vgg": 0.05 if (net_g, upsample) == ("global", "transpose") else 0.0})
     nets = steps.build(c)
     jax_nets = {}
     for i, (name, build) in enumerate(passes.networks(c).items()):

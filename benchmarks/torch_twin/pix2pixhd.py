@@ -51,11 +51,20 @@ class ResnetBlock(nn.Module):
         return x + self.conv_block(x)
 
 
+def upsampling(cin: int, cout: int, upsample: str, resize_method: str) -> list[nn.Module]:
+    """One ×2 upsampling conv, before its norm and ReLU: pix2pixHD's transposed conv, or (maginet-jax's
+    `upsample="resize"`) a resize, reflect-pad 1 and 3×3 conv."""
+    if upsample == "resize":
+        return [nn.Upsample(scale_factor=2, mode=resize_method), nn.ReflectionPad2d(1),
+                nn.Conv2d(cin, cout, kernel_size=3, padding=0)]
+    return [nn.ConvTranspose2d(cin, cout, kernel_size=3, stride=2, padding=1, output_padding=1)]
+
+
 class GlobalGenerator(nn.Module):
     """c7s1-ngf, n_downsampling stride-2 convs, n_blocks ResnetBlocks, as many transposed convs, c7s1 + tanh."""
 
     def __init__(self, input_nc: int, output_nc: int, ngf: int = 64, n_downsampling: int = 3, n_blocks: int = 9,
-                 norm_layer=instance_norm):
+                 norm_layer=instance_norm, upsample: str = "transpose", resize_method: str = "nearest"):
         super().__init__()
         activation = nn.ReLU(True)
         layers: list[nn.Module] = [
@@ -76,12 +85,8 @@ class GlobalGenerator(nn.Module):
             layers.append(ResnetBlock(ngf * mult, norm_layer=norm_layer, activation=activation))
         for i in range(n_downsampling):
             mult = 2 ** (n_downsampling - i)
-            layers += [
-                nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, kernel_size=3, stride=2, padding=1,
-                                   output_padding=1),
-                norm_layer(ngf * mult // 2),
-                activation,
-            ]
+            layers += upsampling(ngf * mult, ngf * mult // 2, upsample, resize_method)
+            layers += [norm_layer(ngf * mult // 2), activation]
         layers += [
             nn.ReflectionPad2d(3),
             nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0),
@@ -98,13 +103,13 @@ class LocalEnhancer(nn.Module):
 
     def __init__(self, input_nc: int, output_nc: int, ngf: int = 32, n_downsample_global: int = 3,
                  n_blocks_global: int = 9, n_local_enhancers: int = 1, n_blocks_local: int = 3,
-                 norm_layer=instance_norm):
+                 norm_layer=instance_norm, upsample: str = "transpose", resize_method: str = "nearest"):
         super().__init__()
         self.n_local_enhancers = n_local_enhancers
 
         ngf_global = ngf * (2 ** n_local_enhancers)
         trunk = GlobalGenerator(input_nc, output_nc, ngf_global, n_downsample_global, n_blocks_global,
-                                norm_layer).model
+                                norm_layer, upsample, resize_method).model
         self.model = nn.Sequential(*[trunk[i] for i in range(len(trunk) - 3)])  # drop pad, conv, tanh
 
         for n in range(1, n_local_enhancers + 1):
@@ -119,12 +124,8 @@ class LocalEnhancer(nn.Module):
                 nn.ReLU(True),
             ]
             model_upsample = [ResnetBlock(ngf_global * 2, norm_layer=norm_layer) for _ in range(n_blocks_local)]
-            model_upsample += [
-                nn.ConvTranspose2d(ngf_global * 2, ngf_global, kernel_size=3, stride=2, padding=1,
-                                   output_padding=1),
-                norm_layer(ngf_global),
-                nn.ReLU(True),
-            ]
+            model_upsample += upsampling(ngf_global * 2, ngf_global, upsample, resize_method)
+            model_upsample += [norm_layer(ngf_global), nn.ReLU(True)]
             if n == n_local_enhancers:
                 model_upsample += [
                     nn.ReflectionPad2d(3),

@@ -39,11 +39,13 @@ def build(config) -> dict[str, nn.Module | None]:
             nets["albedo"] = networks.albedo_net(run.model)
     else:
         m, out_nc = config.model, sum(passes.pass_channels(config))
+        up = dict(upsample=m.upsample, resize_method=m.resize_method)
         if m.netG == "global":
-            nets["generator"] = p2p.GlobalGenerator(3, out_nc, m.ngf, m.n_downsample_global, m.n_blocks_global)
+            nets["generator"] = p2p.GlobalGenerator(3, out_nc, m.ngf, m.n_downsample_global, m.n_blocks_global,
+                                                    **up)
         else:
             nets["generator"] = p2p.LocalEnhancer(3, out_nc, m.ngf, m.n_downsample_global, m.n_blocks_global,
-                                                  m.n_local_enhancers, m.n_blocks_local)
+                                                  m.n_local_enhancers, m.n_blocks_local, **up)
         nets["discriminator"] = p2p.MultiscaleDiscriminator(3 + out_nc, m.ndf, m.n_layers_D, num_D=m.num_D,
                                                             getIntermFeat=m.getIntermFeat)
     return nets

@@ -6,6 +6,10 @@ the LocalEnhancer's AvgPool(3, 2, 1, count_include_pad=False) input pyramid and 
 NLayerDiscriminator (and its quirk: with getIntermFeat, use_sigmoid is silently ignored), and the multiscale
 discriminator whose full-resolution input goes to the last-built scale. `import_torch_state_dict` loads the
 original checkpoints by their key names.
+
+One addition: `upsample="resize"` replaces each transposed conv by a ×2 resize and a 3×3 conv (`ResizeConv`), the
+standard cure for checkerboard artefacts; in the PyTorch layout (`torch_layers`, benchmarks/torch_twin) that level
+is [Upsample, ReflectionPad2d(1), Conv2d, norm, ReLU]. The default, "transpose", is the original.
 """
 
 from __future__ import annotations
@@ -70,10 +74,40 @@ def _conv(cin, cout, k, stride=1, pad=0, *, dtype, rngs):
                     dtype=dtype, rngs=rngs)
 
 
-def _conv_transpose(cin, cout, *, dtype, rngs):
+UPSAMPLES = ("transpose", "resize")
+RESIZE_METHODS = ("nearest", "bilinear")
+
+
+class ResizeConv(nnx.Conv):
+    """×2 resize (nearest or bilinear), reflect-pad 1, 3×3 conv: an upsampling whose every output pixel sees the
+    same number of kernel taps, so it cannot print the transposed convolution's checkerboard (Odena et al. 2016).
+    Bilinear is torch's `Upsample(scale_factor=2, align_corners=False)` (half-pixel centres)."""
+
+    def __init__(self, cin: int, cout: int, method: str, *, dtype, rngs: nnx.Rngs):
+        super().__init__(cin, cout, (3, 3), padding="VALID", kernel_init=_INIT, dtype=dtype, rngs=rngs)
+        self.method = method
+
+    def __call__(self, x):
+        if self.method == "nearest":
+            x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        else:
+            n, h, w, c = x.shape
+            x = jax.image.resize(x, (n, 2 * h, 2 * w, c), "bilinear")
+        return super().__call__(reflect_pad(x, 1))
+
+
+def _upsample(cin, cout, upsample: str, resize_method: str, *, dtype, rngs):
+    if upsample == "resize":
+        return ResizeConv(cin, cout, resize_method, dtype=dtype, rngs=rngs)
     # torch ConvTranspose2d(k3, s2, p1, output_padding 1): per-side padding k-1-p, plus output_padding high.
     return nnx.ConvTranspose(cin, cout, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)), transpose_kernel=True,
                              kernel_init=_INIT, dtype=dtype, rngs=rngs)
+
+
+def _up_layout(upsample: str) -> tuple[int, int]:
+    """(Sequential entries per upsampling level, index of its conv among them) in the PyTorch layout: the original
+    [ConvTranspose, norm, ReLU], or [Upsample, ReflectionPad, Conv, norm, ReLU] for resize."""
+    return (5, 2) if upsample == "resize" else (3, 0)
 
 
 class ResnetBlock(nnx.Module):
@@ -97,16 +131,16 @@ class GlobalGenerator(nnx.Module):
     """pix2pixHD's global generator: 7×7 head, strided downsampling, ResNet blocks, transposed upsampling, tanh."""
 
     def __init__(self, input_nc: int, output_nc: int, ngf: int = 64, n_downsampling: int = 3, n_blocks: int = 9,
-                 norm: str = "instance", *, dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs,
-                 _with_tail: bool = True):
+                 norm: str = "instance", *, upsample: str = "transpose", resize_method: str = "nearest",
+                 dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs, _with_tail: bool = True):
         _check_norm(norm)
         kw = dict(dtype=dtype, rngs=rngs)
-        self.n_downsampling, self.n_blocks, self.remat = n_downsampling, n_blocks, remat
+        self.n_downsampling, self.n_blocks, self.remat, self.upsample = n_downsampling, n_blocks, remat, upsample
         self.head = _conv(input_nc, ngf, 7, **kw)
         self.down = nnx.List([_conv(ngf * 2**i, ngf * 2 ** (i + 1), 3, 2, 1, **kw) for i in range(n_downsampling)])
         self.blocks = nnx.List([ResnetBlock(ngf * 2**n_downsampling, **kw) for _ in range(n_blocks)])
-        self.up = nnx.List([_conv_transpose(ngf * 2 ** (n_downsampling - i), ngf * 2 ** (n_downsampling - i) // 2, **kw)
-                            for i in range(n_downsampling)])
+        self.up = nnx.List([_upsample(ngf * 2 ** (n_downsampling - i), ngf * 2 ** (n_downsampling - i) // 2,
+                                      upsample, resize_method, **kw) for i in range(n_downsampling)])
         self.tail = _conv(ngf, output_nc, 7, **kw) if _with_tail else None
 
     def features(self, x):
@@ -130,10 +164,10 @@ class GlobalGenerator(nnx.Module):
         first_block = 4 + 3 * n
         for j, resnet in enumerate(self.blocks):
             layers.update(resnet.torch_layers(f"{prefix}{first_block + j}."))
-        first_up = first_block + self.n_blocks
-        layers.update({f"{prefix}{first_up + 3 * i}": conv for i, conv in enumerate(self.up)})
+        first_up, (step, at) = first_block + self.n_blocks, _up_layout(self.upsample)
+        layers.update({f"{prefix}{first_up + step * i + at}": conv for i, conv in enumerate(self.up)})
         if self.tail is not None:
-            layers[f"{prefix}{first_up + 3 * n + 1}"] = self.tail
+            layers[f"{prefix}{first_up + step * n + 1}"] = self.tail
         return layers
 
 
@@ -142,17 +176,20 @@ class LocalEnhancer(nnx.Module):
 
     def __init__(self, input_nc: int, output_nc: int, ngf: int = 32, n_downsample_global: int = 3,
                  n_blocks_global: int = 9, n_local_enhancers: int = 1, n_blocks_local: int = 3,
-                 norm: str = "instance", *, dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs):
+                 norm: str = "instance", *, upsample: str = "transpose", resize_method: str = "nearest",
+                 dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs):
         _check_norm(norm)
         kw = dict(dtype=dtype, rngs=rngs)
         self.n_local_enhancers, self.n_blocks_local, self.remat = n_local_enhancers, n_blocks_local, remat
+        self.upsample = upsample
         self.global_net = GlobalGenerator(input_nc, output_nc, ngf * 2**n_local_enhancers, n_downsample_global,
-                                          n_blocks_global, _with_tail=False, remat=remat, **kw)
+                                          n_blocks_global, upsample=upsample, resize_method=resize_method,
+                                          _with_tail=False, remat=remat, **kw)
         widths = [ngf * 2 ** (n_local_enhancers - n) for n in range(1, n_local_enhancers + 1)]
         self.down_head = nnx.List([_conv(input_nc, w, 7, **kw) for w in widths])
         self.down_conv = nnx.List([_conv(w, 2 * w, 3, 2, 1, **kw) for w in widths])
         self.blocks = nnx.List([nnx.List([ResnetBlock(2 * w, **kw) for _ in range(n_blocks_local)]) for w in widths])
-        self.up = nnx.List([_conv_transpose(2 * w, w, **kw) for w in widths])
+        self.up = nnx.List([_upsample(2 * w, w, upsample, resize_method, **kw) for w in widths])
         self.tail = _conv(ngf, output_nc, 7, **kw)
 
     def __call__(self, x):
@@ -171,15 +208,15 @@ class LocalEnhancer(nnx.Module):
     def torch_layers(self) -> dict:
         """{original key prefix: layer}, for `import_torch_state_dict`."""
         layers = self.global_net.torch_layers("model.")
-        nb = self.n_blocks_local
+        nb, (step, at) = self.n_blocks_local, _up_layout(self.upsample)
         for n in range(self.n_local_enhancers):
             level = n + 1
             layers[f"model{level}_1.1"] = self.down_head[n]
             layers[f"model{level}_1.4"] = self.down_conv[n]
             for j, resnet in enumerate(self.blocks[n]):
                 layers.update(resnet.torch_layers(f"model{level}_2.{j}."))
-            layers[f"model{level}_2.{nb}"] = self.up[n]
-        layers[f"model{self.n_local_enhancers}_2.{nb + 4}"] = self.tail
+            layers[f"model{level}_2.{nb + at}"] = self.up[n]
+        layers[f"model{self.n_local_enhancers}_2.{nb + step + 1}"] = self.tail
         return layers
 
 
@@ -301,7 +338,9 @@ GENERATORS = ("global", "local")
 def build_generator(model_config, input_nc: int, output_nc: int, *, rngs: nnx.Rngs) -> nnx.Module:
     """pix2pixHD's `define_G` from `config.model` (netG, ngf, n_downsample_global, ...; configs/passes.py)."""
     c = model_config
-    kw = dict(dtype=jnp.dtype(c.dtype), remat=c.get("remat", "none"), rngs=rngs)
+    # Runs saved before `upsample` existed used transposed convs.
+    kw = dict(upsample=c.get("upsample", "transpose"), resize_method=c.get("resize_method", "nearest"),
+              dtype=jnp.dtype(c.dtype), remat=c.get("remat", "none"), rngs=rngs)
     if c.netG == "global":
         return GlobalGenerator(input_nc, output_nc, c.ngf, c.n_downsample_global, c.n_blocks_global, **kw)
     if c.netG == "local":

@@ -33,7 +33,8 @@ TERMS = ("mse", "vgg", "fm")
 IMPORT_STAGE = "pix2pixhd_import"
 # The config.model keys that fix the shapes of G and D (an imported or earlier run must agree on them).
 ARCH_KEYS = ("netG", "ngf", "n_downsample_global", "n_blocks_global", "n_local_enhancers", "n_blocks_local",
-             "ndf", "n_layers_D", "num_D", "getIntermFeat")
+             "ndf", "n_layers_D", "num_D", "getIntermFeat", "upsample")
+ARCH_DEFAULTS = {"upsample": "transpose"}  # what imports and runs saved before the key existed hold
 
 
 def pass_channels(config) -> tuple[int, ...]:
@@ -195,7 +196,8 @@ def check_same_architecture(source, config, what: str) -> None:
     """UserError naming every architecture setting in which `source` (a saved run or import) differs."""
     ours, theirs = dict(config.model), dict(source.model)
     keys = [k for k in ARCH_KEYS if ours["netG"] == "local" or k not in ("n_local_enhancers", "n_blocks_local")]
-    diffs = [f"model.{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in keys if theirs.get(k) != ours[k]]
+    theirs = {k: theirs.get(k, ARCH_DEFAULTS.get(k)) for k in keys}
+    diffs = [f"model.{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in keys if theirs[k] != ours[k]]
     if source.get("input_nc", CONDITION_CHANNELS) != CONDITION_CHANNELS:
         diffs.append(f"generator input has {source.input_nc} channels there; the condition (an albedo) has "
                      f"{CONDITION_CHANNELS}")
@@ -215,7 +217,9 @@ def validate(config) -> None:
     if bad:
         raise UserError(f"pass_channels must be 1 or 3 for every pass, got {bad}")
     m = config.model
-    check_choices({"model.netG": (m.netG, pix2pixhd.GENERATORS), "gan.mode": (config.gan.mode, gan_losses.GAN_MODES)})
+    check_choices({"model.netG": (m.netG, pix2pixhd.GENERATORS), "gan.mode": (config.gan.mode, gan_losses.GAN_MODES),
+                   "model.upsample": (m.upsample, pix2pixhd.UPSAMPLES),
+                   "model.resize_method": (m.resize_method, pix2pixhd.RESIZE_METHODS)})
     multiple = pix2pixhd.generator_multiple(m)
     check_divisible("data.crop_size", config.data.crop_size, multiple,
                     f"the {m.netG} generator halves the image {multiple.bit_length() - 1} times")
