@@ -69,6 +69,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.losses.fm = 10.0  # feature matching (pix2pixHD's lambda_feat and layer weighting)
     c.losses.vgg = 10.0  # VGG perceptual per pass (pix2pixHD's weight)
     c.losses.mse = 10.0  # masked MSE per pass
+    # Each pass's share of the masked-MSE term: sum(weight · MSE of the pass) / number of passes.
+    c.pass_mse_weights = ml_collections.ConfigDict(
+        dict(ambient_occlusion=1.0, normal=1.0, specular=1.0, translucency=1.0, raw_diffuse=1.0))
 
     # pix2pixHD: Adam(2e-4, β1 0.5), constant, then linear decay to 0 over the last decay_steps steps.
     c.optim.learning_rate = 2e-4

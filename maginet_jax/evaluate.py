@@ -10,7 +10,8 @@ outside the mask), computed by `maginet_jax.evaluator`, the training loop's eval
 "copy the input" row: what the network is given, scored as its output. Writes `<workdir>/eval/results.json`
 and `<workdir>/eval/results.md`; `--compare` prints this run beside another run's results.json. Stages:
 albedo; refine; passes, which with `init.albedo_workdir` / `init.refine_workdir` is the chained pipeline (its
-"albedo" row is then the refined stage-1 albedo, scored like the passes).
+"albedo" row is then the refined stage-1 albedo, scored like the passes); joint, the fine-tuned pipeline, scored
+the same way.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@ r"""Predicts the six passes of face images (UV textures or portraits) with three
     python -m maginet_jax.predict --albedo_workdir=runs/albedo_demo --refine_workdir=runs/refine_demo \
         --passes_workdir=runs/passes_demo --input=IMAGE_OR_DIRECTORY --output=DIR [--native] [--size=N] \
         [--mask=FILE | --no_mask]
+    python -m maginet_jax.predict --joint_workdir=runs/joint_demo --input=... --output=DIR [...]
+
+A jointly fine-tuned run (configs/joint.py) holds all three networks and replaces the three workdirs.
 
 Writes, for each input `<stem>`: `<stem>_albedo.png` (the refined albedo), `<stem>_<pass>.png` for every pass
 the passes run predicts (ambient_occlusion, normal, specular, translucency, raw_diffuse), and a labelled
@@ -43,13 +46,15 @@ from maginet_jax import cli, image_io
 from maginet_jax.errors import UserError
 from maginet_jax.models import pix2pixhd
 from maginet_jax.models.albedo_net import size_multiple
-from maginet_jax.stages import passes, supervised
+from maginet_jax.stages import joint, passes, supervised
 from maginet_jax.training import images, runs, sharding
 
-_ALBEDO = flags.DEFINE_string("albedo_workdir", None, "A finished stage-1 (configs/albedo.py) run.")
+_ALBEDO = flags.DEFINE_string("albedo_workdir", "", "A finished stage-1 (configs/albedo.py) run.")
 _REFINE = flags.DEFINE_string("refine_workdir", "", "A finished stage-2 (configs/refine.py) run; without it the "
                               "stage-1 albedo is upsampled bilinearly.")
-_PASSES = flags.DEFINE_string("passes_workdir", None, "A finished stage-3 (configs/passes.py) run.")
+_PASSES = flags.DEFINE_string("passes_workdir", "", "A finished stage-3 (configs/passes.py) run.")
+_JOINT = flags.DEFINE_string("joint_workdir", "", "A finished joint fine-tuning (configs/joint.py) run, in place of "
+                             "the three runs above.")
 _INPUT = flags.DEFINE_string("input", None, "An image file, or a directory of them.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory (created if needed).")
 _NATIVE = flags.DEFINE_bool("native", False, "Keep outputs at the working size S×S instead of the input's size.")
@@ -57,7 +62,7 @@ _SIZE = flags.DEFINE_integer("size", 0, "Working size S (0: the size the passes 
 _MASK = flags.DEFINE_string("mask", "", "An image whose bright pixels (>= 0.5) mark the valid texture region, resized "
                             "to each input (default: the input's non-black pixels).")
 _NO_MASK = flags.DEFINE_bool("no_mask", False, "Write the raw outputs, also outside the face.")
-flags.mark_flags_as_required(["albedo_workdir", "passes_workdir", "input", "output"])
+flags.mark_flags_as_required(["input", "output"])
 
 BLACK = 2.0 / 255.0  # tolerates the rounding noise of a black background
 
@@ -90,18 +95,34 @@ def unit_normals(encoded: np.ndarray) -> np.ndarray:
 
 
 class Predictor:
-    """The chained networks of three finished runs (`stages.passes.predict`), jitted at one working size."""
+    """The chained networks of three finished runs, or of one joint run (`stages.passes.predict`), jitted at one
+    working size."""
 
-    def __init__(self, albedo_workdir: str, refine_workdir: str, passes_workdir: str, size: int = 0):
+    def __init__(self, albedo_workdir: str, refine_workdir: str, passes_workdir: str, size: int = 0, *,
+                 joint_workdir: str = ""):
+        given = [f"--{n}_workdir" for n, w in (("albedo", albedo_workdir), ("refine", refine_workdir),
+                                                ("passes", passes_workdir)) if w]
+        if joint_workdir and given:
+            raise UserError(f"--joint_workdir holds all three networks: give it without {', '.join(given)}")
+        if not joint_workdir and not (albedo_workdir and passes_workdir):
+            raise UserError("give --albedo_workdir and --passes_workdir (and optionally --refine_workdir), or "
+                            "--joint_workdir")
         mesh = sharding.make_mesh((("data", 1),), jax.devices()[:1])
-        init = ml_collections.ConfigDict(dict(albedo_workdir=albedo_workdir, refine_workdir=refine_workdir))
-        upstream = supervised.load_upstream(init, mesh, label="--{}_workdir")
-        albedo = runs.read_config(albedo_workdir, expect_stage="albedo", what="--albedo_workdir")
-        config, graphdefs, params = runs.load_params(passes_workdir, passes.networks, stage="passes",
-                                                     what="--passes_workdir", mesh=mesh, names=("generator",))
+        if joint_workdir:
+            config, graphdefs, params = runs.load_params(joint_workdir, joint.networks, stage="joint",
+                                                         what="--joint_workdir", mesh=mesh,
+                                                         names=("albedo", "refine", "generator"))
+            upstream = {n: (graphdefs[n], params.pop(n)) for n in ("albedo", "refine")}
+            albedo_model = config.albedo.model
+        else:
+            init = ml_collections.ConfigDict(dict(albedo_workdir=albedo_workdir, refine_workdir=refine_workdir))
+            upstream = supervised.load_upstream(init, mesh, label="--{}_workdir")
+            albedo_model = runs.read_config(albedo_workdir, expect_stage="albedo", what="--albedo_workdir").model
+            config, graphdefs, params = runs.load_params(passes_workdir, passes.networks, stage="passes",
+                                                         what="--passes_workdir", mesh=mesh, names=("generator",))
         self.passes = tuple(config.passes)
         self.size = size or config.data.crop_size
-        multiple = int(np.lcm(2 * size_multiple(albedo.model), pix2pixhd.generator_multiple(config.model)))
+        multiple = int(np.lcm(2 * size_multiple(albedo_model), pix2pixhd.generator_multiple(config.model)))
         if self.size % multiple:
             raise UserError(f"working size {self.size} must be a multiple of {multiple} for these networks")
         self._params, self._frozen_nets = params, {"upstream": upstream}
@@ -156,7 +177,8 @@ def write_outputs(output_dir: str, stem: str, image: np.ndarray, outputs: dict[s
 
 
 def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input_path: str, output_dir: str,
-            native: bool = False, size: int = 0, mask: str = "", no_mask: bool = False) -> list[str]:
+            native: bool = False, size: int = 0, mask: str = "", no_mask: bool = False, joint_workdir: str = ""
+            ) -> list[str]:
     """Runs the whole pipeline; returns the error lines of inputs that were skipped."""
     if mask and no_mask:
         raise UserError("--mask and --no_mask contradict each other: give one")
@@ -164,7 +186,7 @@ def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input
     single = len(files) == 1 and os.path.isfile(input_path)
     first = image_io.read_image(files[0]) if single else None  # a single unreadable file is the error itself
     mask_image = image_io.read_image(mask) if mask else None
-    predictor = Predictor(albedo_workdir, refine_workdir, passes_workdir, size)
+    predictor = Predictor(albedo_workdir, refine_workdir, passes_workdir, size, joint_workdir=joint_workdir)
     runs.prepare_workdir(output_dir)  # only once every input has been checked
 
     def one(path: str, image: np.ndarray) -> None:
@@ -193,7 +215,7 @@ def main(argv) -> None:
         sys.exit(f"maginet_jax.predict: error: unexpected arguments {argv[1:]}")
     try:
         skipped = predict(_ALBEDO.value, _REFINE.value, _PASSES.value, _INPUT.value, _OUTPUT.value, _NATIVE.value,
-                          _SIZE.value, _MASK.value, _NO_MASK.value)
+                          _SIZE.value, _MASK.value, _NO_MASK.value, _JOINT.value)
     except UserError as e:
         sys.exit(f"maginet_jax.predict: error: {e}")
     if skipped:

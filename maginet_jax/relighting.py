@@ -219,11 +219,15 @@ def relight(passes_path: str, output: str, rig: Rig, sweep: int = 0, sweep_forma
         passes = read_passes(stem)
         name = os.path.basename(stem)
         if output:
-            image_io.write_png(os.path.join(output, f"{name}_relit.png"), render(passes, rig))
+            image = render(passes, rig)
+            image_io.write_png(os.path.join(output, f"{name}_relit.png"), image)
             if sweep:
                 write_sweep(output, name, passes, rig, sweep, sweep_format)
             if reference is not None:
                 np.savetxt(os.path.join(output, f"{name}_sh.txt"), np.asarray(rig.sh), fmt="%.6f",
                            header="9 rows of R G B: SH irradiance coefficients (maginet_jax.relight --sh=FILE)")
+                inside = reference.max(axis=-1) > 0
+                print(f"{name}: lighting of {match} fitted; relit vs it: MSE {np.mean((image - reference)[inside] ** 2):.3g} "
+                      f"over its non-black pixels (their variance {np.var(reference[inside]):.3g})")
         if html:
             relight_page.write(html, passes, rig.as_state(), PRESETS)

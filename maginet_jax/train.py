@@ -36,7 +36,7 @@ from maginet_jax import cli, evaluator, image_io
 from maginet_jax.errors import UserError, check_choices, check_divisible, first_line
 from maginet_jax.models import layers
 from maginet_jax.perceptual import weights as pretrained
-from maginet_jax.stages import passes, supervised
+from maginet_jax.stages import joint, passes, supervised
 from maginet_jax.training import dry_runs, images, runs, sharding
 from maginet_jax.training.state import SCHEDULES, TrainState, abstract_state
 from maginet_jax.training.writers import create_writer
@@ -91,6 +91,9 @@ STAGES: dict[str, Stage] = {
                     init=passes.init,
                     frozen_nets=passes.frozen_nets, train_step=passes.train_step, predict=passes.predict,
                     report=passes.report, samples=passes.samples),
+    "joint": Stage(validate=joint.validate, networks=joint.networks, optimizers=joint.optimizers, init=joint.init,
+                   frozen_nets=joint.frozen_nets, train_step=joint.train_step, predict=joint.predict,
+                   report=passes.report, samples=passes.samples),
 }
 
 

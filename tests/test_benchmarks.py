@@ -33,8 +33,9 @@ def ablation_root(tmp_path_factory):
 def test_every_script_has_a_tiny_run():
     assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "compare.py", "compare_report.py", "dry_run_table.py",
                             "flat_pass_baseline.py", "kill_resume.py", "lighting_invariance.py",
-                            "perceptual_cost.py", "relight_speed.py"}, \
-        "add a tiny run of the new script to this file"
+                            "perceptual_cost.py", "relight_speed.py", "joint_vs_separate.sh"}, \
+        "add a tiny run of the new script to this file (joint_vs_separate.sh's is in test_joint.py: it needs the " \
+        "chained runs)"
 
 
 def test_ablation(ablation_root):

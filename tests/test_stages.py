@@ -134,14 +134,15 @@ def test_passes_reconstruction_matches_per_pass_terms():
     from flax import nnx
     from maginet_jax import losses
     from maginet_jax.perceptual.losses import perceptual_nets
-    c = smoke("passes", passes=("ambient_occlusion", "normal", "specular"), **{"losses.mse": 2.0, "losses.vgg": 0.5})
+    c = smoke("passes", passes=("ambient_occlusion", "normal", "specular"),
+              **{"losses.mse": 2.0, "losses.vgg": 0.5, "pass_mse_weights.normal": 3.0})
     perceptual = perceptual_nets(c.perceptual, vgg=True, lpips=False)
     rng = np.random.default_rng(0)
     pred, target = (jnp.asarray(rng.random((2, 24, 24, 5)), jnp.float32) for _ in range(2))
     mask = jnp.asarray(rng.random((2, 24, 24, 1)) > 0.3, jnp.float32)
     terms = passes.reconstruction_terms(pred, target, mask, perceptual, c)
     splits = [(0, 1), (1, 4), (4, 5)]
-    mse = np.mean([losses.masked_mse(pred[..., a:b], target[..., a:b], mask) for a, b in splits])
+    mse = np.mean([w * losses.masked_mse(pred[..., a:b], target[..., a:b], mask) for w, (a, b) in zip((1, 3, 1), splits)])
     vgg = nnx.merge(*perceptual["vgg"])
     per_pass_vgg = np.mean([vgg(pred[..., a:b], target[..., a:b], mask) for a, b in splits])
     assert set(terms) == {"mse", "vgg"}

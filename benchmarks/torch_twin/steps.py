@@ -118,7 +118,8 @@ def gan_losses(nets, batch, config):
     preds, targets = torch.split((fake + 1.0) / 2.0, channels, dim=1), torch.split(target01, channels, dim=1)
     mask = batch["mask"]
     if w.mse > 0:
-        terms["mse"] = sum(losses.masked_mse(q, t, mask) for q, t in zip(preds, targets)) / len(preds)
+        weights = [float(config.pass_mse_weights[p]) for p in config.passes]
+        terms["mse"] = sum(wp * losses.masked_mse(q, t, mask) for wp, q, t in zip(weights, preds, targets)) / len(preds)
     if w.vgg > 0:
         terms["vgg"] = nets["vgg"](torch.cat([perceptual.to_rgb(q) for q in preds]),
                                    torch.cat([perceptual.to_rgb(t) for t in targets]), torch.cat([mask] * len(preds)))

@@ -110,13 +110,13 @@ class PatchLPIPSLoss(nnx.Module):
         return jnp.mean(self.lpips(p * 2.0 - 1.0, jax.lax.stop_gradient(t) * 2.0 - 1.0))
 
 
-def check_config(perceptual_config, crop_size: int) -> None:
-    """Validates `config.perceptual` without loading any network."""
+def check_config(perceptual_config, crop_size: int, *, lpips: bool = True) -> None:
+    """Validates `config.perceptual` without loading any network; the LPIPS patches only when `lpips` is used."""
     p = perceptual_config
     check_choices({"perceptual.vgg_backbone": (p.vgg_backbone, VGG_BACKBONES),
                    "perceptual.lpips_net": (p.lpips_net, lpips_lib.NETS)})
     smallest = lpips_lib.MIN_SIZE[p.lpips_net]
-    if not smallest <= p.patch_size <= crop_size:
+    if lpips and not smallest <= p.patch_size <= crop_size:
         raise UserError(f"perceptual.patch_size {p.patch_size} must be in [{smallest}, data.crop_size={crop_size}] "
                         f"for lpips_net={p.lpips_net}")
     if p.num_patches < 1:

@@ -94,25 +94,61 @@ def match_channels(x: jax.Array, channels: int) -> jax.Array:
     return jnp.repeat(x, channels, axis=-1) if x.shape[-1] == 1 else jnp.mean(x, axis=-1, keepdims=True)
 
 
+def target_passes(batch, config) -> jax.Array:
+    """Every pass of the batch in [0, 1], concatenated on channels in `config.passes` order."""
+    return jnp.concatenate([match_channels(batch[p], c) for p, c in zip(config.passes, pass_channels(config))],
+                           axis=-1)
+
+
 def condition_and_target(frozen_nets, batch, config) -> tuple[jax.Array, jax.Array]:
-    """(condition, target) in [0, 1]; the target holds every pass, concatenated on channels."""
-    target = jnp.concatenate([match_channels(batch[p], c) for p, c in zip(config.passes, pass_channels(config))],
-                             axis=-1)
-    return supervised.refined_albedo(frozen_nets["upstream"], batch), target
+    """(condition, target) in [0, 1]: the refined albedo of the earlier stages, and `target_passes`."""
+    return supervised.refined_albedo(frozen_nets["upstream"], batch), target_passes(batch, config)
 
 
 def reconstruction_terms(fake, target, mask, perceptual, config) -> dict[str, jax.Array]:
-    """Masked MSE and VGG of every pass ([0, 1]), each averaged over passes; one-channel passes are grey RGB to
-    VGG, and all passes go through VGG as one batch."""
+    """Masked MSE (each pass weighted by `pass_mse_weights`) and VGG of every pass ([0, 1]), each averaged over
+    passes; one-channel passes are grey RGB to VGG, and all passes go through VGG as one batch."""
     channels = pass_channels(config)
     preds, targets = split_channels(fake, channels), split_channels(target, channels)
+    weights = [config.pass_mse_weights[p] for p in config.passes]
     compute = {
-        "mse": lambda: sum(losses.masked_mse(p, t, mask) for p, t in zip(preds, targets)) / len(preds),
+        "mse": lambda: sum(w * losses.masked_mse(p, t, mask) for w, p, t in zip(weights, preds, targets)) / len(preds),
         "vgg": lambda: nnx.merge(*perceptual["vgg"])(jnp.concatenate([to_rgb(p) for p in preds]),
                                                      jnp.concatenate([to_rgb(t) for t in targets]),
                                                      jnp.concatenate([mask] * len(preds))),
     }
     return {k: compute[k]() for k in ("mse", "vgg") if config.losses[k] > 0}
+
+
+def discriminate(d_params, cond, passes_, *, graphdefs) -> list[list[jax.Array]]:
+    """D's outputs on condition ⊕ passes (both in [-1, 1])."""
+    return nnx.merge(graphdefs["discriminator"], d_params)(jnp.concatenate([cond, passes_], axis=-1))
+
+
+def discriminator_gradients(d_params, cond, real, fake, *, config, graphdefs) -> tuple[jax.Array, dict, list]:
+    """(D's loss, its gradient, D's outputs on the real pairs) from real and stopped fake passes ([-1, 1])."""
+
+    def d_loss_fn(d):
+        real_out = discriminate(d, cond, real, graphdefs=graphdefs)
+        fake_out = discriminate(d, cond, jax.lax.stop_gradient(fake), graphdefs=graphdefs)
+        return gan_losses.discriminator_loss(real_out, fake_out, config.gan.mode), real_out
+
+    (d_loss, real_out), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params)
+    return d_loss, d_grads, jax.lax.stop_gradient(real_out)
+
+
+def generator_loss(fake, d_params, cond, real_out, target, mask, perceptual, *, config, graphdefs
+                   ) -> tuple[jax.Array, dict]:
+    """(G's weighted loss, unweighted terms) as a function of its output `fake` ([-1, 1]): GAN, feature matching
+    against D's outputs on the real pairs, and reconstruction against `target` ([0, 1])."""
+    weights = config.losses
+    fake_out = discriminate(d_params, cond, fake, graphdefs=graphdefs)
+    terms = {"g_gan": gan_losses.generator_loss(fake_out, config.gan.mode)}
+    if weights.fm > 0:
+        terms["g_fm"] = gan_losses.feature_matching_loss(real_out, fake_out, config.model.n_layers_D, weights.fm)
+    recon = reconstruction_terms((fake + 1.0) / 2.0, target, mask, perceptual, config)
+    total = sum(terms.values()) + sum((weights[k] * v for k, v in recon.items()), jnp.zeros((), jnp.float32))
+    return total, {**terms, **recon}
 
 
 def gan_gradients(params, condition, target, mask, perceptual, *, config, graphdefs) -> tuple[dict, dict]:
@@ -123,28 +159,12 @@ def gan_gradients(params, condition, target, mask, perceptual, *, config, graphd
     gradient comes from the stopped fake. D's parameters are those from the start of the step for both
     losses, exactly as separate G and D steps on the same batch would compute them.
     """
-    mode, weights = config.gan.mode, config.losses
     cond, real = condition * 2.0 - 1.0, target * 2.0 - 1.0
-    discriminate = lambda d, x: nnx.merge(graphdefs["discriminator"], d)(jnp.concatenate([cond, x], axis=-1))
     fake, g_vjp = jax.vjp(lambda g: nnx.merge(graphdefs["generator"], g)(cond), params["generator"])
-
-    def d_loss_fn(d):
-        real_out = discriminate(d, real)
-        return gan_losses.discriminator_loss(real_out, discriminate(d, jax.lax.stop_gradient(fake)), mode), real_out
-
-    (d_loss, real_out), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(params["discriminator"])
-    real_out = jax.lax.stop_gradient(real_out)
-
-    def g_loss_fn(fake):
-        fake_out = discriminate(params["discriminator"], fake)
-        terms = {"g_gan": gan_losses.generator_loss(fake_out, mode)}
-        if weights.fm > 0:
-            terms["g_fm"] = gan_losses.feature_matching_loss(real_out, fake_out, config.model.n_layers_D, weights.fm)
-        recon = reconstruction_terms((fake + 1.0) / 2.0, target, mask, perceptual, config)
-        total = sum(terms.values()) + sum((weights[k] * v for k, v in recon.items()), jnp.zeros((), jnp.float32))
-        return total, {**terms, **recon}
-
-    (g_loss, terms), d_fake = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
+    d_loss, d_grads, real_out = discriminator_gradients(params["discriminator"], cond, real, fake, config=config,
+                                                        graphdefs=graphdefs)
+    (g_loss, terms), d_fake = jax.value_and_grad(generator_loss, has_aux=True)(
+        fake, params["discriminator"], cond, real_out, target, mask, perceptual, config=config, graphdefs=graphdefs)
     (g_grads,) = g_vjp(d_fake)
     return {"generator": g_grads, "discriminator": d_grads}, {"g_loss": g_loss, "d": d_loss, **terms}
 
@@ -192,8 +212,9 @@ def samples(config) -> dict[str, tuple[str, ...]]:
     return {p: (condition, f"{p}_pred", p) for p in config.passes}
 
 
-def check_same_architecture(source, config, what: str) -> None:
-    """UserError naming every architecture setting in which `source` (a saved run or import) differs."""
+def check_same_architecture(source, config, what: str, workdir: str) -> None:
+    """UserError naming every architecture setting in which `source` (the config of the saved run or import in
+    `workdir`, given by the setting `what`) differs."""
     ours, theirs = dict(config.model), dict(source.model)
     keys = [k for k in ARCH_KEYS if ours["netG"] == "local" or k not in ("n_local_enhancers", "n_blocks_local")]
     theirs = {k: theirs.get(k, ARCH_DEFAULTS.get(k)) for k in keys}
@@ -205,17 +226,29 @@ def check_same_architecture(source, config, what: str) -> None:
     if source.get("output_nc", out_nc) != out_nc:
         diffs.append(f"generator outputs {source.output_nc} channels there, {out_nc} here (config.passes)")
     if diffs:
-        raise UserError(f"{what}={config.init.pix2pixhd!r} has another architecture: " + "; ".join(diffs))
+        raise UserError(f"{what}={workdir!r} has another architecture: " + "; ".join(diffs))
 
 
 def validate(config) -> None:
     """Checks stage 3's passes, networks, losses and inputs."""
+    validate_model(config)
+    supervised.validate_inputs(config)
+    if config.init.pix2pixhd:
+        source = runs.read_config(config.init.pix2pixhd, expect_stage=(IMPORT_STAGE, "passes"), what="init.pix2pixhd")
+        check_same_architecture(source, config, "init.pix2pixhd", config.init.pix2pixhd)
+
+
+def validate_model(config) -> None:
+    """Checks the passes, G and D, and their losses."""
     unknown = sorted(set(config.passes) - set(shading.PASS_NAMES[1:]))
     if unknown or not config.passes:
         raise UserError(f"passes {tuple(config.passes)}: choose from {shading.PASS_NAMES[1:]}")
     bad = {p: config.pass_channels.get(p) for p in config.passes if config.pass_channels.get(p) not in (1, 3)}
     if bad:
         raise UserError(f"pass_channels must be 1 or 3 for every pass, got {bad}")
+    bad = {p: config.pass_mse_weights.get(p) for p in config.passes if not config.pass_mse_weights.get(p, -1) >= 0}
+    if bad:
+        raise UserError(f"pass_mse_weights must be >= 0 for every pass, got {bad}")
     m = config.model
     check_choices({"model.netG": (m.netG, pix2pixhd.GENERATORS), "gan.mode": (config.gan.mode, gan_losses.GAN_MODES),
                    "model.upsample": (m.upsample, pix2pixhd.UPSAMPLES),
@@ -233,7 +266,3 @@ def validate(config) -> None:
     losses.active_weights(config.losses, TERMS, allow_none=True)
     if config.losses.vgg > 0:
         check_choices({"perceptual.vgg_backbone": (config.perceptual.vgg_backbone, VGG_BACKBONES)})
-    supervised.validate_inputs(config)
-    if config.init.pix2pixhd:
-        source = runs.read_config(config.init.pix2pixhd, expect_stage=(IMPORT_STAGE, "passes"), what="init.pix2pixhd")
-        check_same_architecture(source, config, "init.pix2pixhd")

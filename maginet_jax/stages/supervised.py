@@ -73,7 +73,7 @@ def loss_terms(albedo, sides, batch, perceptual, rng, *, config) -> dict[str, ja
         "vgg": lambda: nnx.merge(*perceptual["vgg"])(albedo, target, mask),
         "lpips": lambda: nnx.merge(*perceptual["lpips"])(albedo, target, mask, rng),  # patches drawn from rng
     }
-    return {k: compute[k]() for k in losses.active_weights(config.losses, TERMS)}
+    return {k: compute[k]() for k in losses.active_weights(config.losses, TERMS, allow_none=True)}
 
 
 def loss_fn(params, frozen_nets, batch, rng, *, config, graphdefs):
@@ -118,8 +118,9 @@ def samples(config) -> dict[str, tuple[str, ...]]:
     return {"input_prediction_target": ("image", *given, "albedo_pred", "albedo")}
 
 
-def validate_albedo(config) -> None:
-    """Checks stage 1's model against the crop size, and its losses."""
+def validate_albedo(config, *, allow_no_loss: bool = False) -> None:
+    """Checks stage 1's model against the crop size, and its losses (all zero only with `allow_no_loss`: the
+    joint stage trains AlbedoNet through later losses too)."""
     m, levels = config.model, len(config.model.widths)
     if levels < 2:
         raise UserError(f"model.widths needs at least 2 levels, got {tuple(m.widths)}")
@@ -130,21 +131,26 @@ def validate_albedo(config) -> None:
                    "model.activation": (m.activation, layers.ACTIVATIONS)})
     if m.get("arch") == "unet" and config.losses.side > 0:
         raise UserError("losses.side must be 0 for model.arch=unet: the U-Net has no side outputs")
-    _check_losses(config)
+    _check_losses(config, allow_no_loss)
 
 
-def _check_losses(config) -> None:
-    losses.active_weights(config.losses, TERMS)
-    check_config(config.perceptual, config.data.crop_size)
+def _check_losses(config, allow_no_loss: bool = False) -> None:
+    weights = losses.active_weights(config.losses, TERMS, allow_none=allow_no_loss)
+    check_config(config.perceptual, config.data.crop_size, lpips="lpips" in weights)
 
 
 def validate_refine(config) -> None:
     """Checks stage 2's model, its losses and the stage-1 run it refines."""
+    validate_refinement_net(config)
+    validate_inputs(config)
+
+
+def validate_refinement_net(config, *, allow_no_loss: bool = False) -> None:
+    """Checks RefinementNet's settings and its losses (as `validate_albedo`)."""
     if len(config.model.widths) != 2:
         raise UserError(f"model.widths of RefinementNet are its two hidden widths, got {tuple(config.model.widths)}")
     check_choices({"model.activation": (config.model.activation, layers.ACTIVATIONS)})
-    _check_losses(config)
-    validate_inputs(config)
+    _check_losses(config, allow_no_loss)
 
 
 # Finished stage-1 and stage-2 runs as inputs (stage 2 takes stage 1's albedo, stage 3 the refined one).
