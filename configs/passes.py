@@ -92,6 +92,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.model.n_blocks_global = 3
         c.model.ndf = 8
         c.losses.vgg = 0.0  # five passes through VGG16 would dominate a CPU step (configs/albedo.py)
+        # AO and specular are nearly flat maps with fine, unpredictable detail: feature matching at pix2pixHD's 10
+        # makes G paint detail of the right statistics in the wrong places, about twice the error of a constant
+        # (AO 11.9 ×1e-3 against the oracle constant's 4.36 at step 300). Feature matching at 2 and MSE weighted
+        # 4× on those two passes: 3.92 and 5.49 (constants 4.36 and 6.49), the other passes better too.
+        # upsample=resize with these settings left AO at 6.10 after 300 steps (README, "The three-stage demo").
+        c.losses.fm = 2.0
+        c.pass_mse_weights.ambient_occlusion = 4.0
+        c.pass_mse_weights.specular = 4.0
         c.optim.learning_rate = 1e-3
         c.optim.decay_steps = 150
     elif arg == "smoke":
