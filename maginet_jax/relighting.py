@@ -174,13 +174,13 @@ def read_sh(text: str) -> tuple:
     return tuple(map(tuple, sh.tolist()))
 
 
-def match_lighting(passes: dict[str, np.ndarray], image: np.ndarray) -> tuple:
-    """The SH environment fitted to `image` (same size as the passes; its non-black pixels are used)."""
+def match_lighting(passes: dict[str, np.ndarray], image: np.ndarray, inside: np.ndarray) -> tuple:
+    """The SH environment fitted to `image` (same size as the passes) over its pixels where `inside` is set."""
     if image.shape[:2] != passes["albedo"].shape[:2]:
         raise UserError(f"--match image is {image.shape[1]}x{image.shape[0]}, the passes "
                         f"{passes['albedo'].shape[1]}x{passes['albedo'].shape[0]}")
     try:
-        sh = shading.estimate_sh(passes, image, mask=image.max(axis=-1) > 0)
+        sh = shading.estimate_sh(passes, image, mask=inside)
     except ValueError as e:
         raise UserError(f"--match: {e}") from None
     return tuple(map(tuple, sh.tolist()))
@@ -211,12 +211,14 @@ def relight(passes_path: str, output: str, rig: Rig, sweep: int = 0, sweep_forma
     if (match or html) and len(stems) > 1:
         raise UserError(f"--match and --html take one stem; --passes {passes_path!r} holds {len(stems)}")
     reference = image_io.read_image(match) if match else None
+    first = read_passes(stems[0])
     if reference is not None:
-        rig = dataclasses.replace(rig, sh=match_lighting(read_passes(stems[0]), reference), sh_intensity=1.0)
+        inside = reference.max(axis=-1) > 0  # the reference's non-black pixels: its face
+        rig = dataclasses.replace(rig, sh=match_lighting(first, reference, inside), sh_intensity=1.0)
     if output:
         os.makedirs(output, exist_ok=True)
-    for stem in stems:
-        passes = read_passes(stem)
+    for i, stem in enumerate(stems):
+        passes = first if i == 0 else read_passes(stem)
         name = os.path.basename(stem)
         if output:
             image = render(passes, rig)
@@ -226,8 +228,8 @@ def relight(passes_path: str, output: str, rig: Rig, sweep: int = 0, sweep_forma
             if reference is not None:
                 np.savetxt(os.path.join(output, f"{name}_sh.txt"), np.asarray(rig.sh), fmt="%.6f",
                            header="9 rows of R G B: SH irradiance coefficients (maginet_jax.relight --sh=FILE)")
-                inside = reference.max(axis=-1) > 0
-                print(f"{name}: lighting of {match} fitted; relit vs it: MSE {np.mean((image - reference)[inside] ** 2):.3g} "
-                      f"over its non-black pixels (their variance {np.var(reference[inside]):.3g})")
+                mse = np.mean((image - reference)[inside] ** 2)
+                print(f"{name}: lighting of {match} fitted; relit vs it: MSE {mse:.3g} over its non-black pixels "
+                      f"(their variance {np.var(reference[inside]):.3g})")
         if html:
             relight_page.write(html, passes, rig.as_state(), PRESETS)

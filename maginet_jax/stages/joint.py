@@ -145,15 +145,10 @@ def predict(params, frozen_nets, batch, *, config, graphdefs):
     return passes.predict(params, {"upstream": upstream}, batch, config=config, graphdefs=graphdefs)
 
 
-def _as_tuples(x):
-    return tuple(map(_as_tuples, x)) if isinstance(x, (list, tuple)) else x  # config.json stores tuples as lists
-
-
 def check_same_model(saved, ours, what: str, workdir: str, prefix: str) -> None:
     """UserError naming every model key (but dtype and remat) in which a saved run differs from the config."""
-    saved, ours = ({k: _as_tuples(v) for k, v in dict(m).items()} for m in (saved, ours))
-    diffs = [f"{prefix}{k}: {saved.get(k)!r} there, {ours.get(k)!r} here" for k in sorted(set(saved) | set(ours))
-             if k not in SHAPE_FREE_KEYS and saved.get(k) != ours.get(k)]
+    keys = sorted((set(saved) | set(ours)) - set(SHAPE_FREE_KEYS))
+    diffs = runs.model_differences(dict(saved), dict(ours), keys, prefix=prefix)
     if diffs:
         raise UserError(f"{what}={workdir!r} has another architecture than the config: " + "; ".join(diffs))
 

@@ -215,10 +215,8 @@ def samples(config) -> dict[str, tuple[str, ...]]:
 def check_same_architecture(source, config, what: str, workdir: str) -> None:
     """UserError naming every architecture setting in which `source` (the config of the saved run or import in
     `workdir`, given by the setting `what`) differs."""
-    ours, theirs = dict(config.model), dict(source.model)
-    keys = [k for k in ARCH_KEYS if ours["netG"] == "local" or k not in ("n_local_enhancers", "n_blocks_local")]
-    theirs = {k: theirs.get(k, ARCH_DEFAULTS.get(k)) for k in keys}
-    diffs = [f"model.{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in keys if theirs[k] != ours[k]]
+    keys = [k for k in ARCH_KEYS if config.model.netG == "local" or k not in ("n_local_enhancers", "n_blocks_local")]
+    diffs = runs.model_differences(dict(source.model), dict(config.model), keys, defaults=ARCH_DEFAULTS)
     if source.get("input_nc", CONDITION_CHANNELS) != CONDITION_CHANNELS:
         diffs.append(f"generator input has {source.input_nc} channels there; the condition (an albedo) has "
                      f"{CONDITION_CHANNELS}")

@@ -122,6 +122,22 @@ def load_params(workdir: str, networks: Callable[[ml_collections.ConfigDict], di
     return config, graphdefs, restore_params(params_dir(workdir, what=what), like, what=what)
 
 
+def _as_tuples(x):
+    return tuple(map(_as_tuples, x)) if isinstance(x, (list, tuple)) else x  # config.json stores tuples as lists
+
+
+def model_differences(saved, ours, keys, *, prefix: str = "model.", defaults=None) -> list[str]:
+    """"<prefix><key>: <saved> there, <ours> here" for each of `keys` in which a saved run's model config differs
+    from ours; a key the saved run lacks takes its value from `defaults` (what runs before the key existed did)."""
+    defaults = defaults or {}
+    out = []
+    for k in keys:
+        theirs, mine = _as_tuples(saved.get(k, defaults.get(k))), _as_tuples(ours.get(k))
+        if theirs != mine:
+            out.append(f"{prefix}{k}: {theirs!r} there, {mine!r} here")
+    return out
+
+
 def prepare_workdir(workdir: str) -> None:
     """Creates `workdir` and proves it writable, or raises UserError; touches nothing already there."""
     try:
