@@ -12,6 +12,12 @@ variant in turn, so the machine's noise hits all alike; a step's time runs until
 (`block_until_ready`; PyTorch on a GPU: `torch.cuda.synchronize`). The pipeline is timed alone, reading as the
 config says (workers, threads), against what the JAX train step consumes.
 
+Precision on a GPU: JAX computes float32 convolutions and matmuls in TF32 at its default precision; PyTorch is set
+to do the same (`allow_tf32` for cuDNN and cuBLAS), and the loss networks must be at
+`perceptual.precision=default` on both sides. `model.dtype=bfloat16` is JAX's mixed precision (bfloat16 convs,
+float32 parameters, norms and losses) and the twin's `torch.autocast` around the trained networks. MFU is XLA's
+FLOP count of the step over its time and the device's dense peak for the dtype (TF32 for float32).
+
 Peak memory of the train step: JAX's is XLA's buffer assignment for it (arguments + outputs + temporaries −
 donated), exact for the program on any device; PyTorch's, on a GPU, is the allocator's peak over the variant's
 warm-up steps (`torch.cuda.max_memory_allocated`, reset before them). PyTorch has no CPU allocator statistics, so
@@ -30,18 +36,21 @@ import platform
 import sys
 import time
 
-import jax
-import numpy as np
-import torch
-from absl import app, flags
-from flax import nnx
+# JAX would otherwise take 75% of the GPU's memory at start, leaving PyTorch in the same process too little.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from benchmarks import compare_report
-from benchmarks.torch_twin import steps, transfer
-from data_pipeline import loader
-from maginet_jax import train
-from maginet_jax.errors import UserError
-from maginet_jax.training import sharding
+import jax  # noqa: E402 (after the allocator setting)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from absl import app, flags  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from benchmarks import compare_report  # noqa: E402
+from benchmarks.torch_twin import steps, transfer  # noqa: E402
+from data_pipeline import loader  # noqa: E402
+from maginet_jax import train  # noqa: E402
+from maginet_jax.errors import UserError  # noqa: E402
+from maginet_jax.training import sharding  # noqa: E402
 
 _STAGE = flags.DEFINE_enum("stage", None, ["albedo", "refine", "passes"], "The stage to time (must be the config's).")
 _JSON = flags.DEFINE_string("json", None, "Where to write the results JSON.")
@@ -53,8 +62,8 @@ _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 20, "Batches of the
 _OUT_DIR = flags.DEFINE_string("out_dir", "benchmarks/results", "Table and chart go to <out_dir>/<device>/.")
 
 VARIANTS = ("jax", "torch_eager", "torch_eager_channels_last", "torch_compile", "torch_compile_channels_last")
-# Dense peak FLOP/s by device kind and dtype, for MFU (NVIDIA's data sheets, SXM parts).
-PEAK_FLOPS = {"H100": {"float32": 67e12, "bfloat16": 989e12}, "H200": {"float32": 67e12, "bfloat16": 989e12}}
+# Dense peak FLOP/s by device kind and dtype, for MFU (NVIDIA's data sheets, SXM parts); float32 runs in TF32.
+PEAK_FLOPS = {"H100": {"float32": 494.7e12, "bfloat16": 989.4e12}, "H200": {"float32": 494.7e12, "bfloat16": 989.4e12}}
 
 
 def device_name() -> str:
@@ -78,8 +87,13 @@ def check(config, stage: str, variants: list[str]) -> None:
         raise UserError("the PyTorch twin's VGG loss is VGG16's (perceptual.vgg_backbone=vgg16)")
     if stage == "passes" and (config.init.albedo_workdir or config.init.refine_workdir):
         raise UserError("the PyTorch twin conditions stage 3 on the ground-truth albedo: leave init.*_workdir empty")
-    if config.model.get("dtype", "float32") != "float32" and jax.devices()[0].platform == "cpu":
+    on_cpu = jax.devices()[0].platform == "cpu"
+    if config.model.get("dtype", "float32") != "float32" and on_cpu:
         raise UserError("on a CPU, compare in float32 (model.dtype): bfloat16 convolutions are emulated there")
+    perceptual = config.losses.get("vgg", 0) > 0 or config.losses.get("lpips", 0) > 0
+    if perceptual and not on_cpu and config.perceptual.get("precision", "highest") != "default":
+        raise UserError("on a GPU, compare with --config.perceptual.precision=default: PyTorch's loss networks run "
+                        "in TF32 there, as JAX's do only at default precision")
     train.validate(config)
 
 
@@ -150,6 +164,7 @@ class TorchVariant:
         self.nets = steps.build(config)
         for key, module in jax_networks.items():
             transfer.load_from_jax(self.nets[key], module)
+        self.nets = steps.mixed_precision(self.nets, config)
         self.nets = {k: v.to(device=device, memory_format=fmt) if v is not None else None for k, v in self.nets.items()}
         self.opt = steps.Optimizers(config, self.nets, fused=True)
         if name.startswith("torch_compile"):
@@ -205,6 +220,8 @@ def pipeline_rate(config, num_batches: int) -> float:
 
 def run(config, variants: list[str], rounds: int, warmup: int, pipeline_batches: int) -> dict:
     """Times the variants; returns the JSON report."""
+    if torch.cuda.is_available():  # TF32, as JAX's default precision on the GPU (see the module docstring)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     runners, flops = [], {"train": 0.0, "infer": 0.0}
     if variants:
         source = loader.make_source(config.data, "train", config.batch_size, ("albedo", *config.get("passes", ())))
@@ -235,6 +252,9 @@ def run(config, variants: list[str], rounds: int, warmup: int, pipeline_batches:
     report = {"stage": config.stage, "device": device_name(), "device_kind": jax.devices()[0].device_kind,
               "versions": {"python": platform.python_version(), "jax": jax.__version__, "torch": torch.__version__},
               "threads": {"torch": torch.get_num_threads(), "cpu_count": os.cpu_count()},
+              "precision": {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+                            "torch_tf32": torch.cuda.is_available() and torch.backends.cudnn.allow_tf32,
+                            "perceptual": config.perceptual.get("precision", "highest")},
               "command": " ".join(["python -m benchmarks.compare", *sys.argv[1:]]),
               "batch_size": config.batch_size, "resolution": config.data.crop_size, "rounds": rounds, "warmup": warmup,
               "flops_per_step": flops, "results": results, "config": json.loads(config.to_json_best_effort())}

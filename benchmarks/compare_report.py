@@ -5,6 +5,15 @@ from __future__ import annotations
 import os
 
 
+def dtype(report: dict) -> str:
+    return report["config"]["model"].get("dtype", "float32")
+
+
+def stem(report: dict) -> str:
+    """`<stage>` for float32, `<stage>_<dtype>` otherwise: the file names of the table and chart."""
+    return report["stage"] if dtype(report) == "float32" else f"{report['stage']}_{dtype(report)}"
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.0f}"
 
@@ -16,8 +25,9 @@ def table(report: dict) -> str:
     head = ["variant", "layout", "train step ms (median [min–max])", "train img/s", "JAX speed-up",
             "infer step ms (median [min–max])", "infer img/s", "warm-up s (train)", "peak memory MiB"]
     head += ["train MFU"] if mfu else []
-    lines = [f"{report['stage']} stage on {report['device']} ({report['device_kind']}): batch {report['batch_size']} "
-             f"at {report['resolution']}², {report['rounds']} interleaved rounds after {report['warmup']} warm-up "
+    lines = [f"{report['stage']} stage on {report['device']} ({report['device_kind']}), {dtype(report)}: batch "
+             f"{report['batch_size']} at {report['resolution']}², {report['rounds']} interleaved rounds after "
+             f"{report['warmup']} warm-up "
              f"steps; jax {report['versions']['jax']}, torch {report['versions']['torch']}.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["results"]:
@@ -39,7 +49,7 @@ def table(report: dict) -> str:
         ratio = f"{p['ratio']:.1f}×" if p["ratio"] else "n/a"
         lines.append(f"Input pipeline alone ({p['worker_count']} grain workers): {p['images_per_s']:.1f} images/s; "
                      f"the JAX train step consumes {consumed} images/s ({ratio}).")
-    lines += ["", f"Command: `{report['command']}`", "", f"![{report['stage']}]({report['stage']}.png)", ""]
+    lines += ["", f"Command: `{report['command']}`", "", f"![{stem(report)}]({stem(report)}.png)", ""]
     return "\n".join(lines)
 
 
@@ -59,8 +69,8 @@ def chart(report: dict, path: str) -> None:
         ax.bar([i + offset for i in x], values, 0.4, yerr=[low, high], capsize=3, label=f"{mode} step")
     ax.set_xticks(list(x), [n.replace("_channels_last", "\nchannels_last") for n in names], fontsize=8)
     ax.set_ylabel("ms per step (median, min–max)")
-    ax.set_title(f"{report['stage']}: batch {report['batch_size']} at {report['resolution']}², {report['device']}",
-                 fontsize=10)
+    ax.set_title(f"{report['stage']}: batch {report['batch_size']} at {report['resolution']}², {dtype(report)}, "
+                 f"{report['device']}", fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -68,9 +78,9 @@ def chart(report: dict, path: str) -> None:
 
 
 def write(report: dict, directory: str) -> tuple[str, str]:
-    """Writes <directory>/<stage>.md and <stage>.png; returns their paths."""
+    """Writes <directory>/<stem>.md and <stem>.png (see `stem`); returns their paths."""
     os.makedirs(directory, exist_ok=True)
-    md, png = (os.path.join(directory, f"{report['stage']}.{ext}") for ext in ("md", "png"))
+    md, png = (os.path.join(directory, f"{stem(report)}.{ext}") for ext in ("md", "png"))
     with open(md, "w") as f:
         f.write(table(report))
     chart(report, png)

@@ -31,7 +31,8 @@ def ablation_root(tmp_path_factory):
 
 
 def test_every_script_has_a_tiny_run():
-    assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "compare.py", "compare_report.py", "dry_run_table.py",
+    assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "compare.py", "compare_gpu.sh", "compare_report.py",
+                            "dry_run_table.py",
                             "flat_pass_baseline.py", "kill_resume.py", "lighting_invariance.py",
                             "perceptual_cost.py", "relight_speed.py", "joint_vs_separate.sh"}, \
         "add a tiny run of the new script to this file (joint_vs_separate.sh's is in test_joint.py: it needs the " \
@@ -42,6 +43,17 @@ def test_ablation(ablation_root):
     assert sorted(os.listdir(ablation_root)) == ["albedo_seed0", "unet_baseline_seed0"]
     table = _run(sys.executable, "benchmarks/ablation_table.py", ablation_root)
     assert "| MAGINet (AlbedoNet) | 0 |" in table and "| U-Net baseline | 0 |" in table
+
+
+def test_ablation_significance():
+    from benchmarks.ablation_table import permutation_p, welch_t
+    assert permutation_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == 2 / 20  # only the observed split and its mirror
+    assert permutation_p([1.0, 2.0, 3.0, 4.0, 5.0], [1.1, 2.1, 2.9, 4.2, 4.9]) > 0.9
+    assert permutation_p([0.0, 0.1, 0.2, 0.3, 0.4], [1.0, 1.1, 1.2, 1.3, 1.4]) == 2 / 252
+    scipy_stats = pytest.importorskip("scipy.stats")  # scikit-image (the test extra) brings it
+    a, b = [5.08, 5.44, 5.51, 5.2, 5.3], [5.59, 5.83, 5.46, 5.7]
+    t, df = welch_t(a, b)
+    assert t == pytest.approx(scipy_stats.ttest_ind(a, b, equal_var=False).statistic, rel=1e-9) and 4 < df < 8
 
 
 def test_flat_pass_baseline():
@@ -84,11 +96,13 @@ def test_dry_run_table():
     assert all(float(r[5]) >= 0 for r in rows)
 
 
-def test_compare(tmp_path):  # compare_report.py too: compare writes its table and chart
-    out = _run(sys.executable, "-m", "benchmarks.compare", "--stage=refine", "--config=configs/refine.py:smoke",
-               f"--json={tmp_path}/r.json", "--steps=2", "--warmup=1", "--variants=jax,torch_eager_channels_last",
-               "--pipeline_batches=1", f"--out_dir={tmp_path}")
-    report = json.loads((tmp_path / "r.json").read_text())
+def test_compare(tmp_path):  # through compare_gpu.sh; compare_report.py too: compare writes its table and chart
+    out = _run("bash", "benchmarks/compare_gpu.sh", str(tmp_path), env={
+        "COMPARE_STAGES": "refine", "COMPARE_DTYPES": "float32", "COMPARE_VARIANT": "smoke",
+        "COMPARE_VARIANTS": "jax,torch_eager_channels_last",
+        "COMPARE_ARGS": f"--steps=2 --warmup=1 --pipeline_batches=1 --out_dir={tmp_path}"})
+    report = json.loads((tmp_path / "refine_float32.json").read_text())
+    assert report["precision"]["perceptual"] == "default" and report["config"]["model"]["dtype"] == "float32"
     assert [(r["framework"], r["layout"]) for r in report["results"]] == [("jax", "NHWC"), ("torch_eager", "channels_last")]
     for r in report["results"]:
         assert r["train_step_min_s"] <= r["train_step_s"] <= r["train_step_max_s"] and r["infer_step_s"] > 0

