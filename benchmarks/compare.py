@@ -63,7 +63,8 @@ _OUT_DIR = flags.DEFINE_string("out_dir", "benchmarks/results", "Table and chart
 
 VARIANTS = ("jax", "torch_eager", "torch_eager_channels_last", "torch_compile", "torch_compile_channels_last")
 # Dense peak FLOP/s by device kind and dtype, for MFU (NVIDIA's data sheets, SXM parts); float32 runs in TF32.
-PEAK_FLOPS = {"H100": {"float32": 494.7e12, "bfloat16": 989.4e12}, "H200": {"float32": 494.7e12, "bfloat16": 989.4e12}}
+_HOPPER = {"float32": 494.7e12, "bfloat16": 989.4e12}
+PEAK_FLOPS = {"H100": _HOPPER, "H200": _HOPPER}
 
 
 def device_name() -> str:
@@ -91,7 +92,7 @@ def check(config, stage: str, variants: list[str]) -> None:
     if config.model.get("dtype", "float32") != "float32" and on_cpu:
         raise UserError("on a CPU, compare in float32 (model.dtype): bfloat16 convolutions are emulated there")
     perceptual = config.losses.get("vgg", 0) > 0 or config.losses.get("lpips", 0) > 0
-    if perceptual and not on_cpu and config.perceptual.get("precision", "highest") != "default":
+    if perceptual and not on_cpu and config.perceptual.precision != "default":
         raise UserError("on a GPU, compare with --config.perceptual.precision=default: PyTorch's loss networks run "
                         "in TF32 there, as JAX's do only at default precision")
     train.validate(config)
@@ -254,7 +255,7 @@ def run(config, variants: list[str], rounds: int, warmup: int, pipeline_batches:
               "threads": {"torch": torch.get_num_threads(), "cpu_count": os.cpu_count()},
               "precision": {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
                             "torch_tf32": torch.cuda.is_available() and torch.backends.cudnn.allow_tf32,
-                            "perceptual": config.perceptual.get("precision", "highest")},
+                            "perceptual": config.perceptual.precision},
               "command": " ".join(["python -m benchmarks.compare", *sys.argv[1:]]),
               "batch_size": config.batch_size, "resolution": config.data.crop_size, "rounds": rounds, "warmup": warmup,
               "flops_per_step": flops, "results": results, "config": json.loads(config.to_json_best_effort())}

@@ -6,8 +6,9 @@
 #
 # Tables and charts go to benchmarks/results/<device>/<stage>[_bfloat16].{md,png}, the reports to JSON_DIR.
 # The loss networks run at perceptual.precision=default (TF32), as PyTorch's do. Stage 3 runs at batch 2, not
-# the paper config's 8: its VGG loss over five 1024² passes holds ~1 GB of activations per image and framework,
-# and both frameworks live in one process. Environment (the tests shrink everything with these):
+# the paper config's 8: its VGG16 loss over five 1024² passes keeps about 1 GB of float32 activations per image
+# and framework (counted from VGG16's layer sizes, not measured), and both frameworks live in one process.
+# Environment (the tests shrink everything with these):
 #   COMPARE_STAGES (albedo refine passes), COMPARE_DTYPES (bfloat16 float32), COMPARE_VARIANT (config variant,
 #   default: none, paper scale), COMPARE_VARIANTS (the timed variants), COMPARE_ARGS (more flags for every run),
 #   PYTHON (the interpreter, default python).

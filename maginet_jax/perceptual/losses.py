@@ -110,12 +110,17 @@ class PatchLPIPSLoss(nnx.Module):
         return jnp.mean(self.lpips(p * 2.0 - 1.0, jax.lax.stop_gradient(t) * 2.0 - 1.0))
 
 
+def precision_of(perceptual_config) -> str:
+    """`perceptual.precision`; runs from before the key computed at highest."""
+    return perceptual_config.get("precision", "highest")
+
+
 def check_config(perceptual_config, crop_size: int, *, lpips: bool = True) -> None:
     """Validates `config.perceptual` without loading any network; the LPIPS patches only when `lpips` is used."""
     p = perceptual_config
     check_choices({"perceptual.vgg_backbone": (p.vgg_backbone, VGG_BACKBONES),
                    "perceptual.lpips_net": (p.lpips_net, lpips_lib.NETS),
-                   "perceptual.precision": (p.get("precision", "highest"), tuple(networks.PRECISIONS))})
+                   "perceptual.precision": (precision_of(p), tuple(networks.PRECISIONS))})
     smallest = lpips_lib.MIN_SIZE[p.lpips_net]
     if lpips and not smallest <= p.patch_size <= crop_size:
         raise UserError(f"perceptual.patch_size {p.patch_size} must be in [{smallest}, data.crop_size={crop_size}] "
@@ -131,7 +136,7 @@ def perceptual_nets(perceptual_config, *, vgg: bool, lpips: bool) -> dict[str, t
     `nnx.merge(*pair)`; closing over them instead would bake their weights into the compiled program.
     """
     p, nets = perceptual_config, {}
-    precision = p.get("precision", "highest")  # runs from before the key computed at highest
+    precision = precision_of(p)
     if vgg:
         nets["vgg"] = nnx.split(VGGPerceptualLoss(p.vgg_backbone, p.vgg19_weights, tuple(p.vgg_layer_weights),
                                                   precision))

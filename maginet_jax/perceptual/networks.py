@@ -23,7 +23,7 @@ class Frozen(nnx.Variable):
 PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "default": None}
 
 
-def _conv(x, kernel, bias, stride=1, pad=1, precision="highest"):
+def _conv(x, kernel, bias, stride, pad, precision):
     y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (stride, stride), ((pad, pad), (pad, pad)),
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=PRECISIONS[precision])
     return y + bias.astype(x.dtype)
