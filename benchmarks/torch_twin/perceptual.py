@@ -239,9 +239,9 @@ class VGGLoss(nn.Module):
     def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = (to_rgb(composite(pred, target, mask)) - self.mean) / self.std
         y = (to_rgb(target) - self.mean) / self.std
-        feats = self.net(torch.cat([x, y]))
-        n = pred.shape[0]
-        return sum(w * (f[:n] - f[n:].detach()).abs().mean() for w, f in zip(self.layer_weights, feats))
+        with torch.no_grad():  # as in JAX: two passes, so autograd keeps the activations of x alone
+            target_feats = self.net(y)
+        return sum(w * (f - t).abs().mean() for w, f, t in zip(self.layer_weights, self.net(x), target_feats))
 
 
 def sample_patch_corners(mask: torch.Tensor, num: int, size: int, generator=None) -> torch.Tensor:
