@@ -21,7 +21,9 @@ FLOP count of the step over its time and the device's dense peak for the dtype (
 Peak memory of the train step: JAX's is XLA's buffer assignment for it (arguments + outputs + temporaries −
 donated), exact for the program on any device; PyTorch's, on a GPU, is the allocator's peak over the variant's
 warm-up steps (`torch.cuda.max_memory_allocated`, reset before them). PyTorch has no CPU allocator statistics, so
-on a CPU its figure is left out rather than guessed.
+on a CPU its figure is left out rather than guessed. Both frameworks share the GPU (the rounds interleave in one
+process), so a run whose JAX train step alone needs more than 45% of its memory stops with one error line before
+any PyTorch work. Progress lines with their times go to stderr, so a run cut off still says where its time went.
 
 Writes the JSON (device, versions, command, config, one object per variant in `results`) and, under
 `--out_dir/<device>/`, `<stage>.md` (a Markdown table) and `<stage>.png` (a bar chart).
@@ -65,6 +67,7 @@ VARIANTS = ("jax", "torch_eager", "torch_eager_channels_last", "torch_compile", 
 # Dense peak FLOP/s by device kind and dtype, for MFU (NVIDIA's data sheets, SXM parts); float32 runs in TF32.
 _HOPPER = {"float32": 494.7e12, "bfloat16": 989.4e12}
 PEAK_FLOPS = {"H100": _HOPPER, "H200": _HOPPER}
+GPU_SHARE = 0.45  # of the GPU's memory JAX's train step may need (PyTorch's twin takes about as much beside it)
 
 
 def device_name() -> str:
@@ -98,6 +101,26 @@ def check(config, stage: str, variants: list[str]) -> None:
     train.validate(config)
 
 
+_START = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """One line on stderr with the seconds since start: where a run's time goes, even if it is cut off."""
+    print(f"benchmarks.compare [{time.perf_counter() - _START:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def check_memory(jax_variant) -> None:
+    """UserError, before any PyTorch work, when JAX's train step alone needs more than its share of the GPU:
+    both frameworks live in one process (the rounds interleave), so each must fit in about half."""
+    if not torch.cuda.is_available():
+        return
+    need = jax_variant.memory(None)["peak_memory_bytes"]
+    total = torch.cuda.get_device_properties(0).total_memory
+    if need > GPU_SHARE * total:
+        raise UserError(f"JAX's train step alone needs {need / 2**30:.1f} GiB of the GPU's {total / 2**30:.1f}, and "
+                        f"PyTorch needs about as much in the same process: lower --config.batch_size")
+
+
 def synced(fn):
     """Calls fn and waits for every result on the device: the time a step really takes."""
     def run():
@@ -126,6 +149,9 @@ class JaxVariant:
             t_train = time.perf_counter()
             self.infer_compiled = predict.lower(self.state.params, self.frozen, self.batch).compile()
             self.compile_s = {"train": t_train - t, "infer": time.perf_counter() - t_train}
+        progress(f"jax: compiled the train step in {self.compile_s['train']:.1f} s, inference in "
+                 f"{self.compile_s['infer']:.1f} s; the train step needs "
+                 f"{self.memory(None)['peak_memory_bytes'] / 2**30:.2f} GiB")
 
     def networks(self) -> dict:
         """The trained networks and stage 2's frozen stage-1 AlbedoNet, as NNX modules (to copy to PyTorch)."""
@@ -200,11 +226,13 @@ def time_interleaved(variants: list, method: str, warmup: int, rounds: int) -> d
             runs[v.name]()
         out[v.name] = {"warmup_s": time.perf_counter() - t, "times": [],
                        "warmup_peak": int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None}
+        progress(f"{v.name}: {method} warm-up {out[v.name]['warmup_s']:.1f} s")
     for _ in range(rounds):
         for v in variants:
             t = time.perf_counter()
             runs[v.name]()
             out[v.name]["times"].append(time.perf_counter() - t)
+    progress(f"{method}: {rounds} rounds timed")
     return out
 
 
@@ -228,7 +256,9 @@ def run(config, variants: list[str], rounds: int, warmup: int, pipeline_batches:
         source = loader.make_source(config.data, "train", config.batch_size, ("albedo", *config.get("passes", ())))
         batch = next(iter(loader.make_loader(source, batch_size=config.batch_size, crop_size=config.data.crop_size,
                                              train=True, seed=config.seed)))
+        progress(f"the batch is ready ({config.batch_size} at {config.data.crop_size}²)")
         jax_variant = JaxVariant(config, batch)  # built first: the twins start from its weights
+        check_memory(jax_variant)
         runners = [jax_variant] if "jax" in variants else []
         runners += [TorchVariant(n, config, batch, jax_variant.networks()) for n in VARIANTS[1:] if n in variants]
         flops = jax_variant.flops()
