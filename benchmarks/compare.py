@@ -109,13 +109,9 @@ def progress(message: str) -> None:
     print(f"benchmarks.compare [{time.perf_counter() - _START:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
-def check_memory(jax_variant) -> None:
-    """UserError, before any PyTorch work, when JAX's train step alone needs more than its share of the GPU:
+def check_memory(need: int, total: int) -> None:
+    """UserError when JAX's train step alone needs more than its share (GPU_SHARE) of the GPU's `total` bytes:
     both frameworks live in one process (the rounds interleave), so each must fit in about half."""
-    if not torch.cuda.is_available():
-        return
-    need = jax_variant.memory(None)["peak_memory_bytes"]
-    total = torch.cuda.get_device_properties(0).total_memory
     if need > GPU_SHARE * total:
         raise UserError(f"JAX's train step alone needs {need / 2**30:.1f} GiB of the GPU's {total / 2**30:.1f}, and "
                         f"PyTorch needs about as much in the same process: lower --config.batch_size")
@@ -149,9 +145,9 @@ class JaxVariant:
             t_train = time.perf_counter()
             self.infer_compiled = predict.lower(self.state.params, self.frozen, self.batch).compile()
             self.compile_s = {"train": t_train - t, "infer": time.perf_counter() - t_train}
+        self.train_bytes = self.memory(None)["peak_memory_bytes"]
         progress(f"jax: compiled the train step in {self.compile_s['train']:.1f} s, inference in "
-                 f"{self.compile_s['infer']:.1f} s; the train step needs "
-                 f"{self.memory(None)['peak_memory_bytes'] / 2**30:.2f} GiB")
+                 f"{self.compile_s['infer']:.1f} s; the train step needs {self.train_bytes / 2**30:.2f} GiB")
 
     def networks(self) -> dict:
         """The trained networks and stage 2's frozen stage-1 AlbedoNet, as NNX modules (to copy to PyTorch)."""
@@ -258,7 +254,8 @@ def run(config, variants: list[str], rounds: int, warmup: int, pipeline_batches:
                                              train=True, seed=config.seed)))
         progress(f"the batch is ready ({config.batch_size} at {config.data.crop_size}²)")
         jax_variant = JaxVariant(config, batch)  # built first: the twins start from its weights
-        check_memory(jax_variant)
+        if torch.cuda.is_available():  # before any PyTorch work
+            check_memory(jax_variant.train_bytes, torch.cuda.get_device_properties(0).total_memory)
         runners = [jax_variant] if "jax" in variants else []
         runners += [TorchVariant(n, config, batch, jax_variant.networks()) for n in VARIANTS[1:] if n in variants]
         flops = jax_variant.flops()

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# JAX against PyTorch on one GPU, every stage at the paper's resolutions, in bfloat16 and float32 (TF32): the runs behind
-# benchmarks/results/<device>/. Each is one `python -m benchmarks.compare` (its docstring says what is timed).
+# JAX against PyTorch on one GPU, every stage at the paper's resolutions, in bfloat16 and float32 (TF32): the runs
+# behind benchmarks/results/<device>/. Each is one `python -m benchmarks.compare` (its docstring says what is timed).
 #
 #   bash benchmarks/compare_gpu.sh [JSON_DIR]          (default JSON_DIR: benchmarks/results/json)
 #
 # Tables and charts go to benchmarks/results/<device>/<stage>[_bfloat16].{md,png}, the reports to JSON_DIR.
-# The loss networks run at perceptual.precision=default (TF32), as PyTorch's do. Both frameworks share the GPU in one
-# process, so the batches are below the paper configs' (albedo 16, refine 8, passes 8): albedo 8, refine 4, passes 1.
-# On an H100 (2026-11-26) JAX's albedo train step at batch 16 in bfloat16 asked for a 32.2 GiB buffer and ran out
-# beside PyTorch; XLA's CPU estimate of a step per image at 1024² is 4.4 GiB for refine and 24.8 GiB for passes (the dry run,
-# `python -m maginet_jax.train --config=configs/<stage>.py --config.batch_size=1 --dry_run --workdir=DIR`).
+# The loss networks run at perceptual.precision=default (TF32), as PyTorch's do. Both frameworks share the GPU in
+# one process, so the batches are below the paper configs' (albedo 16, refine 8, passes 8): albedo 8, refine 4,
+# passes 1. On an H100 (2026-11-26) JAX's albedo train step at batch 16 in bfloat16 asked for one 32.2 GiB buffer,
+# more than half the GPU left it; XLA's CPU estimate of a step per image at 1024² is 4.4 GiB for refine and 24.8 GiB
+# for passes (`python -m maginet_jax.train --config=configs/<stage>.py --config.batch_size=1 --dry_run --workdir=D`).
 # Environment (the tests shrink everything with these):
 #   COMPARE_STAGES (albedo refine passes), COMPARE_DTYPES (bfloat16 float32), COMPARE_VARIANT (config variant,
-#   default: none, paper scale), COMPARE_VARIANTS (the timed variants), COMPARE_ARGS (more flags for every run),
-#   PYTHON (the interpreter, default python).
+#   default: none, the paper configs at the batches above), COMPARE_VARIANTS (the timed variants), COMPARE_ARGS
+#   (more flags for every run), PYTHON (the interpreter, default python).
 set -euo pipefail
 json_dir=${1:-benchmarks/results/json}
 stages=${COMPARE_STAGES:-albedo refine passes}

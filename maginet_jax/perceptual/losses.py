@@ -60,8 +60,8 @@ class VGGPerceptualLoss(nnx.Module):
         mean, std = jnp.asarray(IMAGENET_MEAN, pred.dtype), jnp.asarray(IMAGENET_STD, pred.dtype)
         x = (to_rgb(composite(pred, target, mask)) - mean) / std
         y = (to_rgb(target) - mean) / std
-        # Two passes, not one over concat([x, y]): the backward pass then keeps the activations of x alone
-        # (the target's are dead after the forward), which halves the loss's memory at 1024².
+        # Two passes, not one over concat([x, y]): the backward pass then keeps and differentiates the activations
+        # of x alone. At 1024² (dry run, XLA:CPU) that took ~40% off the term's memory and a quarter of its FLOPs.
         target_feats = jax.lax.stop_gradient(self.net(y))
         return sum(w * jnp.mean(jnp.abs(f - t)) for w, f, t in zip(self.layer_weights, self.net(x), target_feats))
 
