@@ -7,8 +7,8 @@ import numpy as np
 from maginet_jax import losses
 
 
-def _rand(key, shape):
-    return jax.random.uniform(jax.random.PRNGKey(key), shape)
+def _rand(seed, shape):
+    return np.random.default_rng(seed).uniform(size=shape).astype(np.float32)
 
 
 def test_masked_mse_hand_value_and_mask():

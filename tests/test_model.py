@@ -19,7 +19,7 @@ def _net(**kw):
 
 def test_shapes_and_range():
     net = _net(widths=(8, 8, 16, 16))
-    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 48, 3))
+    x = np.random.default_rng(1).uniform(size=(2, 32, 48, 3)).astype(np.float32)
     out, sides = jit_apply(net, x)
     assert out.shape == (2, 32, 48, 3)
     # Side outputs coarse → fine at 1/4 and 1/2 (the bottleneck at 1/8 has no head).
@@ -61,8 +61,8 @@ def test_unknown_options_rejected():
 
 
 def test_channel_gate_matches_hand_computation():
-    gate = ChannelGate(4, reduction=2, rngs=nnx.Rngs(0))
-    x = jax.random.normal(jax.random.PRNGKey(2), (2, 5, 5, 4))
+    gate = random_module(lambda: ChannelGate(4, reduction=2, rngs=nnx.Rngs(0)))
+    x = np.random.default_rng(2).standard_normal((2, 5, 5, 4)).astype(np.float32)
     mlp = lambda d: d @ gate.fc1.kernel[...] + gate.fc1.bias[...]
     mlp2 = lambda d: jnp.maximum(mlp(d), 0) @ gate.fc2.kernel[...] + gate.fc2.bias[...]
     expect = jax.nn.sigmoid(mlp2(x.mean((1, 2))) + mlp2(x.max((1, 2))))[:, None, None, :]
@@ -70,8 +70,8 @@ def test_channel_gate_matches_hand_computation():
 
 
 def test_spatial_gate_is_per_pixel_and_sees_mean_and_max():
-    gate = SpatialGate(kernel=3, rngs=nnx.Rngs(0))
-    x = jax.random.normal(jax.random.PRNGKey(3), (1, 6, 6, 5))
+    gate = random_module(lambda: SpatialGate(kernel=3, rngs=nnx.Rngs(0)))
+    x = np.random.default_rng(3).standard_normal((1, 6, 6, 5)).astype(np.float32)
     g = gate.gate(x)
     assert g.shape == (1, 6, 6, 1)
     # Permuting channels leaves mean and max unchanged, so the gate too.
@@ -79,8 +79,8 @@ def test_spatial_gate_is_per_pixel_and_sees_mean_and_max():
 
 
 def test_adaptive_fusion_weights_are_a_per_pixel_softmax():
-    fuse = AdaptiveFusion(4, 3, rngs=nnx.Rngs(0))
-    xs = [jax.random.normal(jax.random.PRNGKey(i), (2, 3, 3, 4)) for i in range(3)]
+    fuse = random_module(lambda: AdaptiveFusion(4, 3, rngs=nnx.Rngs(0)))
+    xs = [np.random.default_rng(i).standard_normal((2, 3, 3, 4)).astype(np.float32) for i in range(3)]
     w = fuse.weights(xs)
     assert w.shape == (2, 3, 3, 3)
     np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)

@@ -3,6 +3,7 @@ single-device step's losses and gradients; parameters really are sharded (fsdp) 
 split (spatial); a checkpoint saved on one mesh restores onto another. bfloat16 and remat, and the dry run that
 sizes a mesh."""
 
+import functools
 import json
 import os
 import subprocess
@@ -39,7 +40,8 @@ def _losses_and_gradients(c, devices, batch):
     stage on `devices`, the gradients gathered to numpy. The gradient is the SGD update / -lr."""
     mesh = sharding.make_mesh(c.mesh, devices)
     stage = train.STAGES[c.stage]
-    graphdefs, state = stage.init(c, mesh)
+    graphdefs, like = abstract_state(stage.networks(c), stage.optimizers(c), mesh, c.sharding)
+    state = jax.device_put(_initial_state(c.stage), jax.tree.map(lambda x: x.sharding, like))
     frozen_nets = jax.device_put(stage.frozen_nets(c, mesh), sharding.replicated(mesh))
 
     def step(params, batch, frozen_nets, rng):
@@ -59,6 +61,14 @@ def _losses_and_gradients(c, devices, batch):
         compiled = jitted.lower(state.params, sharding.to_global(batch, mesh), frozen_nets, state.rng).compile()
         losses, grads = compiled(state.params, sharding.to_global(batch, mesh), frozen_nets, state.rng)
     return jax.device_get(losses), jax.device_get(grads), compiled, state.params
+
+
+@functools.cache
+def _initial_state(stage: str):
+    """The initial state of `stage`'s test config, in numpy: the same values on every mesh (partitionable
+    threefry), so each mesh lays these out instead of compiling the initialiser again for its shardings."""
+    c = _config(stage)
+    return jax.device_get(train.STAGES[stage].init(c, sharding.make_mesh(c.mesh, jax.devices()[:1]))[1])
 
 
 _SINGLE = {}
@@ -99,6 +109,16 @@ def test_strategies_match_the_single_device_step(stage, mesh):
         assert sharded == 0 and all(x.sharding.is_fully_replicated for x in leaves)
     if "spatial" in axes:  # convs exchange the rows next to their neighbours' slices
         assert "collective-permute" in compiled.as_text()
+
+
+def test_initialisation_does_not_depend_on_the_mesh():
+    """What lets the strategy tests lay out one initial state: init_state on a sharded mesh gives the values it
+    gives on one device."""
+    c = _config("refine", (("fsdp", 4), ("spatial", 2)))
+    _, state = supervised.init(c, sharding.make_mesh(c.mesh))
+    assert any(sharding.FSDP_AXIS in leaf.sharding.spec for leaf in jax.tree.leaves(state.params))
+    for a, b in zip(jax.tree.leaves(_initial_state("refine")), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(np.asarray(b), a)
 
 
 def test_fsdp_rules():

@@ -33,7 +33,7 @@ from maginet_jax.models.refinement_net import build_refinement_net
 from maginet_jax.perceptual.losses import perceptual_nets
 from maginet_jax.stages import passes, supervised
 from maginet_jax.training import runs
-from maginet_jax.training.state import TrainState, init_state, make_optimizer, make_schedule
+from maginet_jax.training.state import TrainState, abstract_state, make_optimizer, make_schedule, state_around
 
 CHAIN = ("albedo", "refine", "generator")  # the networks a sample passes through, in order
 INIT_KEYS = {"albedo": "init.albedo_workdir", "refine": "init.refine_workdir", "passes": "init.passes_workdir"}
@@ -73,15 +73,15 @@ def optimizers(config) -> dict[str, optax.GradientTransformation]:
 
 def init(config, mesh: Mesh) -> tuple[dict[str, nnx.GraphDef], TrainState]:
     """The trained parameters of the three runs in `config.init`, with fresh optimizer states."""
-    graphdefs, state = init_state(networks(config), optimizers(config), config.seed, mesh, config.sharding)
-    params = dict(state.params)
+    graphdefs, like = abstract_state(networks(config), optimizers(config), mesh, config.sharding)
+    params = {}
     for run, names in (("albedo", {"model": "albedo"}), ("refine", {"model": "refine"}),
                        ("passes", {"generator": "generator", "discriminator": "discriminator"})):
         what = INIT_KEYS[run]
         saved = runs.restore_params(runs.params_dir(config.init[f"{run}_workdir"], what=what),
-                                    {theirs: params[ours] for theirs, ours in names.items()}, what=what)
+                                    {theirs: like.params[ours] for theirs, ours in names.items()}, what=what)
         params.update({ours: saved[theirs] for theirs, ours in names.items()})
-    return graphdefs, state.replace(params=params)
+    return graphdefs, state_around(params, optimizers(config), config.seed, like)
 
 
 def frozen_nets(config, mesh: Mesh) -> dict:

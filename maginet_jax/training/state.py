@@ -86,6 +86,20 @@ def init_state(networks: dict[str, Build], txs: dict[str, optax.GradientTransfor
     return graphdefs, init(keys)
 
 
+def state_around(params: dict[str, nnx.State], txs: dict[str, optax.GradientTransformation], seed: int,
+                 like: TrainState) -> TrainState:
+    """The step-0 state of networks whose parameters all come from elsewhere (restored runs): fresh optimizer
+    states, laid out as `like` (from `abstract_state`) says, and the step RNG `init_state` would give.
+
+    Nothing initialises parameters only to overwrite them: on a CPU that program (the unrolled RNG of every
+    parameter) takes longer to compile than a train step."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(params) + 1)
+    init_opt = jax.jit(lambda p: {name: tx.init(p[name]) for name, tx in txs.items()},
+                       out_shardings=jax.tree.map(lambda x: x.sharding, like.opt_state))
+    return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), like.step.sharding), params=params,
+                      opt_state=init_opt(params), rng=jax.device_put(keys[-1], like.rng.sharding))
+
+
 SCHEDULES = ("cosine", "linear", "constant", "constant_then_linear")
 
 
