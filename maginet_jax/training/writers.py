@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import sys
 from typing import Mapping
 
 import numpy as np
@@ -49,10 +50,17 @@ class TensorboardXWriter:
     """clu MetricWriter look-alike on tensorboardX (no TensorFlow needed)."""
 
     def __init__(self, logdir: str):
-        # Imported here: tensorboardX imports torch when it is installed (~3 s), a cost every CLI start (a
-        # one-line config error included) would otherwise pay before anything is written.
-        import tensorboardX
-        from tensorboardX import record_writer
+        # Imported here, and with torch hidden: tensorboardX imports torch when it is installed (~2-3 s on a
+        # CPU, every training start) only to accept torch tensors, and this writer passes numpy.
+        hide_torch = "torch" not in sys.modules
+        if hide_torch:
+            sys.modules["torch"] = None  # `import torch` raises ImportError; tensorboardX then does without it
+        try:
+            import tensorboardX
+            from tensorboardX import record_writer
+        finally:
+            if hide_torch:
+                del sys.modules["torch"]
         if "://" in logdir:  # replaces tensorboardX's own gs:// writer, which needs google-cloud-storage
             record_writer.register_writer_factory(logdir.split("://")[0], _EpathEventFiles())
         self._w = tensorboardX.SummaryWriter(logdir)
