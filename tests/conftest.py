@@ -1,7 +1,9 @@
 """Test set-up: 8 virtual CPU devices (for the sharding tests) and parsed absl flags (for grain workers)."""
 
+import fcntl
 import functools
 import os
+import shutil
 import sys
 import tempfile
 
@@ -154,22 +156,31 @@ def train_evals(workdir: str) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def chain(tmp_path_factory):
-    """Three chained :smoke runs, albedo → refine (from it) → passes (from both): ({stage: workdir}, passes state)."""
+    """Three chained :smoke runs, albedo → refine (from it) → passes (from both): {stage: workdir}.
+
+    Trained once per test run, in the directory the xdist workers share: the first worker to need them trains
+    them while holding a lock, and a worker that needs them meanwhile waits, so their tests can run on both."""
     from maginet_jax.train import train_and_evaluate
-    root = tmp_path_factory.mktemp("chain")
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "chain"
     dirs = {s: str(root / s) for s in ("albedo", "refine", "passes")}
-    train_and_evaluate(smoke("albedo"), dirs["albedo"])
-    train_and_evaluate(smoke("refine", **{"init.albedo_workdir": dirs["albedo"]}), dirs["refine"])
-    state = train_and_evaluate(smoke("passes", **{"init.albedo_workdir": dirs["albedo"],
-                                                       "init.refine_workdir": dirs["refine"]}), dirs["passes"])
-    return dirs, state
+    root.mkdir(exist_ok=True)
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "done").exists():
+            for workdir in dirs.values():
+                shutil.rmtree(workdir, ignore_errors=True)  # what a failed attempt left
+            train_and_evaluate(smoke("albedo"), dirs["albedo"])
+            train_and_evaluate(smoke("refine", **{"init.albedo_workdir": dirs["albedo"]}), dirs["refine"])
+            train_and_evaluate(smoke("passes", **{"init.albedo_workdir": dirs["albedo"],
+                                                  "init.refine_workdir": dirs["refine"]}), dirs["passes"])
+            (root / "done").touch()
+    return dirs
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
     """Work for `-n 2 --dist loadgroup` (pyproject's addopts): each module's tests go to one worker, so its
-    module-scoped runs train once; every test of the chained runs goes to one worker too (the session fixture
-    `chain` trains three stages)."""
+    module-scoped runs train once."""
     for item in items:
-        chained = "chain" in getattr(item, "fixturenames", ())
-        item.add_marker(pytest.mark.xdist_group("chain" if chained else item.module.__name__))
+        item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -87,7 +87,7 @@ def test_resuming_with_another_model_is_one_line(chain, tmp_path):
     pending reads spilling ~1,000 lines of 'Event loop is closed' tracebacks after the error)."""
     import shutil
     workdir = str(tmp_path / "run")
-    shutil.copytree(chain[0]["albedo"], workdir)
+    shutil.copytree(chain["albedo"], workdir)
     before = _snapshot(workdir)
     r = _train("--config=configs/albedo.py:smoke", f"--workdir={workdir}", "--config.model.widths=(8,16,32)")
     _assert_one_line(r, "checkpoint 12 in")

@@ -46,7 +46,7 @@ def test_masked_ssim_averages_the_map_inside_the_mask():
 
 
 def test_albedo_results_agree_with_training_eval(chain):
-    workdir = chain[0]["albedo"]
+    workdir = chain["albedo"]
     results = evaluate.evaluate_run(smoke("albedo"), workdir)
     last = train_evals(workdir)[-1]
     model, copy = results["rows"]["model"]["albedo"], results["rows"]["copy the input"]["albedo"]
@@ -63,7 +63,7 @@ def test_albedo_results_agree_with_training_eval(chain):
 
 
 def test_chained_pipeline_scores_all_six_passes(chain):
-    dirs = chain[0]
+    dirs = chain
     c = smoke("passes", **{"init.albedo_workdir": dirs["albedo"], "init.refine_workdir": dirs["refine"]})
     results = evaluate.evaluate_run(c, dirs["passes"])
     model = results["rows"]["model"]
@@ -86,7 +86,7 @@ def _evaluate_cli(*args):
 
 
 def test_compare_without_results_is_one_line(chain, tmp_path):
-    r = _evaluate_cli("--config=configs/albedo.py:smoke", f"--workdir={chain[0]['albedo']}", f"--compare={tmp_path}")
+    r = _evaluate_cli("--config=configs/albedo.py:smoke", f"--workdir={chain['albedo']}", f"--compare={tmp_path}")
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
         f"maginet_jax.evaluate: error: --compare {str(tmp_path)!r} has no eval/results.json: evaluate that run first"]
@@ -96,7 +96,7 @@ def test_without_config_the_run_config_gives_the_same_results(chain, tmp_path):
     """`--workdir` alone reads the run's config.json; the numbers equal those of the same run given --config."""
     import shutil
     workdir = str(tmp_path / "albedo")
-    shutil.copytree(chain[0]["albedo"], workdir)
+    shutil.copytree(chain["albedo"], workdir)
     with_config = _evaluate_cli("--config=configs/albedo.py:smoke", f"--workdir={workdir}")
     assert with_config.returncode == 0, with_config.stderr
     want = json.load(open(os.path.join(workdir, "eval", "results.json")))
@@ -113,7 +113,7 @@ def test_without_config_the_run_config_gives_the_same_results(chain, tmp_path):
     (["--workdir=/nonexistent/run"], "--workdir='/nonexistent/run' is not a maginet_jax run directory"),
 ])
 def test_bad_evaluate_input_is_one_line(chain, args, message):
-    args = args if any(a.startswith("--workdir") for a in args) else [f"--workdir={chain[0]['albedo']}", *args]
+    args = args if any(a.startswith("--workdir") for a in args) else [f"--workdir={chain['albedo']}", *args]
     r = _evaluate_cli(*args)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()

@@ -42,7 +42,7 @@ def test_passes_losses_reach_both_albedo_networks(chain):
     RefinementNet get gradients and change: the gradient flows back through the generator."""
     zero = {f"{net}.losses.{k}": 0.0 for net, terms in (("albedo", ("mse", "edge", "side", "lpips")),
                                                          ("refine", ("mse", "edge", "lpips"))) for k in terms}
-    before, after, scalars = one_step(joint_config(chain[0], **zero))
+    before, after, scalars = one_step(joint_config(chain, **zero))
     assert not any(k.startswith(("albedo_", "refine_")) for k in scalars)  # no albedo term was computed
     for name in ("albedo", "refine", "generator", "discriminator"):
         assert scalars[f"grad_norm_{name}"] > 0, name
@@ -52,7 +52,7 @@ def test_passes_losses_reach_both_albedo_networks(chain):
 
 
 def test_no_gradient_reaches_a_network_with_learning_rate_0(chain):
-    before, after, scalars = one_step(joint_config(chain[0], **{"albedo.learning_rate": 0.0}))
+    before, after, scalars = one_step(joint_config(chain, **{"albedo.learning_rate": 0.0}))
     assert scalars["grad_norm_albedo"] == 0.0
     for a, b in zip(jax.tree.leaves(before.params["albedo"]), jax.tree.leaves(after.params["albedo"])):
         np.testing.assert_array_equal(a, b)
@@ -65,19 +65,19 @@ def joint_run(chain, tmp_path_factory):
     """A joint :smoke run killed at step 7 and resumed, and the same run uninterrupted."""
     root = tmp_path_factory.mktemp("joint")
     overrides = {"log_every_steps": 2, "checkpoint_every_steps": 4}
-    full = train.train_and_evaluate(joint_config(chain[0], **overrides), str(root / "full"))
+    full = train.train_and_evaluate(joint_config(chain, **overrides), str(root / "full"))
     with pytest.MonkeyPatch.context() as monkeypatch:
         crash_during_step(monkeypatch, 7)
         with pytest.raises(Interrupted):
-            train.train_and_evaluate(joint_config(chain[0], **overrides), str(root / "cut"))
-    resumed = train.train_and_evaluate(joint_config(chain[0], **overrides), str(root / "cut"))
+            train.train_and_evaluate(joint_config(chain, **overrides), str(root / "cut"))
+    resumed = train.train_and_evaluate(joint_config(chain, **overrides), str(root / "cut"))
     return root, full, resumed
 
 
 def test_starts_from_the_three_runs(joint_run, chain):
     """Step 0 of the joint run scores exactly what the chained passes run scored at its end: every network's
     parameters are those of its run."""
-    first, finished = train_evals(str(joint_run[0] / "full"))[0], train_evals(chain[0]["passes"])[-1]
+    first, finished = train_evals(str(joint_run[0] / "full"))[0], train_evals(chain["passes"])[-1]
     assert first["step"] == 0
     for key in [k for k in finished if k.startswith("eval/")]:
         assert first[key] == pytest.approx(finished[key], rel=1e-5), key
@@ -102,7 +102,7 @@ def test_evaluate_and_predict_take_a_joint_run(joint_run, chain, tmp_path):
 
     image = np.random.default_rng(0).uniform(0.1, 1.0, (32, 32, 3)).astype(np.float32)
     tuned = predict.Predictor("", "", "", joint_workdir=workdir)(image)
-    dirs = chain[0]
+    dirs = chain
     separate = predict.Predictor(dirs["albedo"], dirs["refine"], dirs["passes"])(image)
     config = joint_config(dirs)
     graphdefs = runs.abstract_networks(joint.networks(config), sharding.make_mesh(config.mesh))[0]
@@ -120,20 +120,20 @@ def test_evaluate_and_predict_take_a_joint_run(joint_run, chain, tmp_path):
 ])
 def test_bad_joint_config_is_one_error(chain, overrides, message):
     with pytest.raises(UserError) as e:
-        train.validate(joint_config(chain[0], **overrides))
+        train.validate(joint_config(chain, **overrides))
     assert message in str(e.value)
 
 
 def test_predict_wants_three_runs_or_one_joint_run(chain):
     with pytest.raises(UserError, match="give it without --albedo_workdir"):
-        predict.Predictor(chain[0]["albedo"], "", "", joint_workdir=chain[0]["passes"])
+        predict.Predictor(chain["albedo"], "", "", joint_workdir=chain["passes"])
     with pytest.raises(UserError, match="holds a 'passes' run, not 'joint'"):
-        predict.Predictor("", "", "", joint_workdir=chain[0]["passes"])
+        predict.Predictor("", "", "", joint_workdir=chain["passes"])
 
 
 def test_joint_vs_separate_script(chain, tmp_path):
     """benchmarks/joint_vs_separate.sh on the :smoke runs for 1 extra step: both pipelines and the start scored."""
-    dirs = chain[0]
+    dirs = chain
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     r = subprocess.run(["bash", "benchmarks/joint_vs_separate.sh", dirs["albedo"], dirs["refine"], dirs["passes"],
                         str(tmp_path), "smoke", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

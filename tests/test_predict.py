@@ -46,7 +46,7 @@ def odd_image(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predicted(chain, odd_image, tmp_path_factory):
-    dirs = chain[0]
+    dirs = chain
     out = str(tmp_path_factory.mktemp("out"))
     skipped = predict.predict(dirs["albedo"], dirs["refine"], dirs["passes"], odd_image, out)
     return out, skipped
@@ -74,7 +74,7 @@ def test_normals_are_16_bit_unit_vectors(predicted):
 
 
 def test_native_size_and_sheet(chain, odd_image, tmp_path):
-    dirs = chain[0]
+    dirs = chain
     predict.predict(dirs["albedo"], dirs["refine"], dirs["passes"], odd_image, str(tmp_path), native=True)
     with Image.open(tmp_path / "face_specular.png") as im:
         assert im.size == (32, 32)  # the passes run's crop size
@@ -84,7 +84,7 @@ def test_native_size_and_sheet(chain, odd_image, tmp_path):
 
 def test_prediction_matches_the_chained_networks(chain, tmp_path):
     """At the working size, predict's albedo is RefinementNet(AlbedoNet(image / 2)) as stage 3 trained on."""
-    dirs = chain[0]
+    dirs = chain
     p = predict.Predictor(dirs["albedo"], dirs["refine"], dirs["passes"])
     image = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
     out = p(image)
@@ -113,7 +113,7 @@ def test_directory_with_a_bad_file(chain, odd_image, tmp_path):
     folder.mkdir()
     (folder / "a.png").write_bytes(open(odd_image, "rb").read())
     (folder / "b.txt").write_text("not an image")
-    r = _predict_cli(chain[0], f"--passes_workdir={chain[0]['passes']}", f"--input={folder}",
+    r = _predict_cli(chain, f"--passes_workdir={chain['passes']}", f"--input={folder}",
                      f"--output={tmp_path / 'out'}")
     assert r.returncode == 1
     assert "skipped: cannot read" in r.stderr and "b.txt" in r.stderr
@@ -130,7 +130,7 @@ def test_directory_with_a_bad_file(chain, odd_image, tmp_path):
     ("missing_mask", "cannot read"),
 ])
 def test_bad_input_is_one_line(chain, tmp_path, case, message):
-    dirs = chain[0]
+    dirs = chain
     passes, source, extra = dirs["passes"], tmp_path / "in", []
     if case == "empty":
         source.mkdir()
@@ -162,7 +162,7 @@ def _framed_texture(size=(40, 48), border=6, seed=4) -> np.ndarray:
 
 def test_outputs_are_masked_by_the_texture(chain, tmp_path):
     """Default: every pass is 0 on the black frame and, inside, equal to the raw (--no_mask) output."""
-    dirs = chain[0]
+    dirs = chain
     image = _framed_texture()
     source = tmp_path / "uv.png"
     image_io.write_png(str(source), image)
@@ -181,7 +181,7 @@ def test_outputs_are_masked_by_the_texture(chain, tmp_path):
 
 def test_mask_file_resized_to_each_input(chain, tmp_path):
     """--mask: one mask image of another size; its dark half blanks the outputs, also at the native size."""
-    dirs = chain[0]
+    dirs = chain
     rng = np.random.default_rng(5)
     source = tmp_path / "face.png"
     image_io.write_png(str(source), rng.uniform(0.1, 1.0, (40, 40, 3)))

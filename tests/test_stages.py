@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
 from conftest import Interrupted, crash_during_step, smoke, train_evals as _evals
@@ -18,7 +19,7 @@ from maginet_jax.training.writers import read_metrics
 
 
 def test_refinement_starts_from_its_input_and_improves(chain):
-    evals = _evals(chain[0]["refine"])
+    evals = _evals(chain["refine"])
     # The last conv starts at zero: the untrained RefinementNet returns the upsampled stage-1 albedo exactly.
     assert evals[0]["eval/albedo_mse"] == pytest.approx(evals[0]["eval/copy_input_mse"], rel=1e-6)
     assert evals[-1]["eval/albedo_mse"] < 0.9 * evals[0]["eval/copy_input_mse"]
@@ -28,18 +29,18 @@ def test_refine_input_is_the_stage1_prediction(chain, tmp_path):
     """With init.albedo_workdir, refine starts from stage 1's prediction, not the degraded ground truth."""
     train.train_and_evaluate(smoke("refine", num_train_steps=1, eval_every_steps=1), str(tmp_path))
     from_truth = _evals(str(tmp_path))[0]["eval/copy_input_mse"]
-    from_stage1 = _evals(chain[0]["refine"])[0]["eval/copy_input_mse"]
+    from_stage1 = _evals(chain["refine"])[0]["eval/copy_input_mse"]
     assert from_stage1 > 5 * from_truth  # a 12-step AlbedoNet is far worse than the degraded ground truth
 
 
 def test_passes_condition_is_the_refined_albedo(chain):
     """Stage 3's condition, scored against the true albedo, is exactly stage 2's final held-out prediction."""
-    refined = _evals(chain[0]["refine"])[-1]["eval/albedo_mse"]
-    assert _evals(chain[0]["passes"])[0]["eval/condition_mse"] == pytest.approx(refined, rel=1e-5)
+    refined = _evals(chain["refine"])[-1]["eval/albedo_mse"]
+    assert _evals(chain["passes"])[0]["eval/condition_mse"] == pytest.approx(refined, rel=1e-5)
 
 
 def test_passes_train(chain):
-    dirs, state = chain
+    dirs = chain
     evals = _evals(dirs["passes"])
     names = ("ambient_occlusion", "normal", "specular", "translucency", "raw_diffuse")
     assert all(f"eval/{p}_mse" in evals[-1] for p in names)
@@ -48,12 +49,12 @@ def test_passes_train(chain):
     assert evals[-1]["eval/mse"] == pytest.approx(mean, rel=1e-5)
     train = [r for r in read_metrics(dirs["passes"]) if "train/g_loss" in r]
     assert {"train/d", "train/g_gan", "train/g_fm", "train/mse"} <= set(train[-1])
-    assert int(state.step) == 12
+    assert ocp.CheckpointManager(os.path.join(dirs["passes"], "checkpoints")).latest_step() == 12
 
 
 def test_passes_sample_grid_shows_every_pass(chain):
     from PIL import Image
-    with Image.open(os.path.join(chain[0]["passes"], "samples", "step_0000012.png")) as im:
+    with Image.open(os.path.join(chain["passes"], "samples", "step_0000012.png")) as im:
         w, h = im.size
     # condition + (prediction, target) for 5 passes = 11 columns of 32 px with 2-px gaps; 2 rows.
     assert (w, h) == (11 * 34 + 2, 2 * 34 + 2)
@@ -74,7 +75,7 @@ def test_passes_run_resumes_exactly(tmp_path, monkeypatch):
 
 def test_wrong_stage_as_input_is_a_clear_error(chain, tmp_path):
     with pytest.raises(UserError, match="holds a 'refine' run, not 'albedo'"):
-        train.train_and_evaluate(smoke("passes", **{"init.albedo_workdir": chain[0]["refine"]}), str(tmp_path))
+        train.train_and_evaluate(smoke("passes", **{"init.albedo_workdir": chain["refine"]}), str(tmp_path))
 
 
 def test_hold_until_holds_then_starts_fresh():

@@ -36,7 +36,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_loss_falls_on_smoke(chain):
-    rows = read_metrics(chain[0]["albedo"])  # AlbedoNet's :smoke run (conftest.py)
+    rows = read_metrics(chain["albedo"])  # AlbedoNet's :smoke run (conftest.py)
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     evals = [r["eval/albedo_mse"] for r in rows if "eval/albedo_mse" in r]
     assert rows[0]["step"] == 0 and "eval/albedo_mse" in rows[0]  # the untrained model is evaluated
