@@ -44,18 +44,19 @@ def score(images: dict, targets: dict, mask: jax.Array, lpips_net) -> dict:
     compile time. Every metric is per example, so the batching changes no score."""
     x = {(row, p): composite(match_channels(v, targets[p].shape[-1]), targets[p], mask)
          for row, by_pass in images.items() for p, v in by_pass.items()}
-    scores = {k: {"mse": losses.per_example_masked_mse(v, targets[k[1]], mask)} for k, v in x.items()}
-    for s in scores.values():
-        s["psnr"] = losses.psnr(s["mse"])
+    scores = {}
+    for k, v in x.items():
+        mse = losses.per_example_masked_mse(v, targets[k[1]], mask)
+        scores[k] = {"mse": mse, "psnr": losses.psnr(mse)}
     if lpips_net is not None:
-        stack = lambda images: jnp.concatenate(images)
         for channels in sorted({v.shape[-1] for v in x.values()}):
             group = [k for k, v in x.items() if v.shape[-1] == channels]
-            ssim = image_metrics.ssim(stack([x[k] for k in group]), stack([targets[k[1]] for k in group]),
-                                      stack([mask] * len(group)))
+            ssim = image_metrics.ssim(jnp.concatenate([x[k] for k in group]),
+                                      jnp.concatenate([targets[k[1]] for k in group]),
+                                      jnp.concatenate([mask] * len(group)))
             for k, v in zip(group, jnp.split(ssim, len(group))):
                 scores[k]["ssim"] = v
-        rgb = lambda images: stack([to_rgb(v) for v in images]) * 2.0 - 1.0
+        rgb = lambda images: jnp.concatenate([to_rgb(v) for v in images]) * 2.0 - 1.0
         lpips = nnx.merge(*lpips_net)(rgb(list(x.values())), rgb([targets[p] for _, p in x]))
         for k, v in zip(x, jnp.split(lpips, len(x))):
             scores[k]["lpips"] = v

@@ -63,15 +63,14 @@ def test_albedo_results_agree_with_training_eval(chain):
 
 
 def test_chained_pipeline_scores_all_six_passes(chain):
-    dirs = chain
-    c = smoke("passes", **{"init.albedo_workdir": dirs["albedo"], "init.refine_workdir": dirs["refine"]})
-    results = evaluate.evaluate_run(c, dirs["passes"])
+    c = smoke("passes", **{"init.albedo_workdir": chain["albedo"], "init.refine_workdir": chain["refine"]})
+    results = evaluate.evaluate_run(c, chain["passes"])
     model = results["rows"]["model"]
     assert list(model) == ["albedo", "ambient_occlusion", "normal", "specular", "translucency", "raw_diffuse",
                            "mean"]
     # the albedo row is the refined stage-1 albedo: the refine run's own final held-out MSE
-    assert model["albedo"]["mse"] == pytest.approx(train_evals(dirs["refine"])[-1]["eval/albedo_mse"], rel=1e-5)
-    last = train_evals(dirs["passes"])[-1]
+    assert model["albedo"]["mse"] == pytest.approx(train_evals(chain["refine"])[-1]["eval/albedo_mse"], rel=1e-5)
+    last = train_evals(chain["passes"])[-1]
     for p in results["passes"][1:]:
         assert model[p]["mse"] == pytest.approx(last[f"eval/{p}_mse"], rel=1e-5)
     assert model["mean"]["mse"] == pytest.approx(np.mean([model[p]["mse"] for p in results["passes"]]))

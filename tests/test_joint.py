@@ -102,9 +102,8 @@ def test_evaluate_and_predict_take_a_joint_run(joint_run, chain, tmp_path):
 
     image = np.random.default_rng(0).uniform(0.1, 1.0, (32, 32, 3)).astype(np.float32)
     tuned = predict.Predictor("", "", "", joint_workdir=workdir)(image)
-    dirs = chain
-    separate = predict.Predictor(dirs["albedo"], dirs["refine"], dirs["passes"])(image)
-    config = joint_config(dirs)
+    separate = predict.Predictor(chain["albedo"], chain["refine"], chain["passes"])(image)
+    config = joint_config(chain)
     graphdefs = runs.abstract_networks(joint.networks(config), sharding.make_mesh(config.mesh))[0]
     want = joint.forward({n: full.params[n] for n in joint.CHAIN}, image[None], graphdefs=graphdefs)
     np.testing.assert_allclose(tuned["albedo"], np.clip(np.asarray(want["refined"][0]), 0, 1), atol=1e-5)
@@ -133,9 +132,8 @@ def test_predict_wants_three_runs_or_one_joint_run(chain):
 
 def test_joint_vs_separate_script(chain, tmp_path):
     """benchmarks/joint_vs_separate.sh on the :smoke runs for 1 extra step: both pipelines and the start scored."""
-    dirs = chain
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    r = subprocess.run(["bash", "benchmarks/joint_vs_separate.sh", dirs["albedo"], dirs["refine"], dirs["passes"],
+    r = subprocess.run(["bash", "benchmarks/joint_vs_separate.sh", chain["albedo"], chain["refine"], chain["passes"],
                         str(tmp_path), "smoke", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     results = {run: json.load(open(tmp_path / run / "eval" / "results.json")) for run in ("start", "passes", "joint")}

@@ -46,9 +46,8 @@ def odd_image(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predicted(chain, odd_image, tmp_path_factory):
-    dirs = chain
     out = str(tmp_path_factory.mktemp("out"))
-    skipped = predict.predict(dirs["albedo"], dirs["refine"], dirs["passes"], odd_image, out)
+    skipped = predict.predict(chain["albedo"], chain["refine"], chain["passes"], odd_image, out)
     return out, skipped
 
 
@@ -74,8 +73,7 @@ def test_normals_are_16_bit_unit_vectors(predicted):
 
 
 def test_native_size_and_sheet(chain, odd_image, tmp_path):
-    dirs = chain
-    predict.predict(dirs["albedo"], dirs["refine"], dirs["passes"], odd_image, str(tmp_path), native=True)
+    predict.predict(chain["albedo"], chain["refine"], chain["passes"], odd_image, str(tmp_path), native=True)
     with Image.open(tmp_path / "face_specular.png") as im:
         assert im.size == (32, 32)  # the passes run's crop size
     with Image.open(tmp_path / "face_sheet.png") as im:
@@ -84,8 +82,7 @@ def test_native_size_and_sheet(chain, odd_image, tmp_path):
 
 def test_prediction_matches_the_chained_networks(chain, tmp_path):
     """At the working size, predict's albedo is RefinementNet(AlbedoNet(image / 2)) as stage 3 trained on."""
-    dirs = chain
-    p = predict.Predictor(dirs["albedo"], dirs["refine"], dirs["passes"])
+    p = predict.Predictor(chain["albedo"], chain["refine"], chain["passes"])
     image = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
     out = p(image)
     import jax
@@ -93,7 +90,7 @@ def test_prediction_matches_the_chained_networks(chain, tmp_path):
     from maginet_jax.losses import area_downsample
     from maginet_jax.training import runs, sharding
     mesh = sharding.make_mesh((("data", 1),), jax.devices()[:1])
-    nets = {stage: runs.load_params(dirs[stage], supervised.networks, stage=stage, what=stage, mesh=mesh)[1:]
+    nets = {stage: runs.load_params(chain[stage], supervised.networks, stage=stage, what=stage, mesh=mesh)[1:]
             for stage in ("albedo", "refine")}
     run = {stage: nnx.merge(graphdefs["model"], params["model"]) for stage, (graphdefs, params) in nets.items()}
     coarse = run["albedo"](area_downsample(image[None], 2))[0]
@@ -130,22 +127,21 @@ def test_directory_with_a_bad_file(chain, odd_image, tmp_path):
     ("missing_mask", "cannot read"),
 ])
 def test_bad_input_is_one_line(chain, tmp_path, case, message):
-    dirs = chain
-    passes, source, extra = dirs["passes"], tmp_path / "in", []
+    passes, source, extra = chain["passes"], tmp_path / "in", []
     if case == "empty":
         source.mkdir()
     else:
         source = tmp_path / "x.png"
         source.write_text("hello")
     if case != "empty" and case != "text":
-        source.write_bytes(open(os.path.join(dirs["passes"], "samples", "step_0000000.png"), "rb").read())
+        source.write_bytes(open(os.path.join(chain["passes"], "samples", "step_0000000.png"), "rb").read())
     if case == "wrong_stage":
-        passes = dirs["refine"]
+        passes = chain["refine"]
     if case == "mask_and_no_mask":
         extra = [f"--mask={source}", "--no_mask"]
     if case == "missing_mask":
         extra = [f"--mask={tmp_path / 'nowhere.png'}"]
-    r = _predict_cli(dirs, f"--passes_workdir={passes}", f"--input={source}", f"--output={tmp_path / 'out'}", *extra)
+    r = _predict_cli(chain, f"--passes_workdir={passes}", f"--input={source}", f"--output={tmp_path / 'out'}", *extra)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("maginet_jax.predict: error: ") and message in lines[0], r.stderr
@@ -162,13 +158,12 @@ def _framed_texture(size=(40, 48), border=6, seed=4) -> np.ndarray:
 
 def test_outputs_are_masked_by_the_texture(chain, tmp_path):
     """Default: every pass is 0 on the black frame and, inside, equal to the raw (--no_mask) output."""
-    dirs = chain
     image = _framed_texture()
     source = tmp_path / "uv.png"
     image_io.write_png(str(source), image)
     image = image_io.read_image(str(source))
     for args, out in (({}, "masked"), ({"no_mask": True}, "raw")):
-        predict.predict(dirs["albedo"], dirs["refine"], dirs["passes"], str(source), str(tmp_path / out), **args)
+        predict.predict(chain["albedo"], chain["refine"], chain["passes"], str(source), str(tmp_path / out), **args)
     inside = predict.texture_mask(image)[..., 0] > 0
     assert inside.sum() == 28 * 36
     for name in ("albedo", *PASSES):
@@ -181,14 +176,13 @@ def test_outputs_are_masked_by_the_texture(chain, tmp_path):
 
 def test_mask_file_resized_to_each_input(chain, tmp_path):
     """--mask: one mask image of another size; its dark half blanks the outputs, also at the native size."""
-    dirs = chain
     rng = np.random.default_rng(5)
     source = tmp_path / "face.png"
     image_io.write_png(str(source), rng.uniform(0.1, 1.0, (40, 40, 3)))
     mask = np.zeros((20, 20, 1), np.float32)
     mask[:, :10] = 1.0  # the left half is valid
     image_io.write_png(str(tmp_path / "mask.png"), mask)
-    p = predict.Predictor(dirs["albedo"], dirs["refine"], dirs["passes"])
+    p = predict.Predictor(chain["albedo"], chain["refine"], chain["passes"])
     for native, side in ((False, 40), (True, 32)):
         out = p(image_io.read_image(str(source)), native, predict.fit_mask(mask, 40, 40))
         for name, x in out.items():

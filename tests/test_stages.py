@@ -40,16 +40,16 @@ def test_passes_condition_is_the_refined_albedo(chain):
 
 
 def test_passes_train(chain):
-    dirs = chain
-    evals = _evals(dirs["passes"])
+    evals = _evals(chain["passes"])
     names = ("ambient_occlusion", "normal", "specular", "translucency", "raw_diffuse")
     assert all(f"eval/{p}_mse" in evals[-1] for p in names)
     assert evals[-1]["eval/mse"] < 0.9 * evals[0]["eval/mse"]
     mean = np.mean([evals[-1][f"eval/{p}_mse"] for p in names])
     assert evals[-1]["eval/mse"] == pytest.approx(mean, rel=1e-5)
-    train = [r for r in read_metrics(dirs["passes"]) if "train/g_loss" in r]
+    train = [r for r in read_metrics(chain["passes"]) if "train/g_loss" in r]
     assert {"train/d", "train/g_gan", "train/g_fm", "train/mse"} <= set(train[-1])
-    assert ocp.CheckpointManager(os.path.join(dirs["passes"], "checkpoints")).latest_step() == 12
+    with ocp.CheckpointManager(os.path.join(chain["passes"], "checkpoints")) as checkpoints:
+        assert checkpoints.latest_step() == 12
 
 
 def test_passes_sample_grid_shows_every_pass(chain):

@@ -73,7 +73,8 @@ def optimizers(config) -> dict[str, optax.GradientTransformation]:
 
 def init(config, mesh: Mesh) -> tuple[dict[str, nnx.GraphDef], TrainState]:
     """The trained parameters of the three runs in `config.init`, with fresh optimizer states."""
-    graphdefs, like = abstract_state(networks(config), optimizers(config), mesh, config.sharding)
+    txs = optimizers(config)
+    graphdefs, like = abstract_state(networks(config), txs, mesh, config.sharding)
     params = {}
     for run, names in (("albedo", {"model": "albedo"}), ("refine", {"model": "refine"}),
                        ("passes", {"generator": "generator", "discriminator": "discriminator"})):
@@ -81,7 +82,7 @@ def init(config, mesh: Mesh) -> tuple[dict[str, nnx.GraphDef], TrainState]:
         saved = runs.restore_params(runs.params_dir(config.init[f"{run}_workdir"], what=what),
                                     {theirs: like.params[ours] for theirs, ours in names.items()}, what=what)
         params.update({ours: saved[theirs] for theirs, ours in names.items()})
-    return graphdefs, state_around(params, optimizers(config), config.seed, like)
+    return graphdefs, state_around(params, txs, config.seed, like)
 
 
 def frozen_nets(config, mesh: Mesh) -> dict:
