@@ -54,6 +54,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.albedo.learning_rate = 2e-4
         c.refine.learning_rate = 2e-4
     elif arg == "smoke":
-        c.albedo.losses.lpips = 0.0  # stage 1 runs at 16²: no room for LPIPS patches
         c.optim.learning_rate = c.albedo.learning_rate = c.refine.learning_rate = 1e-3
     return c

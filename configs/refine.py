@@ -57,7 +57,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     elif arg == "smoke":
         common.apply_smoke(c, resolution=40, crop_size=32)
         c.model.widths = (8, 8)
-        c.losses.vgg = 0.0
+        c.losses.vgg = c.losses.lpips = 0.0  # as configs/albedo.py:smoke
         c.optim.learning_rate = 3e-3
         c.optim.warmup_steps = 2
     return c

@@ -9,10 +9,8 @@ import os
 import subprocess
 import sys
 
-import grain
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -28,7 +26,10 @@ FSDP_MIN_SIZE = 64  # the smoke networks are tiny: shard all but their biases an
 
 
 def _config(stage: str, mesh=(("data", -1),)):
-    return smoke(stage, mesh=mesh, **{"sharding.fsdp_min_size": FSDP_MIN_SIZE})
+    # RefinementNet with patch-LPIPS (off in its :smoke config): a frozen network inside every sharded step, and
+    # the bfloat16 test's tolerance holds with it (with MSE and edge alone bf16's gradients are ~20% off in L2).
+    lpips = {"losses.lpips": 0.2} if stage == "refine" else {}
+    return smoke(stage, mesh=mesh, **{"sharding.fsdp_min_size": FSDP_MIN_SIZE, **lpips})
 
 
 def _batch(c) -> dict:
@@ -180,9 +181,8 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
     def data():
         return iter(loader.training_loader(c, c.batch_size))
 
-    with ocp.CheckpointManager(os.path.join(tmp_path, "checkpoints")) as checkpoints:
-        checkpoints.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(saved),
-                                                    loader=grain.checkpoint.CheckpointSave(data())))
+    with train.checkpoint_manager(os.path.join(tmp_path, "checkpoints")) as checkpoints:
+        train.save_checkpoint(checkpoints, 4, saved, data())
         checkpoints.wait_until_finished()
         restored = train.restore_checkpoint(checkpoints, 4, like, data())
     for a, b, want in zip(jax.tree.leaves(saved), jax.tree.leaves(restored), jax.tree.leaves(like)):
