@@ -65,8 +65,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         common.apply_smoke(c, resolution=40, crop_size=32)
         c.model.widths = (8, 16, 16)
         c.model.attention_reduction = 4
-        # Compiling VGG16 doubles a smoke run, and patch-LPIPS's AlexNet adds a third to AlbedoNet's step and
-        # triples RefinementNet's: tests switch them on where they need them.
+        # Compiling VGG16 doubles a smoke run, and patch-LPIPS's AlexNet adds ~30% to compiling AlbedoNet's train
+        # step and triples RefinementNet's: tests switch them on where they need them.
         c.losses.vgg = c.losses.lpips = 0.0
         c.optim.learning_rate = 3e-3
         c.optim.warmup_steps = 2

@@ -146,7 +146,7 @@ def validate_mesh(config, num_processes: int, mesh) -> None:
 # Orbax writes a replicated array from all of its replicas in parallel (its default unless JAX_PLATFORMS names a
 # GPU), each slicing its part out with an eager op. For the many small arrays of these networks (biases, norm
 # scales, their Adam moments) that costs more than it saves: a :smoke AlbedoNet's checkpoint on 8 CPU devices took
-# 1.6-1.9 s to save instead of 0.8-0.95 (7.5 s instead of 0.9 for a process's first save, which compiles each
+# 1.5-2.0 s to save instead of 0.8-0.95 (7.5 s instead of 0.9 for a process's first save, which compiles each
 # slice). Arrays whose slice per replica would be under 1 MiB are written by one replica; the large kernels at
 # paper scale, in parallel.
 def checkpoint_manager(directory, *, max_to_keep: int | None = None, async_saves: bool = False
@@ -175,8 +175,9 @@ def restore_checkpoint(checkpoints: ocp.CheckpointManager, step: int, like: Trai
     runs.check_saved_shapes(checkpoints.directory / str(step) / "state", like, describe)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
     try:
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
         restored = checkpoints.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)),
+            state=ocp.args.PyTreeRestore(abstract, restore_args=restore_args),
             loader=grain.checkpoint.CheckpointRestore(data_iter)))
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{describe}: {first_line(e)}") from None

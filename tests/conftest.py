@@ -148,6 +148,13 @@ def smoke(stage: str, **overrides):
     return c
 
 
+def lpips_on(stage: str) -> dict:
+    """The override that switches patch-LPIPS back on (off in the albedo and refine :smoke configs) at the weight
+    of `stage`'s full config."""
+    import importlib
+    return {"losses.lpips": importlib.import_module(f"configs.{stage}").get_config().losses.lpips}
+
+
 def train_evals(workdir: str) -> list[dict]:
     """The metrics.jsonl rows of a run that hold eval/* scalars."""
     from maginet_jax.training.writers import read_metrics

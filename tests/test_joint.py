@@ -132,8 +132,8 @@ def test_predict_wants_three_runs_or_one_joint_run(chain):
 def test_joint_vs_separate_script(chain, joint_run, tmp_path):
     """benchmarks/joint_vs_separate.sh on the :smoke runs for the joint :smoke run's 12 steps: both pipelines and
     the start scored."""
-    # With conftest's XLA_FLAGS (8 devices), its joint run compiles the program `joint_run` did: the compilation
-    # cache serves it (~40 s on 2 cores).
+    # With conftest's XLA_FLAGS (8 devices), its joint run compiles the programs `joint_run` did: the compilation
+    # cache serves them.
     r = subprocess.run(["bash", "benchmarks/joint_vs_separate.sh", chain["albedo"], chain["refine"], chain["passes"],
                         str(tmp_path), "smoke"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]

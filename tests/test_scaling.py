@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import REPO, smoke, synthetic_batch
+from conftest import REPO, lpips_on, smoke, synthetic_batch
 from data_pipeline import loader
 from maginet_jax import train
 from maginet_jax.errors import UserError
@@ -28,7 +28,7 @@ FSDP_MIN_SIZE = 64  # the smoke networks are tiny: shard all but their biases an
 def _config(stage: str, mesh=(("data", -1),)):
     # RefinementNet with patch-LPIPS (off in its :smoke config): a frozen network inside every sharded step, and
     # the bfloat16 test's tolerance holds with it (with MSE and edge alone bf16's gradients are ~20% off in L2).
-    lpips = {"losses.lpips": 0.2} if stage == "refine" else {}
+    lpips = lpips_on(stage) if stage == "refine" else {}
     return smoke(stage, mesh=mesh, **{"sharding.fsdp_min_size": FSDP_MIN_SIZE, **lpips})
 
 

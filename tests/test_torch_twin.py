@@ -13,7 +13,7 @@ import torch
 from flax import nnx
 
 from benchmarks.torch_twin import networks, steps, transfer
-from conftest import jit_apply, random_module, smoke, synthetic_batch
+from conftest import jit_apply, lpips_on, random_module, smoke, synthetic_batch
 from maginet_jax.models.albedo_net import AlbedoNet, build_albedo_net
 from maginet_jax.models.refinement_net import build_refinement_net
 from maginet_jax.perceptual.losses import perceptual_nets, sample_patch_corners
@@ -105,7 +105,8 @@ def _supervised_parity(c, frozen_nets, nets, model):
 
 
 def test_albedo_train_loss_and_gradients_match():
-    c = smoke("albedo", **{"losses.lpips": 0.2})  # mse, edge, side, patch-LPIPS; the VGG loss (one module for every stage): the passes test
+    # mse, edge, side, patch-LPIPS; the VGG loss (one module for every stage): the passes test
+    c = smoke("albedo", **lpips_on("albedo"))
     model = random_module(lambda: build_albedo_net(c.model, rngs=nnx.Rngs(0)), seed=1)
     nets = steps.build(c)
     transfer.load_from_jax(nets["model"], model)
@@ -114,7 +115,7 @@ def test_albedo_train_loss_and_gradients_match():
 
 
 def test_refine_train_loss_and_gradients_match():
-    c = smoke("refine", **{"losses.lpips": 0.2})  # conditioned on a (frozen) stage-1 AlbedoNet's prediction
+    c = smoke("refine", **lpips_on("refine"))  # conditioned on a (frozen) stage-1 AlbedoNet's prediction
     albedo_config = smoke("albedo").model
     upstream = random_module(lambda: build_albedo_net(albedo_config, rngs=nnx.Rngs(0)), seed=4)
     model = random_module(lambda: build_refinement_net(c.model, rngs=nnx.Rngs(0)), seed=1)

@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import Interrupted, crash_during_step, smoke, synthetic_batch, tamper_with_step
+from conftest import Interrupted, crash_during_step, lpips_on, smoke, synthetic_batch, tamper_with_step
 from maginet_jax import train
 from maginet_jax.errors import UserError
 from maginet_jax.stages import supervised
@@ -123,7 +123,7 @@ def test_non_finite_loss_stops_before_saving(tmp_path, monkeypatch):
 def test_divergence_saves_no_checkpoint(tmp_path):
     # The reproduction: a learning rate of 1e8 without clipping. Patch-LPIPS is what overflows (without
     # it the normalised, sigmoid-capped AlbedoNet stays finite for the 12 steps).
-    c = smoke("albedo", **{"losses.lpips": 0.2})
+    c = smoke("albedo", **lpips_on("albedo"))
     c.optim.learning_rate, c.optim.grad_clip_norm = 1e8, 0.0
     with pytest.raises(UserError, match=r"non-finite training scalars at step \d+: .*no checkpoint yet"):
         train.train_and_evaluate(c, str(tmp_path))
@@ -178,7 +178,7 @@ def test_sharded_gradients_match_single_device(eight_examples):
 
 
 def test_sharded_adam_step_metrics_match(eight_examples):
-    c = smoke("refine", **{"losses.lpips": 0.2})
+    c = smoke("refine", **lpips_on("refine"))
     # Patch-LPIPS's frozen AlexNet runs inside the sharded step too (VGG is passed in the same way, as a
     # replicated frozen_nets pair, and would add two VGG16 compiles here).
     m1 = _run_steps(c, jax.devices()[:1], eight_examples)

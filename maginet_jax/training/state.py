@@ -64,11 +64,11 @@ def abstract_state(networks: dict[str, Build], txs: dict[str, optax.GradientTran
     """(graphdefs, the state as ShapeDtypeStructs carrying the shardings `sharding_config` gives them on
     `mesh`), without allocating anything: what `init_state` makes, and what a dry run compiles against."""
     graphdefs, params = {}, {}
-    for name, build in networks.items():  # each built once, abstractly (a small AlbedoNet: ~1.4 s on a CPU)
+    for name, build in networks.items():  # each built once, abstractly: building is most of this function's time
         graphdefs[name], params[name] = abstract_params(build)
     shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
                         opt_state={name: jax.eval_shape(txs[name].init, p) for name, p in params.items()},
-                        rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+                        rng=jax.eval_shape(jax.random.PRNGKey, 0))
     shardings = sharding.state_shardings(shapes, mesh, sharding_config.rules, sharding_config.fsdp_min_size)
     return graphdefs, jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
 
