@@ -174,8 +174,9 @@ def test_sharded_gradients_match_single_device(eight_examples):
     # fp32 with another reduction order: the gradients agree to 5e-4 of the largest. Against a float64 gradient,
     # the one-device fp32 one is off by up to 1.8e-4 of the largest on an AVX-512 CPU (the last conv's kernel,
     # summed over every pixel), the 8-way one by 0.8e-4. A sharding bug (a loss or gradient not reduced over all
-    # shards) is off by O(1); one example of the eight counted twice in place of another, by 1.6e-2. (Compared as gradients, not Adam updates: Adam's first
-    # steps are ~lr·sign(g), and a gradient that is pure round-off may flip sign with the order.)
+    # shards) is off by O(1); one example of the eight counted twice in place of another, by 1.6e-2. (Compared
+    # as gradients, not Adam updates: Adam's first steps are ~lr·sign(g), and a gradient that is pure round-off
+    # may flip sign with the order.)
     np.testing.assert_allclose(g8, g1, rtol=0, atol=5e-4 * np.abs(g1).max())
 
 
