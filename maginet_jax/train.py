@@ -275,9 +275,13 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     mesh = sharding.make_mesh(config.mesh)
     stage = STAGES[config.stage]
 
+    # A resumed run restores its whole state, so it starts from shapes alone: initialising it would compile and
+    # run a program whose every output the restore overwrites.
+    start = runs.latest_step(runs.run_path(workdir) / "checkpoints") or 0
+    graphdefs, state = (abstract_state(stage.networks(config), stage.optimizers(config), mesh, config.sharding)
+                        if start else stage.init(config, mesh))
     # The state is donated to every step; the networks that are not trained are placed on the devices once
     # and passed as an argument (closing over them would bake their weights into the compiled program).
-    graphdefs, state = stage.init(config, mesh)
     frozen_nets = jax.device_put(stage.frozen_nets(config, mesh), sharding.replicated(mesh))
     train_step = jit_train_step(config, graphdefs, mesh, jax.tree.map(lambda x: x.sharding, state))
     predict = functools.partial(stage.predict, config=config, graphdefs=graphdefs)
@@ -292,7 +296,6 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     # Under the mesh: the networks constrain their activations against it (sharding.constrain_activation).
     with jax.set_mesh(mesh):
         try:  # closing the manager on every exit: its async threads would otherwise spill tracebacks at exit
-            start = checkpoints.latest_step() or 0
             if start:
                 state = restore_checkpoint(checkpoints, start, state, train_iter)
             logging.info("%s stage, mesh %s over %d devices (%d processes), %s", config.stage, dict(mesh.shape),

@@ -3,6 +3,7 @@
 The loop's tests train RefinementNet's :smoke config: the loop is the same for every stage, and it compiles in
 a third of AlbedoNet's time (AlbedoNet's own runs: test_stages.py, the chained runs of conftest.py)."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -58,6 +59,10 @@ def test_outputs_on_disk(uninterrupted):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
 
 
+def _not_on_resume(config, mesh):
+    raise AssertionError("a resumed run initialised its state")
+
+
 def test_interrupted_run_resumes_exactly(uninterrupted, tmp_path, monkeypatch):
     full_dir, full_state = uninterrupted
     workdir = str(tmp_path)
@@ -66,6 +71,8 @@ def test_interrupted_run_resumes_exactly(uninterrupted, tmp_path, monkeypatch):
         train.train_and_evaluate(_config(), workdir)
     assert max(r["step"] for r in read_metrics(workdir)) == 6  # rows past the checkpoint exist...
     monkeypatch.undo()
+    # the resumed run starts from shapes alone: no state is initialised only to be overwritten by the restore
+    monkeypatch.setitem(train.STAGES, "refine", dataclasses.replace(train.STAGES["refine"], init=_not_on_resume))
     resumed = train.train_and_evaluate(_config(), workdir)
 
     assert read_metrics(workdir) == read_metrics(full_dir)  # ...and are replaced, not duplicated

@@ -52,13 +52,22 @@ def read_config(workdir: str, *, expect_stage: str | tuple[str, ...], what: str)
     return config
 
 
+def latest_step(checkpoints: epath.Path) -> int | None:
+    """The step of the newest finished checkpoint in the directory `checkpoints`; None if it holds none or does
+    not exist (it is not created)."""
+    if not checkpoints.is_dir():
+        return None
+    with ocp.CheckpointManager(checkpoints) as manager:
+        return manager.latest_step()
+
+
 def params_dir(workdir: str, *, what: str) -> epath.Path:
     """The saved tree to read: `<workdir>/params` (imported weights) or the latest checkpoint's state."""
     imported = run_path(workdir) / "params"
     if imported.is_dir():
         return imported
     root = run_path(workdir) / "checkpoints"
-    step = ocp.CheckpointManager(root).latest_step() if root.is_dir() else None
+    step = latest_step(root)
     if step is None:
         raise UserError(f"{what}={workdir!r} has no finished checkpoint yet")
     return root / str(step) / "state"
