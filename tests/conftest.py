@@ -28,6 +28,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
+def highest_precision():
+    """Full-float32 matmuls and convolutions within the test (parity with PyTorch references). Scoped to the
+    test: set at import, it held for every test of the worker, so they compiled programs other than the
+    users' (and their own subprocesses'), which the compilation cache could not share."""
+    import jax
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
+@pytest.fixture
 def smoke_config():
     """The :smoke albedo config, unlocked copies so tests can adjust it."""
     from configs import albedo

@@ -23,7 +23,7 @@ from maginet_jax.errors import UserError
 from maginet_jax.perceptual import networks, weights
 from maginet_jax.perceptual.lpips import LPIPS, unit_normalize
 
-jax.config.update("jax_default_matmul_precision", "highest")
+pytestmark = pytest.mark.usefixtures("highest_precision")
 torch.set_num_threads(2)
 
 ODD = (67, 93)  # an odd, non-square size: exercises floor-mode pooling and stride-4 border handling

@@ -24,7 +24,7 @@ from conftest import jit_apply, random_module
 from maginet_jax.errors import UserError
 from maginet_jax.models import pix2pixhd as p
 
-jax.config.update("jax_default_matmul_precision", "highest")
+pytestmark = pytest.mark.usefixtures("highest_precision")
 torch.set_num_threads(2)
 
 ATOL = 1e-4
