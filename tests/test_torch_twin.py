@@ -7,6 +7,7 @@ RefinementNet's last conv starts at zero), so a parameter mapped to the wrong pl
 """
 
 import functools
+
 import jax
 import numpy as np
 import pytest
@@ -94,7 +95,8 @@ def _supervised_parity(c, frozen_nets, nets, model):
     graphdef, params = nnx.split(model, nnx.Param)
     rng = jax.random.PRNGKey(5)
     loss_fn = functools.partial(supervised.loss_fn, config=c, graphdefs={"model": graphdef})
-    (loss, terms), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))({"model": params}, frozen_nets, batch, rng)
+    loss_and_grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))  # arrays as arguments, not constants XLA folds
+    (loss, terms), grads = loss_and_grad({"model": params}, frozen_nets, batch, rng)
     corners = sample_patch_corners(rng, batch["mask"], c.perceptual.num_patches, c.perceptual.patch_size)
     t_loss, t_terms = steps.supervised_losses(nets, _nchw(batch), c, corners=torch.from_numpy(np.asarray(corners)))
     t_loss.backward()
