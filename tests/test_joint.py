@@ -104,7 +104,7 @@ def test_evaluate_and_predict_take_a_joint_run(joint_run, chain, tmp_path):
     separate = predict.Predictor(chain["albedo"], chain["refine"], chain["passes"])(image)
     config = joint_config(chain)
     graphdefs = runs.abstract_networks(joint.networks(config), sharding.make_mesh(config.mesh))[0]
-    want = jax.jit(functools.partial(joint.forward, graphdefs=graphdefs))(  # eagerly: ~160 op-by-op compiles
+    want = jax.jit(functools.partial(joint.forward, graphdefs=graphdefs))(  # eagerly: one compile per op
         {n: full.params[n] for n in joint.CHAIN}, image[None])
     np.testing.assert_allclose(tuned["albedo"], np.clip(np.asarray(want["refined"][0]), 0, 1), atol=1e-5)
     assert np.abs(tuned["albedo"] - separate["albedo"]).max() > 1e-4  # the fine-tuned networks, not the old ones
