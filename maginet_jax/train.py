@@ -277,7 +277,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
 
     # A resumed run restores its whole state, so it starts from shapes alone: initialising it would compile and
     # run a program whose every output the restore overwrites. (Read before the manager below exists: creating it
-    # creates the directory, and a bad `init` source must fail with the workdir untouched.)
+    # creates checkpoints/, which an `init` that fails, e.g. on a bad import, should not leave behind.)
     start = runs.latest_step(runs.run_path(workdir) / "checkpoints") or 0
     graphdefs, state = (abstract_state(stage.networks(config), stage.optimizers(config), mesh, config.sharding)
                         if start else stage.init(config, mesh))
