@@ -32,7 +32,7 @@ def ablation_root(tmp_path_factory):
 
 def test_every_script_has_a_tiny_run():
     assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "compare.py", "compare_gpu.sh", "compare_report.py",
-                            "dry_run_table.py",
+                            "conv_kernels.py", "dry_run_table.py",
                             "flat_pass_baseline.py", "kill_resume.py", "lighting_invariance.py",
                             "perceptual_cost.py", "relight_speed.py", "joint_vs_separate.sh"}, \
         "add a tiny run of the new script to this file (joint_vs_separate.sh's is in test_joint.py: it needs the " \
@@ -70,6 +70,22 @@ def test_lighting_invariance(ablation_root):
 def test_relight_speed():
     out = _run(sys.executable, "benchmarks/relight_speed.py", "--sizes=32", "--batch=2", "--rounds=2")
     assert "| 32² x1 |" in out and "| 32² sweep x2 |" in out
+
+
+def test_conv_kernels():
+    out = _run(sys.executable, "benchmarks/conv_kernels.py", "--batch=1", "--shapes=8:2:3:3,4:3:2:1", "--rounds=1")
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| 8²") or line.startswith("| 4²")]
+    assert [r[0] for r in rows] == ["| 8² 2→3 3×3", "| 4² 3→2 1×1"]
+    assert float(rows[0][1]) == pytest.approx(2 * 8 * 8 * 9 * 2 * 3 / 1e9) and all(float(r[2]) > 0 for r in rows)
+
+
+def test_conv_kernels_bad_shape_is_one_line():
+    r = subprocess.run([sys.executable, "benchmarks/conv_kernels.py", "--shapes=8:2:3:2"], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [
+        "conv_kernels.py: error: --shapes='8:2:3:2': each must be SIZE:CIN:COUT:KERNEL, positive integers with an "
+        "odd kernel"]
 
 
 def test_perceptual_cost():

@@ -197,7 +197,7 @@ class AlbedoNet(nn.Module):
         context, sides = h, []
         for i in reversed(range(len(self.widths) - 1)):
             size = skips[i].shape[2:]
-            h = self.fuse[i]([self.up[i](resize(h, size)), skips[i], self.ctx[i](resize(context, size))])
+            h = self.fuse[i]([self.up[i](resize(h, size)), skips[i], resize(self.ctx[i](context), size)])
             for block in self.dec[i]:
                 h = block(h)
             out = torch.sigmoid(self.heads[i](h).float())

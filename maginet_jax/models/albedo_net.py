@@ -6,7 +6,7 @@ level fuses three inputs with learned per-pixel weights:
 
     up_i   = conv(upsample(decoder feature from level i+1))
     skip_i = encoder feature at level i
-    ctx_i  = 1×1 conv(bottleneck context resized to level i)
+    ctx_i  = 1×1 conv(bottleneck context), resized to level i
     w      = softmax over inputs of a 1×1 conv over concat(up_i, skip_i, ctx_i)   (per pixel)
     fused  = Σ_j w_j · input_j
 
@@ -104,7 +104,9 @@ class AlbedoNet(nnx.Module):
         for i in reversed(range(len(self.widths) - 1)):
             size = skips[i].shape[1:3]
             up = block(apply, self.up[i], resize_to(h, *size), self.remat)
-            ctx = self.ctx[i](resize_to(context, *size))
+            # The 1×1 conv before the resize: both are linear and bilinear weights sum to one, so the order
+            # gives the same map, and this one convolves the bottleneck's few pixels instead of level i's many.
+            ctx = resize_to(self.ctx[i](context), *size)
             h = self.fuse[i]([up, skips[i], ctx])
             for blk in self.dec[i]:
                 h = block(apply, blk, h, self.remat)

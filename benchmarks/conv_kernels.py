@@ -1,0 +1,102 @@
+"""One convolution at a time, JAX (XLA) against PyTorch (channels_last), forward and forward + backward.
+
+    python benchmarks/conv_kernels.py [--batch 8] [--shapes 128:16:16:3,64:32:32:3,...] [--rounds 20]
+
+Each shape is SIZE:CIN:COUT:KERNEL, a stride-1 "same" convolution without bias on a (batch, SIZE, SIZE, CIN)
+float32 input; the defaults are the 3×3 and 1×1 convolutions of the albedo demo (configs/albedo.py:demo, 128²,
+widths 16-32-64-64). JAX runs each as one jitted program (`lax.conv_general_dilated`, NHWC/HWIO, as nnx.Conv
+does); forward + backward is the output and the gradients with respect to input and kernel, which is what a train
+step asks of the convolution; PyTorch computes the same with `torch.autograd.grad` on channels_last tensors.
+Rounds interleave the four timings so the machine's noise hits all alike; medians are printed, with the GFLOP/s
+each reaches (2·B·H·W·K²·Cin·Cout per pass: 1 forward, 3 forward + backward).
+
+It isolates what the whole-step comparison (`python -m benchmarks.compare`) cannot: how fast each framework's
+convolution kernels are on this device, apart from everything around them. XLA flags (`XLA_FLAGS=...`) apply.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+DEMO_SHAPES = "128:3:16:3,128:16:16:3,128:32:16:3,64:32:32:3,32:64:64:3,16:64:64:3,128:48:3:1"
+
+
+def jax_conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def jax_train(x, w, dy):
+    y, vjp = jax.vjp(jax_conv, x, w)
+    return y, *vjp(dy)
+
+
+def torch_train(x, w, dy):
+    y = torch.nn.functional.conv2d(x, w, padding=w.shape[-1] // 2)
+    return y, *torch.autograd.grad(y, (x, w), dy)
+
+
+def timings(batch: int, size: int, cin: int, cout: int, kernel: int, rounds: int) -> dict[str, float]:
+    """Median milliseconds of the four timed calls for one convolution shape."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, size, size, cin), np.float32)
+    w = (rng.standard_normal((kernel, kernel, cin, cout)) / np.sqrt(kernel * kernel * cin)).astype(np.float32)
+    dy = rng.standard_normal((batch, size, size, cout), np.float32)
+    xj, wj, dyj = map(jnp.asarray, (x, w, dy))
+    fwd, train = jax.jit(jax_conv), jax.jit(jax_train)
+    last = dict(memory_format=torch.channels_last)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(**last).requires_grad_()
+    wt = torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).to(**last).requires_grad_()
+    dyt = torch.from_numpy(dy.transpose(0, 3, 1, 2).copy()).to(**last)
+    calls = {
+        "jax_fwd": lambda: jax.block_until_ready(fwd(xj, wj)),
+        "torch_fwd": lambda: torch.nn.functional.conv2d(xt.detach(), wt.detach(), padding=kernel // 2),
+        "jax_train": lambda: jax.block_until_ready(train(xj, wj, dyj)),
+        "torch_train": lambda: torch_train(xt, wt, dyt),
+    }
+    for call in calls.values():  # compile, allocate
+        call(), call()
+    times = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, call in calls.items():
+            t = time.perf_counter()
+            call()
+            times[k].append(time.perf_counter() - t)
+    return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--shapes", default=DEMO_SHAPES, help="SIZE:CIN:COUT:KERNEL, comma-separated")
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args()
+    try:
+        shapes = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
+        if any(len(s) != 4 or min(s) < 1 or s[3] % 2 == 0 for s in shapes):
+            raise ValueError
+    except ValueError:
+        sys.exit(f"conv_kernels.py: error: --shapes={args.shapes!r}: each must be SIZE:CIN:COUT:KERNEL, positive "
+                 "integers with an odd kernel")
+    print(f"batch {args.batch}, float32, {args.rounds} interleaved rounds; jax {jax.__version__} on "
+          f"{jax.devices()[0].device_kind}, torch {torch.__version__} with {torch.get_num_threads()} threads "
+          f"(channels_last); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print("| conv | GFLOP fwd | JAX fwd ms | torch fwd ms | JAX fwd+bwd ms | torch fwd+bwd ms | JAX GFLOP/s fwd, "
+          "fwd+bwd | torch GFLOP/s fwd, fwd+bwd |")
+    print("|---|---|---|---|---|---|---|---|")
+    for size, cin, cout, kernel in shapes:
+        t = timings(args.batch, size, cin, cout, kernel, args.rounds)
+        gflop = 2 * args.batch * size * size * kernel * kernel * cin * cout / 1e9
+        rate = lambda ms, passes: f"{passes * gflop / ms * 1e3:.0f}"
+        print(f"| {size}² {cin}→{cout} {kernel}×{kernel} | {gflop:.4g} | {t['jax_fwd']:.2f} | {t['torch_fwd']:.2f} "
+              f"| {t['jax_train']:.2f} | {t['torch_train']:.2f} | {rate(t['jax_fwd'], 1)}, "
+              f"{rate(t['jax_train'], 3)} | {rate(t['torch_fwd'], 1)}, {rate(t['torch_train'], 3)} |")
+
+
+if __name__ == "__main__":
+    main()
