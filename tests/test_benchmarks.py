@@ -34,7 +34,7 @@ def test_every_script_has_a_tiny_run():
     assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "compare.py", "compare_gpu.sh", "compare_report.py",
                             "conv_kernels.py", "dry_run_table.py",
                             "flat_pass_baseline.py", "kill_resume.py", "lighting_invariance.py",
-                            "perceptual_cost.py", "relight_speed.py", "joint_vs_separate.sh"}, \
+                            "perceptual_cost.py", "relight_speed.py", "step_profile.py", "joint_vs_separate.sh"}, \
         "add a tiny run of the new script to this file (joint_vs_separate.sh's is in test_joint.py: it needs the " \
         "chained runs)"
 
@@ -86,6 +86,17 @@ def test_conv_kernels_bad_shape_is_one_line():
     assert r.stderr.strip().splitlines() == [
         "conv_kernels.py: error: --shapes='8:2:3:2': each must be SIZE:CIN:COUT:KERNEL, positive integers with an "
         "odd kernel"]
+
+
+def test_step_profile():
+    out = _run(sys.executable, "-m", "benchmarks.step_profile", "--config=configs/refine.py:smoke", "--traced_steps=1",
+               "--top=2")
+    kinds = {r.split(" | ")[0][2:]: float(r.split(" | ")[1]) for r in out.splitlines()
+             if r.startswith(("| convolution", "| transpose", "| elementwise", "| reduction", "| dot"))}
+    assert {"convolution, forward", "convolution, input gradient", "convolution, weight gradient"} <= set(kinds)
+    assert all(ms > 0 for ms in kinds.values())
+    assert len([r for r in out.splitlines() if r.startswith("| ") and r.endswith(" |") and "ms a step" not in r
+                and r.split(" | ")[0][2:] not in kinds and not r.startswith("|---")]) == 2
 
 
 def test_perceptual_cost():
