@@ -10,6 +10,7 @@ from flax import nnx
 from conftest import jit_apply, random_module
 from maginet_jax.models.albedo_net import AdaptiveFusion, AlbedoNet, build_albedo_net
 from maginet_jax.models.attention import ChannelGate, SpatialGate
+from maginet_jax.models.layers import Conv, ConvTranspose
 
 
 def _net(**kw):
@@ -114,3 +115,31 @@ def test_unet_baseline_matches_albedonet_size_and_interface():
     assert out.shape == (2, 32, 32, 3) and sides == [] and float(out.min()) >= 0 and float(out.max()) <= 1
     with pytest.raises(ValueError, match="divisible by 4"):
         net(jnp.zeros((1, 30, 32, 3)))
+
+
+@pytest.mark.parametrize("ours, flax_layer, kw",
+                         [(Conv, nnx.Conv, {}), (ConvTranspose, nnx.ConvTranspose, {"strides": 2})])
+def test_conv_is_flax_conv_in_float32(ours, flax_layer, kw):
+    """Same parameters (paths, values, random draws) and bit-identical outputs: checkpoints and imports carry over."""
+    make = lambda cls: cls(4, 5, (3, 3), bias_init=nnx.initializers.normal(1.0), rngs=nnx.Rngs(3), **kw)
+    a, b = nnx.state(make(ours), nnx.Param), nnx.state(make(flax_layer), nnx.Param)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    x = np.random.default_rng(0).standard_normal((2, 8, 8, 4)).astype(np.float32)
+    np.testing.assert_array_equal(jit_apply(make(ours), x), jit_apply(make(flax_layer), x))
+    assert make(ours).__class__(4, 5, (1, 1), use_bias=False, rngs=nnx.Rngs(0)).bias is None
+
+
+@pytest.mark.parametrize("layer", [Conv, ConvTranspose])
+def test_bfloat16_bias_gradient_is_summed_in_float32(layer):
+    """The bias gradient of a bf16 layer over 8×64×64 pixels is the float32 sum of its bf16 cotangents. flax's own
+    layer sums in bf16, which on XLA:CPU stops growing near 2048-4096 (one more term rounds away)."""
+    net = layer(4, 3, (1, 1), dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(net, nnx.Param)
+    x = np.random.default_rng(1).standard_normal((8, 64, 64, 4)).astype(np.float32)
+    loss = lambda p: jnp.sum(nnx.merge(graphdef, p)(x).astype(jnp.float32) * 1.3)
+    grad = jax.jit(jax.grad(loss))(params)["bias"][...]
+    assert net(x).dtype == jnp.bfloat16 and grad.dtype == jnp.float32
+    cotangent = float(jnp.asarray(1.3, jnp.bfloat16))  # the bf16 output's cotangent
+    np.testing.assert_allclose(grad, np.full(3, 8 * 64 * 64 * cotangent), rtol=1e-6)

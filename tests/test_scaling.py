@@ -26,8 +26,7 @@ FSDP_MIN_SIZE = 64  # the smoke networks are tiny: shard all but their biases an
 
 
 def _config(stage: str, mesh=(("data", -1),)):
-    # RefinementNet with patch-LPIPS (off in its :smoke config): a frozen network inside every sharded step, and
-    # the bfloat16 test's tolerance holds with it (with MSE and edge alone bf16's gradients are ~20% off in L2).
+    # RefinementNet with patch-LPIPS (off in its :smoke config): a frozen network inside every sharded step.
     lpips = lpips_on(stage) if stage == "refine" else {}
     return smoke(stage, mesh=mesh, **{"sharding.fsdp_min_size": FSDP_MIN_SIZE, **lpips})
 
@@ -205,9 +204,11 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state(stage):
         np.testing.assert_allclose(losses16[k], losses32[k], rtol=3e-2, err_msg=k)
     for name in grads32:
         g32, g16 = (np.concatenate([np.ravel(g) for g in jax.tree.leaves(t[name])]) for t in (grads32, grads16))
-        # bf16 keeps 8 bits of mantissa, and bias gradients are sums over every pixel in bf16 (passes' G: 13%
-        # off in L2, D 7%; refine 1%); a wrong sign or a lost term is off by O(1)
-        assert np.linalg.norm(g16 - g32) < 0.2 * np.linalg.norm(g32), name
+        # bf16 keeps 8 bits of mantissa; biases add (and sum their gradients) in float32 (layers.Conv). Measured:
+        # refine 0.2% off in L2 (4.7% when biases summed in bf16, 20% without LPIPS), passes' G 11%, D 1.2%
+        # (7% before); a wrong sign or a lost term is off by O(1)
+        tolerance = {"refine": 0.02, "passes": 0.2}[stage]
+        assert np.linalg.norm(g16 - g32) < tolerance * np.linalg.norm(g32), name
         assert not np.array_equal(g16, g32)  # it did compute in bf16
 
 

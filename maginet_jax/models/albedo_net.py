@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from maginet_jax.models.attention import Attention
-from maginet_jax.models.layers import (ConvNormAct, ResidualBlock, apply, block, check_level_size, encode,
+from maginet_jax.models.layers import (Conv, ConvNormAct, ResidualBlock, apply, block, check_level_size, encode,
                                       level_multiple, resize_to)
 from maginet_jax.models.unet import UNet
 
@@ -37,8 +37,7 @@ class AdaptiveFusion(nnx.Module):
             raise ValueError(f"unknown fusion {kind!r}; expected one of {FUSIONS}")
         self.kind = kind
         out = num_inputs if kind == "adaptive" else width
-        self.proj = (nnx.Conv(width * num_inputs, out, (1, 1), dtype=dtype, rngs=rngs)
-                     if kind != "sum" else None)
+        self.proj = Conv(width * num_inputs, out, (1, 1), dtype=dtype, rngs=rngs) if kind != "sum" else None
 
     def weights(self, inputs: list[jax.Array]) -> jax.Array:
         """Per-pixel fusion weights (B, H, W, num_inputs), summing to one ('adaptive' only)."""
@@ -81,13 +80,12 @@ class AlbedoNet(nnx.Module):
         # Decoder modules are indexed by the level they produce, 0 (full size) .. L-2.
         levels = range(len(widths) - 1)
         self.up = nnx.List([ConvNormAct(widths[i + 1], widths[i], act=activation, **kw) for i in levels])
-        self.ctx = nnx.List([nnx.Conv(c, widths[i], (1, 1), dtype=dtype, rngs=rngs) for i in levels])
+        self.ctx = nnx.List([Conv(c, widths[i], (1, 1), dtype=dtype, rngs=rngs) for i in levels])
         self.fuse = nnx.List([AdaptiveFusion(widths[i], 3, kind=fusion, dtype=dtype, rngs=rngs)
                               for i in levels])
         self.dec = nnx.List([nnx.List([residual(widths[i], widths[i]) for _ in range(decoder_blocks)])
                              for i in levels])
-        self.heads = nnx.List([nnx.Conv(widths[i], out_channels, (1, 1), dtype=dtype, rngs=rngs)
-                               for i in levels])
+        self.heads = nnx.List([Conv(widths[i], out_channels, (1, 1), dtype=dtype, rngs=rngs) for i in levels])
 
     @property
     def size_multiple(self) -> int:

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from maginet_jax.models.layers import Conv
+
 ATTENTIONS = ("cbam", "channel", "spatial", "none")
 
 
@@ -31,7 +33,7 @@ class SpatialGate(nnx.Module):
     """Per-pixel gate from a k×k conv over the channel-wise mean and max maps."""
 
     def __init__(self, *, kernel: int = 7, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(2, 1, (kernel, kernel), padding="SAME", dtype=dtype, rngs=rngs)
+        self.conv = Conv(2, 1, (kernel, kernel), padding="SAME", dtype=dtype, rngs=rngs)
 
     def gate(self, x: jax.Array) -> jax.Array:
         """The (B, H, W, 1) gate in [0, 1]."""

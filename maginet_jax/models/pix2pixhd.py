@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from maginet_jax.errors import UserError
-from maginet_jax.models.layers import apply, block
+from maginet_jax.models.layers import Conv, ConvTranspose, apply, block
 from maginet_jax.torch_interop import to_numpy
 
 _INIT = nnx.initializers.normal(0.02)  # the original's weights_init for convs
@@ -70,15 +70,15 @@ def _head(conv, x):
 
 
 def _conv(cin, cout, k, stride=1, pad=0, *, dtype, rngs):
-    return nnx.Conv(cin, cout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)), kernel_init=_INIT,
-                    dtype=dtype, rngs=rngs)
+    return Conv(cin, cout, (k, k), strides=stride, padding=((pad, pad), (pad, pad)), kernel_init=_INIT,
+                dtype=dtype, rngs=rngs)
 
 
 UPSAMPLES = ("transpose", "resize")
 RESIZE_METHODS = ("nearest", "bilinear")
 
 
-class ResizeConv(nnx.Conv):
+class ResizeConv(Conv):
     """×2 resize (nearest or bilinear), reflect-pad 1, 3×3 conv: an upsampling whose every output pixel sees the
     same number of kernel taps, so it cannot print the transposed convolution's checkerboard (Odena et al. 2016).
     Bilinear is torch's `Upsample(scale_factor=2, align_corners=False)` (half-pixel centres)."""
@@ -100,8 +100,8 @@ def _upsample(cin, cout, upsample: str, resize_method: str, *, dtype, rngs):
     if upsample == "resize":
         return ResizeConv(cin, cout, resize_method, dtype=dtype, rngs=rngs)
     # torch ConvTranspose2d(k3, s2, p1, output_padding 1): per-side padding k-1-p, plus output_padding high.
-    return nnx.ConvTranspose(cin, cout, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)), transpose_kernel=True,
-                             kernel_init=_INIT, dtype=dtype, rngs=rngs)
+    return ConvTranspose(cin, cout, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)), transpose_kernel=True,
+                         kernel_init=_INIT, dtype=dtype, rngs=rngs)
 
 
 def _up_layout(upsample: str) -> tuple[int, int]:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maginet_jax.models.layers import block, get_activation, resize_to
+from maginet_jax.models.layers import Conv, block, get_activation, resize_to
 
 
 class RefinementNet(nnx.Module):
@@ -22,10 +22,10 @@ class RefinementNet(nnx.Module):
                  activation: str = "relu", dtype=jnp.float32, remat: str = "none", rngs: nnx.Rngs):
         if len(widths) != 2:
             raise ValueError(f"RefinementNet has three convs, so two hidden widths; got {tuple(widths)}")
-        self.conv1 = nnx.Conv(albedo_channels + image_channels, widths[0], (3, 3), dtype=dtype, rngs=rngs)
-        self.conv2 = nnx.Conv(widths[0], widths[1], (3, 3), dtype=dtype, rngs=rngs)
-        self.conv3 = nnx.Conv(widths[1], albedo_channels, (3, 3), kernel_init=nnx.initializers.zeros,
-                              dtype=dtype, rngs=rngs)
+        self.conv1 = Conv(albedo_channels + image_channels, widths[0], (3, 3), dtype=dtype, rngs=rngs)
+        self.conv2 = Conv(widths[0], widths[1], (3, 3), dtype=dtype, rngs=rngs)
+        self.conv3 = Conv(widths[1], albedo_channels, (3, 3), kernel_init=nnx.initializers.zeros, dtype=dtype,
+                          rngs=rngs)
         self.act, self.remat = get_activation(activation), remat
 
     def __call__(self, albedo: jax.Array, image: jax.Array) -> jax.Array:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maginet_jax.models.layers import ConvNormAct, apply, block, check_level_size, encode, resize_to
+from maginet_jax.models.layers import Conv, ConvNormAct, apply, block, check_level_size, encode, resize_to
 
 
 class UNet(nnx.Module):
@@ -31,7 +31,7 @@ class UNet(nnx.Module):
         self.down = nnx.List([ConvNormAct(ws[i - 1], ws[i], stride=2, **kw) for i in range(1, len(ws))])
         self.dec = nnx.List([nnx.List([ConvNormAct(ws[i + 1] + ws[i], ws[i], **kw), ConvNormAct(ws[i], ws[i], **kw)])
                              for i in range(len(ws) - 1)])
-        self.head = nnx.Conv(ws[0], out_channels, (1, 1), dtype=dtype, rngs=rngs)
+        self.head = Conv(ws[0], out_channels, (1, 1), dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
         check_level_size("UNet", len(self.widths), x.shape[1], x.shape[2])
