@@ -329,7 +329,7 @@ def import_torch_state_dict(module: nnx.Module, state_dict) -> None:
     if problems:
         raise UserError(f"state dict does not fit {type(module).__name__}: " + "; ".join(problems))
     for var, value in updates:
-        var.value = jnp.asarray(value, var.dtype)  # also fills a module built abstractly (nnx.eval_shape)
+        var.set_value(jnp.asarray(value, var.dtype))  # also fills a module built abstractly (nnx.eval_shape)
 
 
 GENERATORS = ("global", "local")
