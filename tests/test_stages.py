@@ -1,6 +1,7 @@
 """Stages 2 and 3: chained training from frozen earlier runs, the GAN stage's exact resume, niter_fix_global,
 the pix2pixHD schedule and the per-pass objective."""
 
+import json
 import os
 
 import jax
@@ -10,11 +11,12 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
+from configs import passes as passes_config
 from conftest import Interrupted, crash_during_step, smoke, train_evals as _evals
 from maginet_jax import train
 from maginet_jax.errors import UserError
 from maginet_jax.stages import passes
-from maginet_jax.training import sharding, state as state_lib
+from maginet_jax.training import runs, sharding, state as state_lib
 from maginet_jax.training.writers import read_metrics
 
 
@@ -76,6 +78,19 @@ def test_passes_run_resumes_exactly(tmp_path, monkeypatch):
 def test_wrong_stage_as_input_is_a_clear_error(chain, tmp_path):
     with pytest.raises(UserError, match="holds a 'refine' run, not 'albedo'"):
         train.train_and_evaluate(smoke("passes", **{"init.albedo_workdir": chain["refine"]}), str(tmp_path))
+
+
+def test_an_older_runs_config_gets_the_keys_it_lacks(tmp_path):
+    """A passes run saved before `model.upsample`, `pass_mse_weights` and `perceptual.precision` existed reads
+    with their defaults (the behaviour from before them), keeps what it saved, and validates."""
+    saved = passes_config.get_config("demo").to_dict()
+    del saved["model"]["upsample"], saved["pass_mse_weights"], saved["perceptual"]["precision"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    config = runs.read_config(str(tmp_path), expect_stage="passes", what="w")
+    assert (config.model.upsample, config.perceptual.precision) == ("transpose", "highest")
+    assert set(config.pass_mse_weights.values()) == {1.0}
+    assert config.batch_size == saved["batch_size"] != passes_config.get_config("").batch_size
+    train.validate(config)
 
 
 def test_hold_until_holds_then_starts_fresh():

@@ -10,6 +10,8 @@ checkpoints) for imported weights.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import uuid
@@ -49,7 +51,28 @@ def read_config(workdir: str, *, expect_stage: str | tuple[str, ...], what: str)
     stage = config.get("stage")
     if stage not in expected:
         raise UserError(f"{what}={workdir!r} holds a {stage!r} run, not {' or '.join(map(repr, expected))}")
-    return config
+    return with_defaults(config)
+
+
+def with_defaults(saved: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`saved` with every key it lacks taken from its stage's default config (`configs/<stage>.py`; imported
+    weights, `tools.import_pix2pixhd`'s stage, have none and are returned as saved).
+
+    A run saved before a key existed lacks it; a new key's default keeps the behaviour from before it, so the
+    filled config is what the run was trained with, and evaluation and later stages validate it like a new one.
+    """
+    def fill(values: dict, defaults: dict) -> dict:
+        for key, default in defaults.items():
+            if key not in values:
+                values[key] = default
+            elif isinstance(default, dict) and isinstance(values[key], dict):
+                fill(values[key], default)
+        return values
+
+    if importlib.util.find_spec(f"configs.{saved.stage}") is None:
+        return saved
+    defaults = importlib.import_module(f"configs.{saved.stage}").get_config("")
+    return ml_collections.ConfigDict(fill(saved.to_dict(), defaults.to_dict()))
 
 
 def latest_step(checkpoints: epath.Path) -> int | None:
