@@ -205,8 +205,9 @@ def test_bfloat16_computes_in_bf16_and_keeps_float32_state(stage):
     for name in grads32:
         g32, g16 = (np.concatenate([np.ravel(g) for g in jax.tree.leaves(t[name])]) for t in (grads32, grads16))
         # bf16 keeps 8 bits of mantissa; biases add (and sum their gradients) in float32 (layers.Conv). Measured:
-        # refine 0.2% off in L2 (4.7% when biases summed in bf16, 20% without LPIPS), passes' G 11%, D 1.2%
-        # (7% before); a wrong sign or a lost term is off by O(1)
+        # refine 0.2% off in L2 (4.7% when biases summed in bf16, 20% without LPIPS), passes' D 1.2% (7% before)
+        # and G 11%: its adversarial gradient through D's bf16 layers (16% alone) and feature matching's L1, whose
+        # signs flip under rounding (4% without it); a wrong sign or a lost term is off by O(1)
         tolerance = {"refine": 0.02, "passes": 0.2}[stage]
         assert np.linalg.norm(g16 - g32) < tolerance * np.linalg.norm(g32), name
         assert not np.array_equal(g16, g32)  # it did compute in bf16
