@@ -61,11 +61,12 @@ class _Float32Bias:
     (`bias`, drawn after the kernel) and its path are flax's, so checkpoints and weight imports are unchanged.
     """
 
-    def __init__(self, *args, use_bias: bool = True, bias_init=nnx.initializers.zeros_init(), rngs: nnx.Rngs,
-                 **kwargs):
+    def __init__(self, *args, use_bias: bool = True, bias_init=nnx.initializers.zeros_init(), bias_metadata=None,
+                 rngs: nnx.Rngs, **kwargs):
         super().__init__(*args, use_bias=False, rngs=rngs, **kwargs)
         if use_bias:
-            self.bias = nnx.Param(bias_init(rngs.params(), (self.out_features,), self.param_dtype))
+            self.bias = nnx.Param(bias_init(rngs.params(), (self.out_features,), self.param_dtype),
+                                  **(bias_metadata or {}))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = super().__call__(x)  # flax's layer built without a bias: the convolution alone
