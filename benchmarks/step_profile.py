@@ -6,7 +6,8 @@ Compiles the stage's train step as the training loop does (benchmarks.compare's 
 state), runs `--traced_steps` steps under `jax.profiler.trace` with XLA's per-op trace events on
 (`--xla_cpu_enable_xprof_traceme=true`, added to XLA_FLAGS before JAX starts), and sums each compiled op's time.
 Ops are grouped by what their HLO computes: convolutions (forward, input gradient, weight gradient: a weight
-gradient is a convolution whose window spans the image), dots, transposes and copies, reductions, the rest.
+gradient is a convolution whose window spans the image: here, wider than 11, the largest kernel of our networks
+and the loss networks), dots, transposes and copies, reductions, the rest.
 Op times are summed over XLA's threads, so their total can exceed the wall time of a step. Only what XLA's
 thunks report is counted; the CPU backend traces every compiled op.
 """
