@@ -1,4 +1,5 @@
-"""Image files for prediction: reading any format Pillow knows (16-bit PNGs with pypng), writing 8-/16-bit PNGs.
+"""Image files for prediction: reading any format Pillow knows (16-bit PNGs with pypng), writing 8-/16-bit PNGs;
+which of an image's pixels are its texture (not the black background).
 
 Pillow cannot write 16-bit RGB, which normals need (an 8-bit code step is already a 0.45° tilt), so those
 PNGs are written here directly: non-interlaced, filter type 0, zlib-compressed, as the PNG spec allows.
@@ -16,6 +17,14 @@ from etils import epath
 from PIL import Image, UnidentifiedImageError
 
 from maginet_jax.errors import UserError
+
+
+BLACK = 2.0 / 255.0  # tolerates the rounding noise of a black background
+
+
+def texture_mask(image: np.ndarray) -> np.ndarray:
+    """(H, W, 1) float 0/1: an image's non-black pixels (a UV texture's valid region, a reference photo's face)."""
+    return (image.max(axis=-1, keepdims=True) > BLACK).astype(np.float32)
 
 
 def _read_png16(path: str) -> np.ndarray | None:

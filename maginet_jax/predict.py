@@ -64,14 +64,6 @@ _MASK = flags.DEFINE_string("mask", "", "An image whose bright pixels (>= 0.5) m
 _NO_MASK = flags.DEFINE_bool("no_mask", False, "Write the raw outputs, also outside the face.")
 flags.mark_flags_as_required(["input", "output"])
 
-BLACK = 2.0 / 255.0  # tolerates the rounding noise of a black background
-
-
-def texture_mask(image: np.ndarray) -> np.ndarray:
-    """(H, W, 1) float 0/1: the input's non-black pixels, a UV texture's valid region."""
-    return (image.max(axis=-1, keepdims=True) > BLACK).astype(np.float32)
-
-
 def fit_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     """A [0, 1] mask image (H, W, C) resized to (height, width) and thresholded at 0.5: (height, width, 1)."""
     grey = mask.mean(axis=-1, keepdims=True)
@@ -191,7 +183,7 @@ def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input
 
     def one(path: str, image: np.ndarray) -> None:
         h, w = image.shape[:2]
-        valid = None if no_mask else fit_mask(mask_image, h, w) if mask else texture_mask(image)
+        valid = None if no_mask else fit_mask(mask_image, h, w) if mask else image_io.texture_mask(image)
         write_outputs(output_dir, os.path.splitext(os.path.basename(path))[0], image, predictor(image, native, valid))
 
     if single:

@@ -213,7 +213,7 @@ def relight(passes_path: str, output: str, rig: Rig, sweep: int = 0, sweep_forma
     reference = image_io.read_image(match) if match else None
     first = read_passes(stems[0])
     if reference is not None:
-        inside = reference.max(axis=-1) > 0  # the reference's non-black pixels: its face
+        inside = image_io.texture_mask(reference)[..., 0] > 0  # the reference's face
         rig = dataclasses.replace(rig, sh=match_lighting(first, reference, inside), sh_intensity=1.0)
     if output:
         os.makedirs(output, exist_ok=True)

@@ -164,7 +164,7 @@ def test_outputs_are_masked_by_the_texture(chain, tmp_path):
     image = image_io.read_image(str(source))
     for args, out in (({}, "masked"), ({"no_mask": True}, "raw")):
         predict.predict(chain["albedo"], chain["refine"], chain["passes"], str(source), str(tmp_path / out), **args)
-    inside = predict.texture_mask(image)[..., 0] > 0
+    inside = image_io.texture_mask(image)[..., 0] > 0
     assert inside.sum() == 28 * 36
     for name in ("albedo", *PASSES):
         masked = image_io.read_image(str(tmp_path / "masked" / f"uv_{name}.png"))
@@ -188,3 +188,10 @@ def test_mask_file_resized_to_each_input(chain, tmp_path):
         for name, x in out.items():
             assert x.shape[:2] == (side, side), name
             assert not x[:, side // 2:].any() and x[:, :side // 2].any(), (name, native)
+
+
+def test_texture_mask_is_the_non_black_pixels():
+    """Black up to 2/255 (a black background's rounding noise) is outside; predict and relight --match share it."""
+    image = np.zeros((1, 5, 3), np.float32)
+    image[0, :, 1] = [0, 1 / 255, 2 / 255, 3 / 255, 1]
+    assert image_io.texture_mask(image)[0, :, 0].tolist() == [0, 0, 0, 1, 1]
