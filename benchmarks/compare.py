@@ -243,15 +243,20 @@ def pipeline_rate(config, num_batches: int) -> float:
     return num_batches * config.batch_size / (time.perf_counter() - t)
 
 
+def first_batch(config) -> dict:
+    """The first training batch of `config`'s data, as the training loop would draw it: every variant's input."""
+    source = loader.make_source(config.data, "train", config.batch_size, ("albedo", *config.get("passes", ())))
+    return next(iter(loader.make_loader(source, batch_size=config.batch_size, crop_size=config.data.crop_size,
+                                        train=True, seed=config.seed)))
+
+
 def run(config, variants: list[str], rounds: int, warmup: int, pipeline_batches: int) -> dict:
     """Times the variants; returns the JSON report."""
     if torch.cuda.is_available():  # TF32, as JAX's default precision on the GPU (see the module docstring)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     runners, flops = [], {"train": 0.0, "infer": 0.0}
     if variants:
-        source = loader.make_source(config.data, "train", config.batch_size, ("albedo", *config.get("passes", ())))
-        batch = next(iter(loader.make_loader(source, batch_size=config.batch_size, crop_size=config.data.crop_size,
-                                             train=True, seed=config.seed)))
+        batch = first_batch(config)
         progress(f"the batch is ready ({config.batch_size} at {config.data.crop_size}²)")
         jax_variant = JaxVariant(config, batch)  # built first: the twins start from its weights
         if torch.cuda.is_available():  # before any PyTorch work

@@ -32,7 +32,6 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import compare  # noqa: E402
-from data_pipeline import loader  # noqa: E402
 from maginet_jax import train  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("traced_steps", 3, "Traced train steps (after two untraced ones).")
@@ -81,10 +80,7 @@ def op_times(trace_dir: str, kinds: dict) -> collections.Counter:
 def main(argv) -> None:
     del argv
     config = train.CONFIG.value
-    source = loader.make_source(config.data, "train", config.batch_size, ("albedo", *config.get("passes", ())))
-    batch = next(iter(loader.make_loader(source, batch_size=config.batch_size, crop_size=config.data.crop_size,
-                                         train=True, seed=config.seed)))
-    variant = compare.JaxVariant(config, batch)
+    variant = compare.JaxVariant(config, compare.first_batch(config))
     step = compare.synced(variant.train_step)
     step(), step()
     untraced = []

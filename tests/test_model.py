@@ -128,7 +128,7 @@ def test_conv_is_flax_conv_in_float32(ours, flax_layer, kw):
         np.testing.assert_array_equal(x, y)
     x = np.random.default_rng(0).standard_normal((2, 8, 8, 4)).astype(np.float32)
     np.testing.assert_array_equal(jit_apply(make(ours), x), jit_apply(make(flax_layer), x))
-    assert make(ours).__class__(4, 5, (1, 1), use_bias=False, rngs=nnx.Rngs(0)).bias is None
+    assert ours(4, 5, (1, 1), use_bias=False, rngs=nnx.Rngs(0)).bias is None
 
 
 @pytest.mark.parametrize("layer", [Conv, ConvTranspose])

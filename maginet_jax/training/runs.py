@@ -10,7 +10,6 @@ checkpoints) for imported weights.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import os
