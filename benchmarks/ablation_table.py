@@ -1,21 +1,35 @@
-"""The ablation tables: each model's held-out albedo metrics over seeds, and whether the difference is significant.
+"""The ablation tables: each model's held-out albedo metrics and lighting invariance over seeds, and whether the
+difference is significant.
 
-    python benchmarks/ablation_table.py runs/ablation
+    python benchmarks/ablation_table.py runs/ablation                       # a directory of runs
+    python benchmarks/ablation_table.py runs/ablation256 --record benchmarks/results/ablation-256
+    python benchmarks/ablation_table.py benchmarks/results/ablation-256     # a directory of records
 
-Reads `<dir>/<model>_seed<N>/eval/results.json` (written by `python -m maginet_jax.evaluate`). The test is
-exact and assumes no distribution: the two-sided permutation p-value of the difference of means, over every
-way of splitting the pooled runs into groups of the two sizes (252 splits for 5 seeds each, so the smallest
-possible p is 2/252 ≈ 0.008). Welch's t (and its degrees of freedom) is printed beside it for readers who
-prefer it.
+A run is `<dir>/<model>_seed<N>/` with `eval/results.json` (`python -m maginet_jax.evaluate`) and, optionally,
+`eval/lighting.json` (`benchmarks/lighting_invariance.py --json`). `--record DIR` writes each such run's figures,
+with the machine, versions, commit and settings they came from, to `DIR/<model>_seed<N>.json` (an existing record
+is kept), and a directory of records reads like one of runs: records committed to the repository let an ablation
+that needs more than one session be completed across sessions. Records of different settings are refused.
+
+The unpaired test is exact and assumes no distribution: the two-sided permutation p-value of the difference of
+means, over every way of splitting the pooled runs into groups of the two sizes (252 splits for 5 seeds each, so
+the smallest possible p is 2/252 ≈ 0.008). Welch's t (and its degrees of freedom) is printed beside it for
+readers who prefer it. Runs of one seed share the data order and differ only in the network, and records may come
+from different machines (XLA's numerics depend on the processor; each seed's pair is run on one), so the paired
+test is printed too: the exact sign-flip p of the mean per-seed difference (2^n sign patterns, smallest p 2/2^n).
 """
 
+import argparse
 import collections
 import glob
 import itertools
 import json
 import os
+import platform
 import re
+import subprocess
 import sys
+from importlib import metadata
 
 import numpy as np
 
@@ -46,43 +60,140 @@ def welch_t(a, b) -> tuple[float, float]:
     return float(t), float(df)
 
 
+def sign_flip_p(differences) -> float:
+    """Two-sided exact sign-flip p-value of mean(differences) (paired samples): the share of the 2^n ways of
+    flipping the differences' signs whose |mean| is at least the observed one."""
+    d = np.asarray(differences, np.float64)
+    observed = abs(d.mean())
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))
+    return float(np.mean(np.abs((signs * d).mean(axis=1)) >= observed - 1e-12 * max(observed, 1.0)))
+
+
+def _settings(config: dict) -> dict:
+    """What must match between the runs of one ablation (besides the seed and the network)."""
+    return {"crop_size": config["data"]["crop_size"], "num_train_examples": config["data"]["num_train_examples"],
+            "num_train_steps": config["num_train_steps"], "batch_size": config["batch_size"],
+            "learning_rate": config["optim"]["learning_rate"]}
+
+
+def machine() -> str:
+    """This machine's processor, as /proc/cpuinfo names it (with family and model), and its core count."""
+    fields = {}
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    return f"{name} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')}), {os.cpu_count()} cores"
+
+
+def _run_record(run_dir: str) -> dict:
+    """A finished run's figures and settings, and where and with what they were made."""
+    with open(os.path.join(run_dir, "eval", "results.json")) as f:
+        results = json.load(f)
+    lighting_path = os.path.join(run_dir, "eval", "lighting.json")
+    lighting = json.load(open(lighting_path)) if os.path.exists(lighting_path) else None
+    with open(os.path.join(run_dir, "config.json")) as f:
+        config = json.load(f)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {"albedo": results["rows"]["model"]["albedo"], "step": results["step"], "lighting": lighting,
+            "settings": _settings(config), "machine": machine(), "jax": metadata.version("jax"),
+            "commit": commit or None}
+
+
 def read_runs(root: str) -> dict[str, dict[int, dict]]:
-    """{model: {seed: albedo metrics row}} of every evaluated run under root."""
+    """{model: {seed: record}} of every evaluated run, or every record, under root (a record as `_run_record`)."""
     runs = collections.defaultdict(dict)
-    for path in sorted(glob.glob(os.path.join(root, "*_seed*", "eval", "results.json"))):
-        model, seed = re.fullmatch(r"(.+)_seed(\d+)", os.path.basename(os.path.dirname(os.path.dirname(path)))).groups()
-        with open(path) as f:
-            runs[model][int(seed)] = json.load(f)["rows"]["model"]["albedo"]
+    for path in sorted(glob.glob(os.path.join(root, "*_seed*"))):
+        match = re.fullmatch(r"(.+)_seed(\d+)(\.json)?", os.path.basename(path))
+        if not match:
+            continue
+        model, seed, is_record = match.groups()
+        if is_record:
+            with open(path) as f:
+                runs[model][int(seed)] = json.load(f)
+        elif os.path.exists(os.path.join(path, "eval", "results.json")):
+            runs[model][int(seed)] = _run_record(path)
+    settings = {json.dumps(r["settings"], sort_keys=True) for by_seed in runs.values() for r in by_seed.values()}
+    if len(settings) > 1:
+        raise SystemExit(f"ablation_table.py: error: the runs under {root} differ in their settings: "
+                         + " vs ".join(sorted(settings)))
     return runs
 
 
-def main(root: str) -> None:
-    runs = read_runs(root)
-    print("| model | seeds | " + " | ".join(m[3] for m in METRICS) + " |")
-    print("| --- | --- | --- | --- | --- | --- |")
+def record(runs: dict[str, dict[int, dict]], out_dir: str) -> list[str]:
+    """Writes each run's record to `out_dir/<model>_seed<N>.json` unless one is there; the paths written."""
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for model, by_seed in runs.items():
+        for seed, r in by_seed.items():
+            path = os.path.join(out_dir, f"{model}_seed{seed}.json")
+            if not os.path.exists(path):
+                with open(path, "w") as f:
+                    json.dump(r, f, indent=1)
+                    f.write("\n")
+                written.append(path)
+    return written
+
+
+def _values(by_seed: dict[int, dict], metric: str, scale: float) -> dict[int, float]:
+    """{seed: value × scale} of a metric: an albedo metric, or 'spread' / 'relit_mse' from lighting invariance
+    (runs without it are left out)."""
+    if metric in ("spread", "relit_mse"):
+        key = "spread" if metric == "spread" else "mse"
+        return {s: r["lighting"][key] * scale for s, r in by_seed.items() if r.get("lighting")}
+    return {s: r["albedo"][metric] * scale for s, r in by_seed.items()}
+
+
+LIGHTING = (("spread", 1e3, 3, "relighting spread (×1e-3)"), ("relit_mse", 1e3, 3, "albedo MSE over renders (×1e-3)"))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", nargs="?", default="runs/ablation", help="a directory of runs or of records")
+    parser.add_argument("--record", metavar="DIR", help="also write each run's record to DIR")
+    args = parser.parse_args(argv)
+    runs = read_runs(args.root)
+    if not runs:
+        raise SystemExit(f"ablation_table.py: error: no evaluated runs or records under {args.root}")
+    if args.record:
+        for path in record(runs, args.record):
+            print(f"recorded {path}")
+    metrics = METRICS + (LIGHTING if any(r.get("lighting") for g in runs.values() for r in g.values()) else ())
+    settings = next(iter(next(iter(runs.values())).values()))["settings"]
+    print(f"{settings['crop_size']}², {settings['num_train_steps']} steps of batch {settings['batch_size']}")
+    print()
+    print("| model | seeds | " + " | ".join(m[3] for m in metrics) + " |")
+    print("| --- | --- |" + " --- |" * len(metrics))
     for model, by_seed in runs.items():
         cells = []
-        for metric, scale, digits, _ in METRICS:
-            v = np.array([r[metric] for r in by_seed.values()]) * scale
+        for metric, scale, digits, _ in metrics:
+            v = np.array(list(_values(by_seed, metric, scale).values()))
             cells.append(f"{v.mean():.{digits}f} ± {v.std(ddof=1) if len(v) > 1 else 0:.{digits}f}")
         print(f"| {NAMES.get(model, model)} | {','.join(map(str, sorted(by_seed)))} | " + " | ".join(cells) + " |")
     print()
-    print("| model | seed | " + " | ".join(m[3] for m in METRICS) + " |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| model | seed | " + " | ".join(m[3] for m in metrics) + " | machine |")
+    print("| --- | --- |" + " --- |" * (len(metrics) + 1))
     for model, by_seed in runs.items():
-        for seed, r in sorted(by_seed.items()):
-            print(f"| {NAMES.get(model, model)} | {seed} | {r['mse'] * 1e3:.3f} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
-                  f"{r['lpips']:.4f} |")
+        for seed in sorted(by_seed):
+            cells = [f"{_values({seed: by_seed[seed]}, m, sc).get(seed, float('nan')):.{d}f}" for m, sc, d, _ in metrics]
+            print(f"| {NAMES.get(model, model)} | {seed} | " + " | ".join(cells) + f" | {by_seed[seed]['machine']} |")
     a, b = runs.get("albedo", {}), runs.get("unet_baseline", {})
     if len(a) >= 2 and len(b) >= 2:
         print()
-        print("| metric | MAGINet − U-Net (mean) | Welch t (df) | exact permutation p (two-sided) |")
-        print("| --- | --- | --- | --- |")
-        for metric, scale, digits, label in METRICS:
-            x, y = (np.array([r[metric] for r in g.values()]) * scale for g in (a, b))
+        print("| metric | MAGINet − U-Net (mean) | Welch t (df) | exact permutation p (two-sided) | seeds paired | "
+              "exact sign-flip p (paired) |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for metric, scale, digits, label in metrics:
+            va, vb = _values(a, metric, scale), _values(b, metric, scale)
+            x, y = np.array(list(va.values())), np.array(list(vb.values()))
             t, df = welch_t(x, y)
-            print(f"| {label} | {x.mean() - y.mean():+.{digits}f} | {t:+.2f} ({df:.1f}) | {permutation_p(x, y):.3f} |")
+            paired = sorted(set(va) & set(vb))
+            d = [va[s] - vb[s] for s in paired]
+            print(f"| {label} | {x.mean() - y.mean():+.{digits}f} | {t:+.2f} ({df:.1f}) | {permutation_p(x, y):.3f} | "
+                  f"{len(paired)} | {sign_flip_p(d) if paired else float('nan'):.3f} |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/ablation")
+    main()

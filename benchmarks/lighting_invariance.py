@@ -1,7 +1,8 @@
 """Lighting invariance of a stage-1 run: the same held-out textures relit K times, and how much the predicted
 albedo moves with the light.
 
-    python benchmarks/lighting_invariance.py --workdir=runs/albedo_demo [--num_textures 32] [--num_lights 8]
+    python benchmarks/lighting_invariance.py --workdir=runs/albedo_demo [--num_textures 32] [--num_lights 8] \
+        [--json OUT.json]
 
 Each synthetic test texture (the run's own data settings) is rendered under K random lightings drawn like the
 training data's; the run predicts the albedo of each. Reported, ×1e-3: the relighting spread (per-pixel
@@ -11,6 +12,7 @@ MAGINet than for U-Nets; docs/ablation.md puts both through this.
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -32,6 +34,7 @@ def main() -> None:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--num_textures", type=int, default=32)
     parser.add_argument("--num_lights", type=int, default=8)
+    parser.add_argument("--json", help="also write the two figures (unscaled) to this file")
     args = parser.parse_args()
 
     mesh = sharding.make_mesh((("data", 1),), jax.devices()[:1])
@@ -52,6 +55,10 @@ def main() -> None:
         mask = sample["mask"]
         spreads.append(float((pred.var(axis=0) * mask).sum() / (mask.sum() * 3)))
         errors.append(float(((pred - sample["albedo"]) ** 2 * mask).sum() / (mask.sum() * 3 * args.num_lights)))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"spread": float(np.mean(spreads)), "mse": float(np.mean(errors)),
+                       "num_textures": args.num_textures, "num_lights": args.num_lights}, f, indent=1)
     print(f"{args.workdir}: relighting spread {np.mean(spreads) * 1e3:.3f} (x1e-3), "
           f"albedo MSE over relit renders {np.mean(errors) * 1e3:.3f} (x1e-3), "
           f"{args.num_textures} textures x {args.num_lights} lightings")

@@ -39,17 +39,35 @@ def test_every_script_has_a_tiny_run():
         "chained runs)"
 
 
-def test_ablation(ablation_root):
+def test_ablation(ablation_root, tmp_path):
     assert sorted(os.listdir(ablation_root)) == ["albedo_seed0", "unet_baseline_seed0"]
-    table = _run(sys.executable, "benchmarks/ablation_table.py", ablation_root)
+    assert os.path.exists(f"{ablation_root}/albedo_seed0/eval/lighting.json")
+    table = _run(sys.executable, "benchmarks/ablation_table.py", ablation_root, "--record", str(tmp_path))
     assert "| MAGINet (AlbedoNet) | 0 |" in table and "| U-Net baseline | 0 |" in table
+    assert "relighting spread" in table
+    # Records read back as the runs did (the lines that say "recorded" aside), and carry their origin.
+    assert _run(sys.executable, "benchmarks/ablation_table.py", str(tmp_path)) == "".join(
+        line for line in table.splitlines(keepends=True) if not line.startswith("recorded"))
+    with open(tmp_path / "albedo_seed0.json") as f:
+        rec = json.load(f)
+    assert rec["settings"]["num_train_steps"] == 4 and rec["lighting"]["num_lights"] == 8
+    assert rec["machine"] and rec["jax"] and 0 < rec["albedo"]["mse"] < 1
+    # A record of other settings (here: more steps) cannot join the table.
+    rec["settings"]["num_train_steps"] = 5
+    with open(tmp_path / "albedo_seed1.json", "w") as f:
+        json.dump(rec, f)
+    r = subprocess.run([sys.executable, "benchmarks/ablation_table.py", str(tmp_path)], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "differ in their settings" in r.stderr
 
 
 def test_ablation_significance():
-    from benchmarks.ablation_table import permutation_p, welch_t
+    from benchmarks.ablation_table import permutation_p, sign_flip_p, welch_t
     assert permutation_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == 2 / 20  # only the observed split and its mirror
     assert permutation_p([1.0, 2.0, 3.0, 4.0, 5.0], [1.1, 2.1, 2.9, 4.2, 4.9]) > 0.9
     assert permutation_p([0.0, 0.1, 0.2, 0.3, 0.4], [1.0, 1.1, 1.2, 1.3, 1.4]) == 2 / 252
+    assert sign_flip_p([1.0, 2.0, 3.0]) == 2 / 8  # all positive: only all-plus and all-minus are as extreme
+    assert sign_flip_p([3.0, 1.0]) == 2 / 4 and sign_flip_p([3.0, -1.0]) == 1.0
     scipy_stats = pytest.importorskip("scipy.stats")  # scikit-image (the test extra) brings it
     a, b = [5.08, 5.44, 5.51, 5.2, 5.3], [5.59, 5.83, 5.46, 5.7]
     t, df = welch_t(a, b)
