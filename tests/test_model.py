@@ -10,7 +10,7 @@ from flax import nnx
 from conftest import jit_apply, random_module
 from maginet_jax.models.albedo_net import AdaptiveFusion, AlbedoNet, build_albedo_net
 from maginet_jax.models.attention import ChannelGate, SpatialGate
-from maginet_jax.models.layers import Conv, ConvTranspose
+from maginet_jax.models.layers import Conv, ConvTranspose, GroupNorm
 
 
 def _net(**kw):
@@ -143,3 +143,35 @@ def test_bfloat16_bias_gradient_is_summed_in_float32(layer):
     assert net(x).dtype == jnp.bfloat16 and grad.dtype == jnp.float32
     cotangent = float(jnp.asarray(1.3, jnp.bfloat16))  # the bf16 output's cotangent
     np.testing.assert_allclose(grad, np.full(3, 8 * 64 * 64 * cotangent), rtol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [1, 4, 12])  # one group, several, one per channel ("instance")
+def test_group_norm_is_flax_group_norm(groups):
+    """Same parameter paths, and flax's outputs and input gradients to float32 rounding, on activations with a
+    large common offset (where E[x²] − E[x]² loses digits) and a learned scale and bias."""
+    rng = np.random.default_rng(0)
+    ours = GroupNorm(12, groups, rngs=nnx.Rngs(0))
+    theirs = nnx.GroupNorm(12, num_groups=groups, rngs=nnx.Rngs(0))
+    assert jax.tree.structure(nnx.state(ours, nnx.Param)) == jax.tree.structure(nnx.state(theirs, nnx.Param))
+    scale, bias = rng.uniform(0.5, 2, 12).astype(np.float32), rng.standard_normal(12).astype(np.float32)
+    for net in (ours, theirs):
+        net.scale.set_value(jnp.asarray(scale))
+        net.bias.set_value(jnp.asarray(bias))
+    x = (3 + rng.standard_normal((2, 9, 7, 12)) * rng.uniform(0.1, 2, 12)).astype(np.float32)
+    w = rng.standard_normal(x.shape).astype(np.float32)
+    value_and_grad = lambda net: jax.jit(jax.value_and_grad(lambda x: jnp.sum(net(x) * w)))(x)
+    (a, da), (b, db) = value_and_grad(ours), value_and_grad(theirs)
+    np.testing.assert_allclose(jit_apply(ours, x), jit_apply(theirs, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    np.testing.assert_allclose(da, db, atol=1e-4 * float(np.abs(db).max()))
+    with pytest.raises(ValueError, match="do not split into 5 groups"):
+        GroupNorm(12, 5, rngs=nnx.Rngs(0))
+
+
+def test_group_norm_bfloat16_keeps_float32_parameters():
+    net = GroupNorm(8, 2, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    x = np.random.default_rng(2).standard_normal((2, 4, 4, 8)).astype(np.float32)
+    y = net(jnp.asarray(x, jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16 and net.scale[...].dtype == jnp.float32
+    ref = nnx.GroupNorm(8, num_groups=2, rngs=nnx.Rngs(0))(x)
+    np.testing.assert_allclose(np.asarray(y, np.float32), ref, atol=0.05)

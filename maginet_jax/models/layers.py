@@ -29,14 +29,51 @@ def _group_count(channels: int, max_groups: int = 32, min_group_size: int = 4) -
     return max(g for g in range(1, limit + 1) if channels % g == 0)
 
 
+class GroupNorm(nnx.Module):
+    """Group normalisation of an NHWC batch (`nnx.GroupNorm`'s map, parameter names and epsilon), from
+    per-channel statistics.
+
+    flax reduces the activation reshaped to [B, H, W, groups, channels per group] and normalises as
+    (x − mean) · scale / σ + bias. This reduces over H and W to [B, C] first, combines those into groups (a tiny
+    op), and normalises with one multiply-add per (example, channel), x · a + b. XLA then needs less memory for
+    the train step: the paper-scale albedo dry run (batch 16, one device) fell from 67.3 to 55.8 GiB in float32
+    and from 62.4 to 56.7 GiB in bfloat16 (README, "Sharding, precision and memory"). Against float64 it is
+    as accurate as flax's (tests/test_model.py compares the two). Statistics and the multiply-add are float32,
+    the scale and bias stay float32 under bfloat16 (flax rounds them to the compute dtype), and the output is
+    `dtype`. Variance is E[x²] − E[x]² clipped at 0, as flax's default.
+    """
+
+    def __init__(self, channels: int, num_groups: int, *, epsilon: float = 1e-6, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        del rngs  # the parameters start at 1 and 0
+        if channels % num_groups:
+            raise ValueError(f"{channels} channels do not split into {num_groups} groups")
+        self.num_groups, self.epsilon, self.dtype = num_groups, epsilon, dtype
+        self.scale = nnx.Param(jnp.ones((channels,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, c, g = x.shape[0], x.shape[-1], self.num_groups
+        x32 = x.astype(jnp.float32)
+        spatial = tuple(range(1, x.ndim - 1))
+        def group_mean(per_channel):  # [B, C] → [B, C], each channel holding its group's mean
+            m = per_channel.reshape(b, g, c // g).mean(-1, keepdims=True)
+            return jnp.broadcast_to(m, (b, g, c // g)).reshape(b, c)
+        mean = group_mean(jnp.mean(x32, spatial))
+        var = jnp.maximum(group_mean(jnp.mean(jnp.square(x32), spatial)) - jnp.square(mean), 0.0)
+        mul = jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
+        add = self.bias[...] - mean * mul
+        shape = (b,) + (1,) * len(spatial) + (c,)
+        return (x32 * mul.reshape(shape) + add.reshape(shape)).astype(self.dtype)
+
+
 def make_norm(kind: str, channels: int, *, dtype, rngs: nnx.Rngs) -> Callable[[jax.Array], jax.Array]:
-    """Returns a normalisation layer over the channel axis: 'group', 'instance' or 'none'. Statistics and
-    the normalisation are computed in float32 (flax promotes to its float32 scale and bias); the output is
-    `dtype`."""
+    """Returns a normalisation layer over the channel axis: 'group', 'instance' (one group per channel) or
+    'none'. Statistics and the normalisation are float32; the output is `dtype`."""
     if kind == "group":
-        return nnx.GroupNorm(channels, num_groups=_group_count(channels), dtype=dtype, rngs=rngs)
+        return GroupNorm(channels, _group_count(channels), dtype=dtype, rngs=rngs)
     if kind == "instance":
-        return nnx.GroupNorm(channels, num_groups=None, group_size=1, dtype=dtype, rngs=rngs)
+        return GroupNorm(channels, channels, dtype=dtype, rngs=rngs)
     if kind == "none":
         return lambda x: x
     raise ValueError(f"unknown norm {kind!r}; expected one of {NORMS}")
