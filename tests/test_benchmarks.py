@@ -61,6 +61,13 @@ def test_ablation(ablation_root, tmp_path):
     assert r.returncode != 0 and "differ in their settings" in r.stderr
 
 
+def test_committed_ablation_records_read():
+    """The 256² ablation's records in the repository (docs/ablation.md) still make one table."""
+    table = _run(sys.executable, "benchmarks/ablation_table.py", "benchmarks/results/ablation-256")
+    assert table.startswith("256², 400 steps of batch 8") and "| MAGINet (AlbedoNet) | 0 |" in table
+    assert "| U-Net baseline | 0 |" in table
+
+
 def test_ablation_significance():
     from benchmarks.ablation_table import permutation_p, sign_flip_p, welch_t
     assert permutation_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == 2 / 20  # only the observed split and its mirror
