@@ -34,8 +34,11 @@ from importlib import metadata
 import numpy as np
 
 NAMES = {"albedo": "MAGINet (AlbedoNet)", "unet_baseline": "U-Net baseline"}
-METRICS = (("mse", 1e3, 3, "albedo MSE (×1e-3)"), ("psnr", 1, 2, "PSNR (dB)"), ("ssim", 1, 4, "SSIM"),
-           ("lpips", 1, 4, "LPIPS"))
+# (section of a record, key, scale, digits, column): the held-out albedo metrics, then lighting invariance's.
+METRICS = (("albedo", "mse", 1e3, 3, "albedo MSE (×1e-3)"), ("albedo", "psnr", 1, 2, "PSNR (dB)"),
+           ("albedo", "ssim", 1, 4, "SSIM"), ("albedo", "lpips", 1, 4, "LPIPS"))
+LIGHTING = (("lighting", "spread", 1e3, 3, "relighting spread (×1e-3)"),
+            ("lighting", "mse", 1e3, 3, "albedo MSE over renders (×1e-3)"))
 
 
 def permutation_p(a, b) -> float:
@@ -93,7 +96,10 @@ def _run_record(run_dir: str) -> dict:
     with open(os.path.join(run_dir, "eval", "results.json")) as f:
         results = json.load(f)
     lighting_path = os.path.join(run_dir, "eval", "lighting.json")
-    lighting = json.load(open(lighting_path)) if os.path.exists(lighting_path) else None
+    lighting = None
+    if os.path.exists(lighting_path):
+        with open(lighting_path) as f:
+            lighting = json.load(f)
     with open(os.path.join(run_dir, "config.json")) as f:
         config = json.load(f)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -137,16 +143,9 @@ def record(runs: dict[str, dict[int, dict]], out_dir: str) -> list[str]:
     return written
 
 
-def _values(by_seed: dict[int, dict], metric: str, scale: float) -> dict[int, float]:
-    """{seed: value × scale} of a metric: an albedo metric, or 'spread' / 'relit_mse' from lighting invariance
-    (runs without it are left out)."""
-    if metric in ("spread", "relit_mse"):
-        key = "spread" if metric == "spread" else "mse"
-        return {s: r["lighting"][key] * scale for s, r in by_seed.items() if r.get("lighting")}
-    return {s: r["albedo"][metric] * scale for s, r in by_seed.items()}
-
-
-LIGHTING = (("spread", 1e3, 3, "relighting spread (×1e-3)"), ("relit_mse", 1e3, 3, "albedo MSE over renders (×1e-3)"))
+def _values(by_seed: dict[int, dict], section: str, key: str, scale: float) -> dict[int, float]:
+    """{seed: record[section][key] × scale}, leaving out runs without the section (lighting invariance not run)."""
+    return {s: r[section][key] * scale for s, r in by_seed.items() if r.get(section)}
 
 
 def main(argv=None) -> None:
@@ -164,20 +163,21 @@ def main(argv=None) -> None:
     settings = next(iter(next(iter(runs.values())).values()))["settings"]
     print(f"{settings['crop_size']}², {settings['num_train_steps']} steps of batch {settings['batch_size']}")
     print()
-    print("| model | seeds | " + " | ".join(m[3] for m in metrics) + " |")
+    print("| model | seeds | " + " | ".join(m[4] for m in metrics) + " |")
     print("| --- | --- |" + " --- |" * len(metrics))
     for model, by_seed in runs.items():
         cells = []
-        for metric, scale, digits, _ in metrics:
-            v = np.array(list(_values(by_seed, metric, scale).values()))
+        for section, key, scale, digits, _ in metrics:
+            v = np.array(list(_values(by_seed, section, key, scale).values()))
             cells.append(f"{v.mean():.{digits}f} ± {v.std(ddof=1) if len(v) > 1 else 0:.{digits}f}")
         print(f"| {NAMES.get(model, model)} | {','.join(map(str, sorted(by_seed)))} | " + " | ".join(cells) + " |")
     print()
-    print("| model | seed | " + " | ".join(m[3] for m in metrics) + " | machine |")
+    print("| model | seed | " + " | ".join(m[4] for m in metrics) + " | machine |")
     print("| --- | --- |" + " --- |" * (len(metrics) + 1))
     for model, by_seed in runs.items():
         for seed in sorted(by_seed):
-            cells = [f"{_values({seed: by_seed[seed]}, m, sc).get(seed, float('nan')):.{d}f}" for m, sc, d, _ in metrics]
+            cells = [f"{_values({seed: by_seed[seed]}, sec, k, sc).get(seed, float('nan')):.{d}f}"
+                     for sec, k, sc, d, _ in metrics]
             print(f"| {NAMES.get(model, model)} | {seed} | " + " | ".join(cells) + f" | {by_seed[seed]['machine']} |")
     a, b = runs.get("albedo", {}), runs.get("unet_baseline", {})
     if len(a) >= 2 and len(b) >= 2:
@@ -185,8 +185,8 @@ def main(argv=None) -> None:
         print("| metric | MAGINet − U-Net (mean) | Welch t (df) | exact permutation p (two-sided) | seeds paired | "
               "exact sign-flip p (paired) |")
         print("| --- | --- | --- | --- | --- | --- |")
-        for metric, scale, digits, label in metrics:
-            va, vb = _values(a, metric, scale), _values(b, metric, scale)
+        for section, key, scale, digits, label in metrics:
+            va, vb = _values(a, section, key, scale), _values(b, section, key, scale)
             x, y = np.array(list(va.values())), np.array(list(vb.values()))
             t, df = welch_t(x, y)
             paired = sorted(set(va) & set(vb))
