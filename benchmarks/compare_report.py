@@ -49,6 +49,8 @@ def table(report: dict) -> str:
         ratio = f"{p['ratio']:.1f}×" if p["ratio"] else "n/a"
         lines.append(f"Input pipeline alone ({p['worker_count']} grain workers): {p['images_per_s']:.1f} images/s; "
                      f"the JAX train step consumes {consumed} images/s ({ratio}).")
+    if report.get("note"):  # what a reader must know about how the figures were made (set by hand)
+        lines += ["", report["note"]]
     lines += ["", f"Command: `{report['command']}`", "", f"![{stem(report)}]({stem(report)}.png)", ""]
     return "\n".join(lines)
 

@@ -166,6 +166,27 @@ def test_compare(tmp_path):  # through compare_gpu.sh; compare_report.py too: co
     assert "| torch_eager_channels_last |" in out
 
 
+def test_committed_gpu_reports_are_consistent():
+    """Each committed GPU report: its MFU is its FLOPs over its median step time and the card's peak, and its table
+    is what compare_report makes of it, so a hand edit of one without the other fails here."""
+    from benchmarks import compare, compare_report
+
+    root = os.path.join(REPO, "benchmarks", "results")
+    paths = [os.path.join(root, d, f) for d in sorted(os.listdir(root)) if d.startswith("nvidia")
+             for f in sorted(os.listdir(os.path.join(root, d))) if f.endswith(".json")]
+    assert paths
+    for path in paths:
+        with open(path) as f:
+            report = json.load(f)
+        peak = next(v for k, v in compare.PEAK_FLOPS.items() if k in report["device_kind"])
+        for r in report["results"]:
+            for mode in ("train", "infer"):
+                mfu = report["flops_per_step"][mode] / r[f"{mode}_step_s"] / peak[r["dtype"]]
+                assert r[f"{mode}_mfu"] == pytest.approx(mfu, rel=1e-9), (path, r["variant"], mode)
+        with open(path[:-len(".json")] + ".md") as f:
+            assert f.read() == compare_report.table(report), path
+
+
 def test_compare_bad_input_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--stage=albedo", "--config=configs/refine.py:smoke",
                         f"--json={tmp_path}/r.json"], cwd=REPO, capture_output=True, text=True, timeout=300)
