@@ -59,7 +59,7 @@ from benchmarks.torch_twin import steps, transfer  # noqa: E402
 from data_pipeline import loader  # noqa: E402
 from maginet_jax import train  # noqa: E402
 from maginet_jax.errors import UserError  # noqa: E402
-from maginet_jax.training import sharding  # noqa: E402
+from maginet_jax.training import dry_runs, sharding  # noqa: E402
 
 _STAGE = flags.DEFINE_enum("stage", None, ["albedo", "refine", "passes"], "The stage to time (must be the config's).")
 _JSON = flags.DEFINE_string("json", None, "Where to write the results JSON.")
@@ -174,7 +174,7 @@ class JaxVariant:
     def flops(self) -> dict[str, float]:
         """XLA's FLOPs of a train and an inference step, all devices together (the lowered programs: see the
         module docstring)."""
-        return {k: float(lowered.cost_analysis().get("flops", 0.0)) for k, lowered in self.lowered.items()}
+        return {k: dry_runs.flops(lowered) for k, lowered in self.lowered.items()}
 
     def memory(self, warmup_peak) -> dict:
         del warmup_peak  # PyTorch's measure; XLA's buffer assignment is exact

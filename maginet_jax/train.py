@@ -204,8 +204,9 @@ def dry_run(config, workdir: str) -> dict:
     batch = dry_runs.abstract_batch(config, sharding.batch_sharding(mesh))
     train_step = jit_train_step(config, graphdefs, mesh, jax.tree.map(lambda x: x.sharding, state))
     with jax.set_mesh(mesh):  # activations are constrained against it (sharding.constrain_activation)
-        compiled = train_step.lower(state, batch, frozen_nets).compile()
-    report = dry_runs.report(compiled, mesh)
+        lowered = train_step.lower(state, batch, frozen_nets)
+        compiled = lowered.compile()
+    report = dry_runs.report(lowered, compiled, mesh)
     (runs.run_path(workdir) / "dry_run.json").write_text(json.dumps(report, indent=2))
     logging.info("dry run, %s stage:\n%s", config.stage, dry_runs.describe(report))
     return report

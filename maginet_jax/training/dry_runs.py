@@ -21,23 +21,29 @@ def abstract_batch(config, batch_sharding: NamedSharding) -> dict[str, jax.Shape
                                     sharding=batch_sharding) for k, v in record.items()}
 
 
-def report(compiled, mesh: Mesh) -> dict:
+def report(lowered, compiled, mesh: Mesh) -> dict:
     """{"mesh", "flops_per_step", "flops_per_device", "bytes_per_device": {arguments, outputs, temporaries,
-    total}} of a compiled SPMD train step. XLA analyses the per-device program; the step's FLOPs are the
-    devices' sum. `total` counts donated outputs (the new state, written over the old) once."""
+    total}} of an SPMD train step. `flops_per_step` is XLA's count of the lowered (global) program: the same on
+    every backend. `flops_per_device` is its count of the compiled per-device program (halo exchange and other
+    partitioning work included), which on a GPU leaves out the convolutions XLA hands to cuDNN. `total` counts
+    donated outputs (the new state, written over the old) once."""
     memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: one dict per program
-    flops = float(cost.get("flops", 0.0))
     arguments, outputs = memory.argument_size_in_bytes, memory.output_size_in_bytes
     temporaries, aliased = memory.temp_size_in_bytes, memory.alias_size_in_bytes
     return {"mesh": {name: int(size) for name, size in mesh.shape.items()},
             "devices": mesh.size,
             "platform": mesh.devices.flat[0].platform,
-            "flops_per_step": flops * mesh.size,
-            "flops_per_device": flops,
+            "flops_per_step": flops(lowered),
+            "flops_per_device": flops(compiled),
             "bytes_per_device": {"arguments": arguments, "outputs": outputs, "temporaries": temporaries,
                                  "total": arguments + outputs - aliased + temporaries}}
+
+
+def flops(stage) -> float:
+    """XLA's FLOP count of a lowered or compiled jax.stages program."""
+    cost = stage.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: one dict per program
+    return float(cost.get("flops", 0.0))
 
 
 def describe(report: dict) -> str:
@@ -46,5 +52,5 @@ def describe(report: dict) -> str:
     gib = lambda n: f"{n / 2**30:.3f} GiB" if n >= 2**30 else f"{n / 2**20:.3f} MiB"
     return "\n".join([f"  mesh            {report['mesh']} ({report['devices']} {report['platform']} devices)",
                       f"  FLOPs per step  {report['flops_per_step']:.4g} ({report['flops_per_device']:.4g} "
-                      f"per device)",
+                      f"per device, as compiled)",
                       *(f"  {k:<15} {gib(b[k])} per device" for k in ("arguments", "outputs", "temporaries", "total"))])
