@@ -1,6 +1,7 @@
 """Every script in benchmarks/ runs, with tiny settings, so no refactor can strand one (figures are not
 checked here: they are measured on an idle machine, see the README)."""
 
+import gzip
 import json
 import os
 import subprocess
@@ -238,3 +239,26 @@ def test_compare_memory_check():
     with pytest.raises(UserError, match=r"needs 40.0 GiB of the GPU's 80.0, .* lower --config.batch_size"):
         compare.check_memory(40 * 2**30, 80 * 2**30)
     compare.check_memory(40 * 2**30, 96 * 2**30)  # 40 of 96 GiB is under the 45% share
+
+
+def test_step_profile_reads_gpu_traces(tmp_path):
+    from benchmarks import step_profile
+    gpu, host, stream, derived = 2, 1, 7, 8
+    meta = [("process_name", host, None, "/host:CPU"), ("process_name", gpu, None, "/device:GPU:0 NVIDIA H100"),
+            ("thread_name", gpu, stream, "Stream #13(Compute)"), ("thread_name", gpu, derived, "XLA Ops")]
+    kernels = [(stream, "loop_add_fusion_3", 0, 10), (stream, "sm90_xmma_wgrad_implicit_gemm_bf16", 5, 10),
+               (stream, "cutlass_80_gemm_nn", 30, 5), (stream, "nchwToNhwcKernel", 40, 2),
+               (derived, "loop_add_fusion.3", 0, 40)]  # a derived timeline, which would count the fusion twice
+    events = [{"ph": "M", "name": k, "pid": p, "tid": t, "args": {"name": n}} for k, p, t, n in meta]
+    events += [{"ph": "X", "pid": gpu, "tid": t, "name": n, "ts": ts, "dur": d} for t, n, ts, d in kernels]
+    events += [{"ph": "X", "pid": host, "tid": 1, "name": "loop_add_fusion.3", "ts": 0, "dur": 100}]
+    path = tmp_path / "t.trace.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    times, kind_of, busy = step_profile.op_times(path, {"loop_add_fusion.3": ("elementwise / other", "f32[8]")})
+    assert times == {"loop_add_fusion.3": 10, "sm90_xmma_wgrad_implicit_gemm_bf16": 10, "cutlass_80_gemm_nn": 5,
+                     "nchwToNhwcKernel": 2}
+    assert kind_of == {"loop_add_fusion.3": "elementwise / other", "cutlass_80_gemm_nn": "dot",
+                       "sm90_xmma_wgrad_implicit_gemm_bf16": "convolution, weight gradient",
+                       "nchwToNhwcKernel": "kernel, other"}
+    assert busy == 22  # 0-15, 30-35, 40-42
