@@ -287,7 +287,7 @@ def run(config, variants: list[str], rounds: int, warmup: int) -> dict:
                         f"{mode}_warmup_s": t[v.name]["warmup_s"] + v.compile_s[mode],
                         f"{mode}_images_per_s": config.batch_size / float(np.median(times)),
                         f"{mode}_tflops_per_s": flops[mode] / float(np.median(times)) / 1e12})
-            if row["dtype"] in peak:
+            if row["dtype"] in peak and np.isfinite(flops[mode]):
                 row[f"{mode}_mfu"] = row[f"{mode}_tflops_per_s"] * 1e12 / (peak[row["dtype"]] * devices)
         row.update(v.memory(timings["train"][v.name]["warmup_peak"]))
         results.append(row)

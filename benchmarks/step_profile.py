@@ -1,21 +1,25 @@
-r"""Where a stage's compiled train step spends its time, op by op (XLA on a CPU or a GPU).
+r"""Where a stage's compiled train step spends its time, op by op and source line by source line (XLA, CPU or GPU).
 
     python -m benchmarks.step_profile --config=configs/albedo.py:demo [--config.x=...] [--traced_steps 3] [--top 15]
         [--trace_dir DIR]
+    python -m benchmarks.step_profile --from_trace=DIR [--top 15]
 
 Compiles the stage's train step as the training loop does (benchmarks.compare's JAX variant: same batch, donated
 state), runs `--traced_steps` steps under `jax.profiler.trace` with XLA's per-op trace events on
 (`--xla_cpu_enable_xprof_traceme=true`, added to XLA_FLAGS before JAX starts), and sums each compiled op's time.
-Ops are grouped by what their HLO computes: convolutions (forward, input gradient, weight gradient: a weight
-gradient is a convolution whose window spans the image: here, wider than 11, the largest kernel of our networks
-and the loss networks), dots, transposes and copies, reductions, the rest.
+Three tables: by kind, by source line, the single ops. Kinds are what an op's HLO computes: convolutions (forward,
+input gradient, weight gradient: on a CPU a weight gradient is a convolution whose window spans the image, here
+wider than 11, the largest kernel of our networks and the loss networks; on a GPU, cuDNN's call says which), dots,
+transposes and copies, reductions, the rest. The source line is the innermost frame in maginet_jax/ of the Python
+stack that traced the op, from the stack-frame tables XLA prints after the compiled module.
+
 On a CPU, op times are summed over XLA's threads, so their total can exceed the wall time of a step; the CPU
-backend traces every compiled op. On a GPU, the ops are the kernels on its streams: a kernel XLA generated carries
-its fusion's name (dots replaced by underscores); a library kernel (cuDNN, cuBLAS) is named by its library, and is
-grouped by that name (fprop, dgrad, wgrad: forward, input and weight gradient). The GPU's busy time, the union of
-its kernels' intervals, over the step's wall time says how much of a step the device idles (launch gaps, host
-work). `--trace_dir` keeps the trace (`train_step.trace.json.gz`) and the compiled HLO (`train_step.hlo.txt.gz`)
-there, flat, to read again later.
+backend traces every compiled op. On a GPU, the ops are the kernels on its streams, each carrying its op's name
+(inside a command buffer, XLA's kernels are found by their names, a fusion's with its dots as underscores; a
+library kernel there is grouped by what its name says: fprop, dgrad, wgrad, gemm). The GPU's busy time, the union
+of its kernels' intervals, against the step's wall time says how much of a step the device idles (launch gaps,
+host work). `--trace_dir` keeps the trace, the compiled HLO and the untraced time there (`train_step.trace.json.gz`,
+`train_step.hlo.txt.gz`, `train_step.json`, flat), which `--from_trace` reads again, on any machine.
 """
 
 from __future__ import annotations
@@ -44,10 +48,16 @@ from maginet_jax import train  # noqa: E402
 _STEPS = flags.DEFINE_integer("traced_steps", 3, "Traced train steps (after two untraced ones).")
 _TOP = flags.DEFINE_integer("top", 15, "How many single ops to list.")
 _TRACE_DIR = flags.DEFINE_string("trace_dir", None, "Keep the trace and the compiled HLO here (default: dropped).")
+_FROM_TRACE = flags.DEFINE_string("from_trace", None, "Summarise what an earlier --trace_dir kept (no --config).")
 
-_INSTRUCTION = re.compile(r"^\s*%?([\w.\-]+) = \S+ ([\w\-]+)\(.*$", re.M)
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (?:\(.*?\)|\S+) ([\w\-]+)\(.*$", re.M)
 _COMPUTATION = re.compile(r"^%?([\w.\-]+) \(.*?\) -> .*? \{\n(.*?)\n\}", re.M | re.S)
 
+
+# XLA's library calls on a GPU, by their custom_call_target.
+_CUSTOM_CALLS = (("convForward", "convolution, forward"), ("convBiasActivationForward", "convolution, forward"),
+                 ("convBackwardInput", "convolution, input gradient"),
+                 ("convBackwardFilter", "convolution, weight gradient"), ("gemm", "dot"), ("matmul", "dot"))
 
 def op_kinds(hlo: str) -> dict[str, tuple[str, str]]:
     """{instruction name: (kind, what it computes)} for the compiled module's instructions."""
@@ -58,8 +68,12 @@ def op_kinds(hlo: str) -> dict[str, tuple[str, str]]:
         called = re.search(r"calls=%([\w.\-]+)", line)
         text = line + "\n" + (bodies.get(called.group(1), "") if called else "")
         window = re.search(r"window=\{size=(\d+)", text)
-        shape = line.split(" = ", 1)[1].split(" ", 1)[0]
-        if "convolution(" in text or opcode == "convolution":
+        shape = line.split(" = ", 1)[1].split(f" {opcode}(", 1)[0]
+        target = re.search(r'custom_call_target="([^"]+)"', line)
+        library = target and next((kind for key, kind in _CUSTOM_CALLS if key in target.group(1)), None)
+        if library:
+            kinds[name] = (library, shape)
+        elif "convolution(" in text or opcode == "convolution":
             direction = ("weight gradient" if window and int(window.group(1)) > 11 else
                          "input gradient" if "transpose(jvp" in text else "forward")
             kinds[name] = (f"convolution, {direction}", shape)
@@ -76,8 +90,7 @@ def op_kinds(hlo: str) -> dict[str, tuple[str, str]]:
 
 # Library kernels on a GPU, by what their names say they compute (cuDNN's convolutions, the matmul libraries').
 _LIBRARY_KERNELS = (("fprop", "convolution, forward"), ("dgrad", "convolution, input gradient"),
-                    ("wgrad", "convolution, weight gradient"), ("conv", "convolution, other"),
-                    ("gemm", "dot"), ("memcpy", "transpose / copy"), ("memset", "elementwise / other"))
+                    ("wgrad", "convolution, weight gradient"), ("gemm", "dot"), ("memcpy", "transpose / copy"), ("memset", "elementwise / other"))
 
 
 def device_events(events: list[dict]) -> tuple[list[dict], bool]:
@@ -132,17 +145,75 @@ def op_times(trace_path: Path, kinds: dict) -> tuple[collections.Counter, dict[s
     return times, kind_of, busy_us(on_device) if on_gpu else 0.0
 
 
-def keep(trace_dir: str, trace_path: Path, hlo: str) -> None:
-    """Copies the trace and writes the compiled HLO into `trace_dir`, flat (one folder, two files)."""
+def op_sources(hlo: str) -> dict[str, str]:
+    """{op name: "path:line function"}: the innermost frame in maginet_jax/ of the Python stack that traced each
+    op, from the FileNames, FunctionNames, FileLocations and StackFrames tables XLA prints after the module."""
+    tables = {name: body for name, body in re.findall(r"^(FileNames|FunctionNames|FileLocations|StackFrames)\n"
+                                                       r"(.*?)(?=\n\n|\Z)", hlo, re.M | re.S)}
+    files = dict(re.findall(r'^(\d+) "(.*)"$', tables.get("FileNames", ""), re.M))
+    functions = dict(re.findall(r'^(\d+) "(.*)"$', tables.get("FunctionNames", ""), re.M))
+    locations = {i: (f, fn, line) for i, f, fn, line in
+                 re.findall(r"^(\d+) \{file_name_id=(\d+) function_name_id=(\d+) line=(\d+)", tables.get(
+                     "FileLocations", ""), re.M)}
+    # As printed, a frame's parent_frame_id is one more than its parent's id (0: none; seen with jax 0.10-0.11).
+    frames = {i: (loc, str(int(parent) - 1)) for i, loc, parent in
+              re.findall(r"^(\d+) \{file_location_id=(\d+) parent_frame_id=(\d+)\}", tables.get("StackFrames", ""),
+                         re.M)}
+
+    def innermost_own(frame: str) -> str:
+        for _ in range(len(frames)):
+            if frame not in frames:
+                break
+            loc, parent = frames[frame]
+            f, fn, line = locations[loc]
+            if "maginet_jax/" in files[f]:
+                return f"{'maginet_jax/' + files[f].rsplit('maginet_jax/', 1)[1]}:{line} {functions[fn]}"
+            frame = parent
+        return ""
+
+    return {name: innermost_own(frame) for name, frame in
+            re.findall(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?stack_frame_id=(\d+)", hlo, re.M)}
+
+
+def keep(trace_dir: str, trace_path: Path, hlo: str, meta: dict) -> None:
+    """Writes the trace, the compiled HLO and `meta` (traced steps, the header line) into `trace_dir`, flat."""
     os.makedirs(trace_dir, exist_ok=True)
     shutil.copy(trace_path, os.path.join(trace_dir, "train_step.trace.json.gz"))
     with gzip.open(os.path.join(trace_dir, "train_step.hlo.txt.gz"), "wt") as f:
         f.write(hlo)
+    with open(os.path.join(trace_dir, "train_step.json"), "w") as f:
+        json.dump(meta, f, indent=2)
 
 
-def main(argv) -> None:
-    del argv
-    config = train.CONFIG.value
+def summarize(trace_path: Path, hlo: str, meta: dict, top: int) -> str:
+    """The three Markdown tables (by kind, by source line, single ops) under meta's header line."""
+    kinds, sources = op_kinds(hlo), op_sources(hlo)
+    times, kind_of, busy = op_times(trace_path, kinds)
+    if meta["on_gpu"] and not busy:
+        raise ValueError("the trace holds no GPU kernels (the profiler needs CUPTI)")
+    if not times:
+        raise ValueError("the trace holds no XLA op events (this backend does not report them)")
+    per_step = {name: us / 1e3 / meta["steps"] for name, us in times.items()}
+    total = sum(per_step.values())
+    by_kind, by_source = collections.Counter(), collections.Counter()
+    for name, ms in per_step.items():
+        by_kind[kind_of[name]] += ms
+        by_source[sources.get(name) or "(no maginet_jax/ frame)"] += ms
+    lines = [meta["header"] + f"; traced, {total:.0f} ms of op time a step over {len(per_step)} ops" +
+             (f", the GPU busy {busy / 1e3 / meta['steps']:.0f} ms a step" if busy else ""),
+             "", "| kind | ms a step | share of op time |", "|---|---|---|"]
+    lines += [f"| {kind} | {ms:.1f} | {100 * ms / total:.0f}% |" for kind, ms in by_kind.most_common()]
+    lines += ["", "| source line | ms a step | share of op time |", "|---|---|---|"]
+    lines += [f"| {src} | {ms:.1f} | {100 * ms / total:.0f}% |" for src, ms in by_source.most_common(top)]
+    lines += ["", "| op | kind | output | source line | ms a step |", "|---|---|---|---|---|"]
+    lines += [f"| {name[:80]} | {kind_of[name]} | {kinds.get(name, ('', ''))[1]} | {sources.get(name, '')} | "
+              f"{ms:.2f} |" for name, ms in sorted(per_step.items(), key=lambda kv: -kv[1])[:top]]
+    return "\n".join(lines)
+
+
+def profile(config, steps: int, trace_dir: str | None) -> tuple[Path, str, dict, tempfile.TemporaryDirectory]:
+    """Runs the stage's train step (two steps, five timed, `steps` traced); returns (trace, compiled HLO, meta,
+    the temporary directory holding the trace)."""
     variant = compare.JaxVariant(config, compare.first_batch(config))
     step = compare.synced(variant.train_step)
     step(), step()
@@ -151,37 +222,41 @@ def main(argv) -> None:
         t = time.perf_counter()
         step()
         untraced.append(time.perf_counter() - t)
-    hlo = variant.train_compiled.as_text()
-    kinds = op_kinds(hlo)
-    with tempfile.TemporaryDirectory() as trace_dir:
-        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-            for _ in range(_STEPS.value):
-                step()
-        trace_path = next(Path(trace_dir).rglob("*.trace.json.gz"))
-        times, kind_of, busy = op_times(trace_path, kinds)
-        if _TRACE_DIR.value:
-            keep(_TRACE_DIR.value, trace_path, hlo)
-    if jax.devices()[0].platform == "gpu" and not busy:
-        sys.exit("step_profile.py: error: the trace holds no GPU kernels (the profiler needs CUPTI)")
-    if not times:
-        sys.exit("step_profile.py: error: the trace holds no XLA op events (this backend does not report them)")
-    per_step = {name: us / 1e3 / _STEPS.value for name, us in times.items()}
-    total = sum(per_step.values())
-    by_kind = collections.Counter()
-    for name, ms in per_step.items():
-        by_kind[kind_of[name]] += ms
-    print(f"{config.stage} train step, batch {config.batch_size} at {config.data.crop_size}², on "
-          f"{jax.devices()[0].device_kind}: {1e3 * np.median(untraced):.0f} ms a step (median of 5, untraced); "
-          f"traced, {total:.0f} ms of op time a step over {len(per_step)} ops" +
-          (f", the GPU busy {busy / 1e3 / _STEPS.value:.0f} ms a step" if busy else ""))
-    print("| kind | ms a step | share of op time |\n|---|---|---|")
-    for kind, ms in by_kind.most_common():
-        print(f"| {kind} | {ms:.1f} | {100 * ms / total:.0f}% |")
-    print(f"\n| op | kind | output | ms a step |\n|---|---|---|---|")
-    for name, ms in sorted(per_step.items(), key=lambda kv: -kv[1])[:_TOP.value]:
-        print(f"| {name[:80]} | {kind_of[name]} | {kinds.get(name, ('', ''))[1]} | {ms:.2f} |")
+    tmp = tempfile.TemporaryDirectory()
+    with jax.profiler.trace(tmp.name, create_perfetto_trace=True):
+        for _ in range(steps):
+            step()
+    trace_path, hlo = next(Path(tmp.name).rglob("*.trace.json.gz")), variant.train_compiled.as_text()
+    meta = {"steps": steps, "on_gpu": jax.devices()[0].platform == "gpu",
+            "header": f"{config.stage} train step, batch {config.batch_size} at {config.data.crop_size}², on "
+                      f"{jax.devices()[0].device_kind}: {1e3 * np.median(untraced):.0f} ms a step (median of 5, "
+                      f"untraced)"}
+    if trace_dir:
+        keep(trace_dir, trace_path, hlo, meta)
+    return trace_path, hlo, meta, tmp
+
+
+def main(argv) -> None:
+    del argv
+    try:
+        if _FROM_TRACE.value:
+            d = Path(_FROM_TRACE.value)
+            missing = [n for n in ("train_step.trace.json.gz", "train_step.hlo.txt.gz", "train_step.json")
+                       if not (d / n).is_file()]
+            if missing:
+                raise ValueError(f"--from_trace={d} lacks {', '.join(missing)} (what --trace_dir keeps)")
+            hlo = gzip.open(d / "train_step.hlo.txt.gz", "rt").read()
+            print(summarize(d / "train_step.trace.json.gz", hlo, json.loads((d / "train_step.json").read_text()),
+                            _TOP.value))
+            return
+        if train.CONFIG.value is None:
+            raise ValueError("give --config (to profile a stage) or --from_trace (to read a kept trace)")
+        trace_path, hlo, meta, tmp = profile(train.CONFIG.value, _STEPS.value, _TRACE_DIR.value)
+        with tmp:
+            print(summarize(trace_path, hlo, meta, _TOP.value))
+    except ValueError as e:
+        sys.exit(f"step_profile.py: error: {e}")
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
     app.run(main, flags_parser=functools.partial(train.parse_flags, prog="benchmarks.step_profile"))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -19,7 +20,7 @@ from data_pipeline import loader
 from maginet_jax import train
 from maginet_jax.errors import UserError
 from maginet_jax.stages import passes, supervised
-from maginet_jax.training import sharding
+from maginet_jax.training import dry_runs, sharding
 from maginet_jax.training.state import abstract_state
 
 FSDP_MIN_SIZE = 64  # the smoke networks are tiny: shard all but their biases and norm scales
@@ -275,3 +276,13 @@ def test_dry_run_cli_sizes_a_mesh_of_virtual_devices(tmp_path):
     r = _train_cli(f"--workdir={tmp_path / 'no'}", "--dry_run_devices=4")
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         "maginet_jax.train: error: --dry_run_devices needs --dry_run"]
+
+
+def test_lowered_flops_from_the_cpu_backend_match_the_programs_own():
+    # On a GPU a lowered program has no cost analysis and dry_runs counts it with the CPU backend's: the same count.
+    fn = jax.jit(lambda x, w: jnp.tanh(jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+    lowered = fn.lower(jnp.ones((2, 16, 16, 8)), jnp.ones((3, 3, 8, 4)))
+    own = lowered.cost_analysis()["flops"]
+    assert own > 2e5  # the convolution's multiply-adds (XLA leaves out those on the zero padding)
+    assert dry_runs.cpu_cost_analysis(lowered)["flops"] == own == dry_runs.flops(lowered)
