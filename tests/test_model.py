@@ -10,7 +10,7 @@ from flax import nnx
 from conftest import jit_apply, random_module
 from maginet_jax.models.albedo_net import AdaptiveFusion, AlbedoNet, build_albedo_net
 from maginet_jax.models.attention import ChannelGate, SpatialGate
-from maginet_jax.models.layers import Conv, ConvTranspose, GroupNorm
+from maginet_jax.models.layers import Conv, ConvTranspose, GroupNorm, resize_to
 
 
 def _net(**kw):
@@ -175,3 +175,18 @@ def test_group_norm_bfloat16_keeps_float32_parameters():
     assert y.dtype == jnp.bfloat16 and net.scale[...].dtype == jnp.float32
     ref = nnx.GroupNorm(8, num_groups=2, rngs=nnx.Rngs(0))(x)
     np.testing.assert_allclose(np.asarray(y, np.float32), ref, atol=0.05)
+
+
+@pytest.mark.parametrize("shape,size", [((2, 4, 6, 3), (8, 12)), ((1, 3, 5, 2), (9, 15)), ((2, 1, 2, 3), (32, 64)),
+                                        ((1, 16, 16, 4), (512, 256)), ((2, 8, 8, 3), (12, 20))])
+def test_resize_is_jax_bilinear_resize(shape, size):
+    """Whole-factor upsampling (our own blends) and any other size (jax.image.resize itself): values and gradients
+    equal jax.image.resize's, edges included."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+    weight = jnp.asarray(np.random.default_rng(1).standard_normal((shape[0], *size, shape[3])), jnp.float32)
+    ours, ref = (jax.jit(f) for f in (lambda x: resize_to(x, *size),
+                                      lambda x: jax.image.resize(x, (shape[0], *size, shape[3]), "bilinear")))
+    np.testing.assert_allclose(ours(x), ref(x), atol=1e-6)
+    grads = [jax.grad(lambda x, f=f: jnp.sum(f(x) * weight))(x) for f in (ours, ref)]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+    assert resize_to(x.astype(jnp.bfloat16), *size).dtype == jnp.bfloat16

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from maginet_jax.errors import UserError
-from maginet_jax.models.layers import Conv, ConvTranspose, apply, block
+from maginet_jax.models.layers import Conv, ConvTranspose, apply, block, resize_to
 from maginet_jax.torch_interop import to_numpy
 
 _INIT = nnx.initializers.normal(0.02)  # the original's weights_init for convs
@@ -91,8 +91,7 @@ class ResizeConv(Conv):
         if self.method == "nearest":
             x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
         else:
-            n, h, w, c = x.shape
-            x = jax.image.resize(x, (n, 2 * h, 2 * w, c), "bilinear")
+            x = resize_to(x, 2 * x.shape[1], 2 * x.shape[2])
         return super().__call__(reflect_pad(x, 1))
 
 
