@@ -14,8 +14,9 @@ config says (workers, threads), against what the JAX train step consumes.
 
 Precision on a GPU: JAX computes float32 convolutions and matmuls in TF32 at its default precision; PyTorch is set
 to do the same (`allow_tf32` for cuDNN and cuBLAS), and the loss networks must be at
-`perceptual.precision=default` on both sides. `model.dtype=bfloat16` is JAX's mixed precision (bfloat16 convs,
-float32 parameters, norms and losses) and the twin's `torch.autocast` around the trained networks. MFU is XLA's
+`perceptual.precision=default` on both sides, or `bfloat16` (the twin's loss networks then run under autocast).
+`model.dtype=bfloat16` is JAX's mixed precision (bfloat16 convs, float32 parameters, norms and losses) and the
+twin's `torch.autocast` around the trained networks. MFU is XLA's
 FLOP count of the step over its time and the devices' dense peak for the dtype (TF32 for float32). The count is
 taken from the lowered program, before XLA's GPU passes turn convolutions into cuDNN calls, which its compiled
 cost analysis leaves out: on an H100 the compiled count of the albedo step was 3.4e11, the lowered one 1.65e13
@@ -102,9 +103,12 @@ def check(config, stage: str, variants: list[str]) -> None:
     if config.model.get("dtype", "float32") != "float32" and on_cpu:
         raise UserError("on a CPU, compare in float32 (model.dtype): bfloat16 convolutions are emulated there")
     perceptual = config.losses.get("vgg", 0) > 0 or config.losses.get("lpips", 0) > 0
-    if perceptual and not on_cpu and config.perceptual.precision != "default":
-        raise UserError("on a GPU, compare with --config.perceptual.precision=default: PyTorch's loss networks run "
-                        "in TF32 there, as JAX's do only at default precision")
+    if perceptual and not on_cpu and config.perceptual.precision == "highest":
+        raise UserError("on a GPU, compare with --config.perceptual.precision=default (or bfloat16): PyTorch's loss "
+                        "networks run in TF32 there (bfloat16 under autocast), as JAX's do only at those precisions")
+    if perceptual and on_cpu and config.perceptual.precision == "bfloat16":
+        raise UserError("on a CPU, compare with float32 loss networks (perceptual.precision): bfloat16 convolutions "
+                        "are emulated there")
     train.validate(config)
 
 

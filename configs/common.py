@@ -75,8 +75,8 @@ def base_config(stage: str, *, resolution: int) -> ml_collections.ConfigDict:
     c.perceptual.lpips_net = "alex"  # alex | vgg
     # The loss networks' convolutions: highest (float32 on every device, so a loss is the same number on CPU,
     # GPU and TPU) | default (the device's fast path: TF32 on NVIDIA GPUs, as PyTorch's cuDNN convs; bfloat16
-    # passes on TPU), which lets a GPU run VGG16 at 1024² on its tensor cores. Evaluation's LPIPS is always
-    # highest.
+    # passes on TPU), which lets a GPU run VGG16 at 1024² on its tensor cores | bfloat16 (the loss networks in
+    # bfloat16, float32 accumulation and taps: twice TF32's rate on a GPU). Evaluation's LPIPS is always highest.
     c.perceptual.precision = "highest"
     c.perceptual.num_patches = 4  # LPIPS patches per image, centred inside the face mask
     c.perceptual.patch_size = 64

