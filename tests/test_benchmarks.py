@@ -37,7 +37,8 @@ def test_every_script_has_a_tiny_run():
     assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "compare.py", "compare_gpu.sh", "compare_report.py",
                             "conv_kernels.py", "dry_run_table.py",
                             "flat_pass_baseline.py", "kill_resume.py", "lighting_invariance.py",
-                            "perceptual_cost.py", "relight_speed.py", "step_profile.py", "joint_vs_separate.sh"}, \
+                            "perceptual_cost.py", "relight_speed.py", "step_profile.py", "norm_kernels.py",
+                            "joint_vs_separate.sh"}, \
         "add a tiny run of the new script to this file (joint_vs_separate.sh's is in test_joint.py: it needs the " \
         "chained runs)"
 
@@ -114,6 +115,18 @@ def test_conv_kernels_bad_shape_is_one_line():
     assert r.stderr.strip().splitlines() == [
         "conv_kernels.py: error: --shapes='8:2:3:2': each must be SIZE:CIN:COUT:KERNEL, positive integers with an "
         "odd kernel"]
+
+
+def test_norm_kernels():
+    # the run checks every variant's output and gradients against ours before timing them
+    out = _run(sys.executable, "benchmarks/norm_kernels.py", "--batch=2", "--shapes=8:16,4:64", "--rounds=1",
+               "--dtype=float32")
+    rows = [r.split(" | ") for r in out.strip().splitlines()[-2:]]
+    assert [r[0] for r in rows] == ["| 8²×16", "| 4²×64"] and all(float(v) > 0 for r in rows for v in r[1:4])
+    r = subprocess.run([sys.executable, "benchmarks/norm_kernels.py", "--shapes=8"], cwd=REPO, capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+        "norm_kernels.py: error: --shapes='8': each must be SIZE:CHANNELS, positive integers")
 
 
 def test_step_profile(tmp_path):
