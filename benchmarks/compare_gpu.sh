@@ -13,13 +13,17 @@
 # Environment (the tests shrink everything with these):
 #   COMPARE_STAGES (albedo refine passes), COMPARE_DTYPES (bfloat16 float32), COMPARE_VARIANT (config variant,
 #   default: none, the paper configs at the batches above), COMPARE_VARIANTS (the timed variants), COMPARE_ARGS
-#   (more flags for every run), PYTHON (the interpreter, default python).
+#   (more flags for every run), PYTHON (the interpreter, default python), COMPARE_PERCEPTUAL (the loss networks'
+#   perceptual.precision: default, the TF32 above, or bfloat16; the files of a bfloat16 run end _perceptual-bfloat16).
 set -euo pipefail
 json_dir=${1:-benchmarks/results/json}
 stages=${COMPARE_STAGES:-albedo refine passes}
 dtypes=${COMPARE_DTYPES:-bfloat16 float32}
 variant=${COMPARE_VARIANT:+:${COMPARE_VARIANT}}
 variants=${COMPARE_VARIANTS:-jax,torch_eager,torch_eager_channels_last,torch_compile_channels_last}
+perceptual=${COMPARE_PERCEPTUAL:-default}
+suffix=${COMPARE_PERCEPTUAL:+_perceptual-${perceptual}}
+suffix=${suffix/_perceptual-default/}
 read -r -a extra <<< "${COMPARE_ARGS:---steps=10 --warmup=2 --pipeline_batches=10 --config.data.worker_count=12}"
 declare -A gpu_batch=([albedo]=8 [refine]=4 [passes]=1)
 mkdir -p "$json_dir"
@@ -28,7 +32,7 @@ for dtype in $dtypes; do
     batch=()
     if [[ -z $variant ]]; then batch=(--config.batch_size="${gpu_batch[$stage]}"); fi
     "${PYTHON:-python}" -m benchmarks.compare --stage="$stage" --config="configs/${stage}.py${variant}" \
-      --config.model.dtype="$dtype" --config.perceptual.precision=default --variants="$variants" \
-      --json="${json_dir}/${stage}_${dtype}.json" "${batch[@]}" "${extra[@]}"
+      --config.model.dtype="$dtype" --config.perceptual.precision="$perceptual" --variants="$variants" \
+      --json="${json_dir}/${stage}_${dtype}${suffix}.json" "${batch[@]}" "${extra[@]}"
   done
 done

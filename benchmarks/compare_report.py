@@ -10,8 +10,11 @@ def dtype(report: dict) -> str:
 
 
 def stem(report: dict) -> str:
-    """`<stage>` for float32, `<stage>_<dtype>` otherwise: the file names of the table and chart."""
-    return report["stage"] if dtype(report) == "float32" else f"{report['stage']}_{dtype(report)}"
+    """`<stage>` for float32, `<stage>_<dtype>` otherwise, then `_perceptual-bfloat16` for bfloat16 loss networks:
+    the file names of the table and chart."""
+    name = report["stage"] if dtype(report) == "float32" else f"{report['stage']}_{dtype(report)}"
+    bf16_losses = report["config"].get("perceptual", {}).get("precision") == "bfloat16"
+    return name + ("_perceptual-bfloat16" if bf16_losses else "")
 
 
 def _ms(seconds: float) -> str:

