@@ -196,7 +196,9 @@ def test_sharded_adam_step_metrics_match(eight_examples):
     assert "lpips" in m1[0] and m1[0].keys() == m8[0].keys()
     for step1, step8 in zip(m1, m8):
         for k in step1:
-            np.testing.assert_allclose(step8[k], step1[k], rtol=1e-5, err_msg=k)
+            # The gradient itself differs between the meshes by another reduction order (the last conv's kernel
+            # gradient by 3.6e-4 in relative L2 at 1 against 8 devices), and its norm by up to as much.
+            np.testing.assert_allclose(step8[k], step1[k], rtol=5e-4 if k == "grad_norm" else 1e-5, err_msg=k)
 
 
 def test_mesh_errors():
