@@ -213,7 +213,12 @@ def prepare(root: str, *, tfds_dir: str = "", resolution: int = 512, input_file:
 
     Raises ValueError (bad options or data; BadSubjectData names the subject and file).
     """
-    builder = FfhqUvIntrinsics(config=make_config(resolution, input_file, test_fraction, pass_files), data_dir=tfds_dir or None,
+    config = make_config(resolution, input_file, test_fraction, pass_files)
+    # One of BUILDER_CONFIGS (the paper's sizes with the default options) must be asked for by name: TFDS refuses
+    # a config object of the same name that is not the listed one.
+    listed = {c.name: c for c in FfhqUvIntrinsics.BUILDER_CONFIGS}
+    config = listed.get(config.name, config)
+    builder = FfhqUvIntrinsics(config=config, data_dir=tfds_dir or None,
                                file_format="array_record", uv_maps_dir=uv_maps_dir, lenient=lenient)
     # In a multi-process run process 0 builds and the others wait for it at a barrier (never two builders);
     # all of them read the finished dataset afterwards. `tfds_dir` must then be storage every host sees.
