@@ -215,9 +215,9 @@ def prepare(root: str, *, tfds_dir: str = "", resolution: int = 512, input_file:
     """
     config = make_config(resolution, input_file, test_fraction, pass_files)
     # One of BUILDER_CONFIGS (the paper's sizes with the default options) must be asked for by name: TFDS refuses
-    # a config object of the same name that is not the listed one.
-    listed = {c.name: c for c in FfhqUvIntrinsics.BUILDER_CONFIGS}
-    config = listed.get(config.name, config)
+    # a config object named like a listed one, and a grain worker rebuilds the builder from what it was given.
+    if config.name in {c.name for c in FfhqUvIntrinsics.BUILDER_CONFIGS}:
+        config = config.name
     builder = FfhqUvIntrinsics(config=config, data_dir=tfds_dir or None,
                                file_format="array_record", uv_maps_dir=uv_maps_dir, lenient=lenient)
     # In a multi-process run process 0 builds and the others wait for it at a barrier (never two builders);
@@ -228,7 +228,7 @@ def prepare(root: str, *, tfds_dir: str = "", resolution: int = 512, input_file:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"prepared {builder.data_dir}")
-        builder = FfhqUvIntrinsics(config=builder.builder_config, data_dir=tfds_dir or None,
+        builder = FfhqUvIntrinsics(config=config, data_dir=tfds_dir or None,
                                    file_format="array_record", uv_maps_dir=uv_maps_dir, lenient=lenient)
     return builder
 

@@ -2,6 +2,7 @@
 bad data (strict and lenient), atomic builds, the build CLI, and training on the prepared dataset."""
 
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -182,5 +183,6 @@ def test_the_paper_resolution_with_default_options(tmp_path):
     make_fixture.write_fixture(root, num_subjects=17, resolution=512, seed=0)  # subject 16: the first held out
     builder = prepare(root, tfds_dir=str(tmp_path / "tfds"))
     assert builder.builder_config.name == "r512-uv_map-test050"
-    record = builder.as_data_source(split="train")[0]
+    source = pickle.loads(pickle.dumps(builder.as_data_source(split="train")))  # as a grain worker gets it
+    record = source[0]
     assert record["image"].shape == (512, 512, 3) and record["mask"].shape == (512, 512, 1)
