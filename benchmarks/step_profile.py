@@ -59,6 +59,7 @@ _CUSTOM_CALLS = (("convForward", "convolution, forward"), ("convBiasActivationFo
                  ("convBackwardInput", "convolution, input gradient"),
                  ("convBackwardFilter", "convolution, weight gradient"), ("gemm", "dot"), ("matmul", "dot"))
 
+
 def op_kinds(hlo: str) -> dict[str, tuple[str, str]]:
     """{instruction name: (kind, what it computes)} for the compiled module's instructions."""
     bodies = {name: body for name, body in _COMPUTATION.findall(hlo)}
@@ -88,9 +89,11 @@ def op_kinds(hlo: str) -> dict[str, tuple[str, str]]:
     return kinds
 
 
-# Library kernels on a GPU, by what their names say they compute (cuDNN's convolutions, the matmul libraries').
+# Kernels in a command buffer that no op names, by what their names say they compute (cuDNN's convolutions, the
+# matmul libraries', copies).
 _LIBRARY_KERNELS = (("fprop", "convolution, forward"), ("dgrad", "convolution, input gradient"),
-                    ("wgrad", "convolution, weight gradient"), ("gemm", "dot"), ("memcpy", "transpose / copy"), ("memset", "elementwise / other"))
+                    ("wgrad", "convolution, weight gradient"), ("gemm", "dot"), ("nvjet", "dot"),
+                    ("memcpy", "transpose / copy"), ("memset", "elementwise / other"))
 
 
 def device_events(events: list[dict]) -> tuple[list[dict], bool]:

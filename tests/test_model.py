@@ -178,7 +178,7 @@ def test_group_norm_bfloat16_keeps_float32_parameters():
 
 
 @pytest.mark.parametrize("shape,size", [((2, 4, 6, 3), (8, 12)), ((1, 3, 5, 2), (9, 15)), ((2, 1, 2, 3), (32, 64)),
-                                        ((1, 16, 16, 4), (512, 256)), ((2, 8, 8, 3), (12, 20))])
+                                        ((1, 8, 8, 4), (256, 128)), ((2, 8, 8, 3), (12, 20))])
 def test_resize_is_jax_bilinear_resize(shape, size):
     """Whole-factor upsampling (our own blends) and any other size (jax.image.resize itself): values and gradients
     equal jax.image.resize's, edges included."""
