@@ -24,8 +24,8 @@ cost analysis leaves out: on an H100 the compiled count of the albedo step was 3
 
 Peak memory of the train step: JAX's is XLA's buffer assignment for it (arguments + outputs + temporaries −
 donated), exact for the program on any device; PyTorch's, on a GPU, is the allocator's peak over the variant's
-warm-up steps (`torch.cuda.max_memory_allocated`, reset before them). PyTorch has no CPU allocator statistics, so
-on a CPU its figure is left out rather than guessed. Both frameworks share the GPU (the rounds interleave in one
+warm-up steps (`torch.cuda.max_memory_allocated`, reset before them); on a CPU, where PyTorch keeps no allocator
+statistics, the most bytes of tensors live at once over one more train step, by its memory profiler. Both frameworks share the GPU (the rounds interleave in one
 process), so a run whose JAX train step alone needs more than 45% of its memory stops with one error line before
 any PyTorch work. Progress lines with their times go to stderr, so a run cut off still says where its time went,
 and the report is written once the steps are timed, again after the input pipeline's timing.
@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 
 # Both frameworks share the GPU in one process. JAX's allocator would otherwise take 75% of its memory (at start,
@@ -218,9 +219,26 @@ class TorchVariant:
         return steps.infer_step(self.nets, self.batch, self.config)
 
     def memory(self, warmup_peak) -> dict:
-        if warmup_peak is None:
-            return {"peak_memory_bytes": None, "memory_source": "not measured (no CPU allocator statistics)"}
+        if warmup_peak is None:  # a CPU: one more train step under the memory profiler
+            return {"peak_memory_bytes": profiled_peak_bytes(self.train_step),
+                    "memory_source": "memory profiler, live tensors"}
         return {"peak_memory_bytes": warmup_peak, "memory_source": "allocator peak"}
+
+
+def profiled_peak_bytes(step) -> int:
+    """The most bytes of tensors live at once during one call of `step`, by PyTorch's memory profiler: parameters,
+    optimizer state and inputs it sees used, activations, gradients, temporaries. PyTorch keeps no peak for its
+    CPU allocator, so on a CPU this stands in for the GPU allocator's peak (both leave out fragmentation)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True, record_shapes=True,
+                                with_stack=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "timeline.json")
+        prof.export_memory_timeline(path, device="cpu")
+        with open(path) as f:
+            _, sizes = json.load(f)  # per time stamp, bytes by category
+    return int(max(sum(s) for s in sizes))
 
 
 def time_interleaved(variants: list, method: str, warmup: int, rounds: int) -> dict[str, dict]:

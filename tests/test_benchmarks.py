@@ -186,6 +186,7 @@ def test_compare(tmp_path):  # through compare_gpu.sh; compare_report.py too: co
     assert [(r["framework"], r["layout"]) for r in report["results"]] == [("jax", "NHWC"), ("torch_eager", "channels_last")]
     for r in report["results"]:
         assert r["train_step_min_s"] <= r["train_step_s"] <= r["train_step_max_s"] and r["infer_step_s"] > 0
+        assert r["peak_memory_bytes"] > 0  # PyTorch's too, from its memory profiler on a CPU
     assert report["flops_per_step"]["train"] > report["flops_per_step"]["infer"] > 0
     assert report["pipeline"]["images_per_s"] > 0 and report["command"].startswith("python -m benchmarks.compare")
     device = report["device"]
@@ -296,3 +297,21 @@ def test_step_profile_reads_gpu_traces(tmp_path):
                        "sm90_xmma_wgrad_implicit_gemm_bf16": "convolution, weight gradient",
                        "nchwToNhwcKernel": "kernel, other"}
     assert busy == 22  # 0-15, 30-35, 40-42
+
+
+def test_pytorch_cpu_peak_memory():
+    """compare's CPU figure for PyTorch on a net whose activations are known: conv1's and ReLU's outputs (32 MiB
+    each) are live at once for the backward pass, with the gradients flowing back through them."""
+    import torch
+    from benchmarks.compare import profiled_peak_bytes
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(64, 3, 3, padding=1))
+    opt, x = torch.optim.Adam(net.parameters()), torch.randn(8, 3, 128, 128)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        net(x).square().mean().backward()
+        opt.step()
+    step()
+    assert 64 * 2**20 < profiled_peak_bytes(step) < 160 * 2**20
