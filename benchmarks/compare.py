@@ -25,9 +25,9 @@ cost analysis leaves out: on an H100 the compiled count of the albedo step was 3
 Peak memory of the train step: JAX's is XLA's buffer assignment for it (arguments + outputs + temporaries −
 donated), exact for the program on any device; PyTorch's, on a GPU, is the allocator's peak over the variant's
 warm-up steps (`torch.cuda.max_memory_allocated`, reset before them); on a CPU, where PyTorch keeps no allocator
-statistics, the most bytes of tensors live at once over one more train step, by its memory profiler. Both frameworks share the GPU (the rounds interleave in one
-process), so a run whose JAX train step alone needs more than 45% of its memory stops with one error line before
-any PyTorch work. Progress lines with their times go to stderr, so a run cut off still says where its time went,
+statistics, the most bytes of tensors live at once over one more train step, by its memory profiler. Both
+frameworks share the GPU (the rounds interleave in one process), so a run whose JAX train step alone needs more
+than 45% of its memory stops with one error line before any PyTorch work. Progress lines with their times go to stderr, so a run cut off still says where its time went,
 and the report is written once the steps are timed, again after the input pipeline's timing.
 
 Writes the JSON (device, versions, command, config, one object per variant in `results`) and, under
@@ -309,7 +309,7 @@ def run(config, variants: list[str], rounds: int, warmup: int) -> dict:
                         f"{mode}_warmup_s": t[v.name]["warmup_s"] + v.compile_s[mode],
                         f"{mode}_images_per_s": config.batch_size / float(np.median(times)),
                         f"{mode}_tflops_per_s": flops[mode] / float(np.median(times)) / 1e12})
-            if row["dtype"] in peak and np.isfinite(flops[mode]):
+            if row["dtype"] in peak:
                 row[f"{mode}_mfu"] = row[f"{mode}_tflops_per_s"] * 1e12 / (peak[row["dtype"]] * devices)
         row.update(v.memory(timings["train"][v.name]["warmup_peak"]))
         results.append(row)

@@ -22,8 +22,8 @@ dtypes=${COMPARE_DTYPES:-bfloat16 float32}
 variant=${COMPARE_VARIANT:+:${COMPARE_VARIANT}}
 variants=${COMPARE_VARIANTS:-jax,torch_eager,torch_eager_channels_last,torch_compile_channels_last}
 perceptual=${COMPARE_PERCEPTUAL:-default}
-suffix=${COMPARE_PERCEPTUAL:+_perceptual-${perceptual}}
-suffix=${suffix/_perceptual-default/}
+suffix=""  # compare_report.stem's, for the JSON beside its table
+if [[ $perceptual == bfloat16 ]]; then suffix=_perceptual-bfloat16; fi
 read -r -a extra <<< "${COMPARE_ARGS:---steps=10 --warmup=2 --pipeline_batches=10 --config.data.worker_count=12}"
 declare -A gpu_batch=([albedo]=8 [refine]=4 [passes]=1)
 mkdir -p "$json_dir"

@@ -52,27 +52,26 @@ def dot_group_norm(x, scale, bias, groups: int, epsilon: float = 1e-6):
     return (x.astype(jnp.float32) * mul.reshape(shape) + (bias - mean * mul).reshape(shape)).astype(x.dtype)
 
 
+VARIANTS = ("ours", "flax", "dot")
+
+
 def variants(channels: int, dtype) -> dict:
-    """{name: f(x, scale, bias) -> ReLU(GroupNorm(x))} for one width, with the model's groups. The modules are
-    built inside the traced function: NNX variables can only be set at the trace level they were made at."""
+    """{name: f(x, scale, bias) -> ReLU(GroupNorm(x))} for one width, with the model's groups."""
     model_norm = make_norm("group", channels, dtype=dtype, rngs=nnx.Rngs(0))
     groups, eps = model_norm.num_groups, model_norm.epsilon
 
-    def ours(x, scale, bias):
-        norm = GroupNorm(channels, groups, dtype=dtype, rngs=nnx.Rngs(0))
-        norm.scale.value, norm.bias.value = scale, bias
-        return jax.nn.relu(norm(x))
+    def module(make):
+        # Built inside the traced function: NNX variables can only be set at the trace level they were made at.
+        def f(x, scale, bias):
+            norm = make()
+            norm.scale.value, norm.bias.value = scale, bias
+            return jax.nn.relu(norm(x))
+        return f
 
-    def flax_norm(x, scale, bias):
-        norm = nnx.GroupNorm(channels, num_groups=groups, epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
-                             rngs=nnx.Rngs(0))
-        norm.scale.value, norm.bias.value = scale, bias
-        return jax.nn.relu(norm(x))
-
-    def dot(x, scale, bias):
-        return jax.nn.relu(dot_group_norm(x, scale, bias, groups, eps))
-
-    return {"ours": ours, "flax": flax_norm, "dot": dot}
+    return {"ours": module(lambda: GroupNorm(channels, groups, epsilon=eps, dtype=dtype, rngs=nnx.Rngs(0))),
+            "flax": module(lambda: nnx.GroupNorm(channels, num_groups=groups, epsilon=eps, dtype=dtype,
+                                                 param_dtype=jnp.float32, rngs=nnx.Rngs(0))),
+            "dot": lambda x, scale, bias: jax.nn.relu(dot_group_norm(x, scale, bias, groups, eps))}
 
 
 def train_fn(f):
@@ -128,14 +127,13 @@ def main() -> None:
     kind = jax.devices()[0].device_kind
     bandwidth = next((v for k, v in BANDWIDTH.items() if k in kind), None)
     print(f"batch {args.batch}, {args.dtype}, {args.rounds} interleaved rounds; jax {jax.__version__} on {kind}")
-    names = list(variants(8, dtype))
-    print("| activation | " + " | ".join(f"{n} ms" for n in names) + " | memory floor ms |")
-    print("|---" * (len(names) + 2) + "|")
+    print("| activation | " + " | ".join(f"{n} ms" for n in VARIANTS) + " | memory floor ms |")
+    print("|---" * (len(VARIANTS) + 2) + "|")
     try:
         for size, channels in shapes:
             t = timings(args.batch, size, channels, dtype, args.rounds)
             floor = 5 * args.batch * size * size * channels * dtype.itemsize / bandwidth * 1e3 if bandwidth else None
-            print(f"| {size}²×{channels} | " + " | ".join(f"{t[n]:.3f}" for n in names) +
+            print(f"| {size}²×{channels} | " + " | ".join(f"{t[n]:.3f}" for n in VARIANTS) +
                   f" | {f'{floor:.3f}' if floor else 'n/a'} |")
     except ValueError as e:
         sys.exit(f"norm_kernels.py: error: {e}")

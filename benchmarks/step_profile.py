@@ -51,6 +51,8 @@ _TRACE_DIR = flags.DEFINE_string("trace_dir", None, "Keep the trace and the comp
 _FROM_TRACE = flags.DEFINE_string("from_trace", None, "Summarise what an earlier --trace_dir kept (no --config).")
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (?:\(.*?\)|\S+) ([\w\-]+)\(.*$", re.M)
+# What --trace_dir keeps and --from_trace reads: the trace, the compiled HLO, the traced steps and header line.
+_TRACE, _HLO, _META = "train_step.trace.json.gz", "train_step.hlo.txt.gz", "train_step.json"
 _COMPUTATION = re.compile(r"^%?([\w.\-]+) \(.*?\) -> .*? \{\n(.*?)\n\}", re.M | re.S)
 
 
@@ -178,20 +180,17 @@ def op_sources(hlo: str) -> dict[str, str]:
             re.findall(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?stack_frame_id=(\d+)", hlo, re.M)}
 
 
-def keep(trace_dir: str, trace_path: Path, hlo: str, meta: dict) -> None:
-    """Writes the trace, the compiled HLO and `meta` (traced steps, the header line) into `trace_dir`, flat."""
-    os.makedirs(trace_dir, exist_ok=True)
-    shutil.copy(trace_path, os.path.join(trace_dir, "train_step.trace.json.gz"))
-    with gzip.open(os.path.join(trace_dir, "train_step.hlo.txt.gz"), "wt") as f:
-        f.write(hlo)
-    with open(os.path.join(trace_dir, "train_step.json"), "w") as f:
-        json.dump(meta, f, indent=2)
-
-
-def summarize(trace_path: Path, hlo: str, meta: dict, top: int) -> str:
-    """The three Markdown tables (by kind, by source line, single ops) under meta's header line."""
+def summarize(trace_dir: str, top: int) -> str:
+    """The three Markdown tables (by kind, by source line, single ops) of what `profile` wrote into `trace_dir`,
+    under its header line."""
+    d = Path(trace_dir)
+    missing = [n for n in (_TRACE, _HLO, _META) if not (d / n).is_file()]
+    if missing:
+        raise ValueError(f"--from_trace={d} lacks {', '.join(missing)} (what --trace_dir keeps)")
+    hlo = gzip.open(d / _HLO, "rt").read()
+    meta = json.loads((d / _META).read_text())
     kinds, sources = op_kinds(hlo), op_sources(hlo)
-    times, kind_of, busy = op_times(trace_path, kinds)
+    times, kind_of, busy = op_times(d / _TRACE, kinds)
     if meta["on_gpu"] and not busy:
         raise ValueError("the trace holds no GPU kernels (the profiler needs CUPTI)")
     if not times:
@@ -214,9 +213,9 @@ def summarize(trace_path: Path, hlo: str, meta: dict, top: int) -> str:
     return "\n".join(lines)
 
 
-def profile(config, steps: int, trace_dir: str | None) -> tuple[Path, str, dict, tempfile.TemporaryDirectory]:
-    """Runs the stage's train step (two steps, five timed, `steps` traced); returns (trace, compiled HLO, meta,
-    the temporary directory holding the trace)."""
+def profile(config, steps: int, trace_dir: str) -> None:
+    """Runs the stage's train step (two steps, five timed, `steps` traced) and writes into `trace_dir`, flat, the
+    trace, the compiled HLO and the traced steps with the header line (untraced time included)."""
     variant = compare.JaxVariant(config, compare.first_batch(config))
     step = compare.synced(variant.train_step)
     step(), step()
@@ -225,38 +224,32 @@ def profile(config, steps: int, trace_dir: str | None) -> tuple[Path, str, dict,
         t = time.perf_counter()
         step()
         untraced.append(time.perf_counter() - t)
-    tmp = tempfile.TemporaryDirectory()
-    with jax.profiler.trace(tmp.name, create_perfetto_trace=True):
-        for _ in range(steps):
-            step()
-    trace_path, hlo = next(Path(tmp.name).rglob("*.trace.json.gz")), variant.train_compiled.as_text()
     meta = {"steps": steps, "on_gpu": jax.devices()[0].platform == "gpu",
             "header": f"{config.stage} train step, batch {config.batch_size} at {config.data.crop_size}², on "
                       f"{jax.devices()[0].device_kind}: {1e3 * np.median(untraced):.0f} ms a step (median of 5, "
                       f"untraced)"}
-    if trace_dir:
-        keep(trace_dir, trace_path, hlo, meta)
-    return trace_path, hlo, meta, tmp
+    os.makedirs(trace_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+            for _ in range(steps):
+                step()
+        shutil.copy(next(Path(tmp).rglob("*.trace.json.gz")), os.path.join(trace_dir, _TRACE))
+    with gzip.open(os.path.join(trace_dir, _HLO), "wt") as f:
+        f.write(variant.train_compiled.as_text())
+    with open(os.path.join(trace_dir, _META), "w") as f:
+        json.dump(meta, f, indent=2)
 
 
 def main(argv) -> None:
     del argv
     try:
-        if _FROM_TRACE.value:
-            d = Path(_FROM_TRACE.value)
-            missing = [n for n in ("train_step.trace.json.gz", "train_step.hlo.txt.gz", "train_step.json")
-                       if not (d / n).is_file()]
-            if missing:
-                raise ValueError(f"--from_trace={d} lacks {', '.join(missing)} (what --trace_dir keeps)")
-            hlo = gzip.open(d / "train_step.hlo.txt.gz", "rt").read()
-            print(summarize(d / "train_step.trace.json.gz", hlo, json.loads((d / "train_step.json").read_text()),
-                            _TOP.value))
-            return
-        if train.CONFIG.value is None:
-            raise ValueError("give --config (to profile a stage) or --from_trace (to read a kept trace)")
-        trace_path, hlo, meta, tmp = profile(train.CONFIG.value, _STEPS.value, _TRACE_DIR.value)
-        with tmp:
-            print(summarize(trace_path, hlo, meta, _TOP.value))
+        with tempfile.TemporaryDirectory() as tmp:
+            trace_dir = _FROM_TRACE.value or _TRACE_DIR.value or tmp
+            if not _FROM_TRACE.value:
+                if train.CONFIG.value is None:
+                    raise ValueError("give --config (to profile a stage) or --from_trace (to read a kept trace)")
+                profile(train.CONFIG.value, _STEPS.value, trace_dir)
+            print(summarize(trace_dir, _TOP.value))
     except ValueError as e:
         sys.exit(f"step_profile.py: error: {e}")
 

@@ -299,6 +299,18 @@ def test_step_profile_reads_gpu_traces(tmp_path):
     assert busy == 22  # 0-15, 30-35, 40-42
 
 
+def test_committed_profile_reads_back():
+    """The committed H100 profile is what --from_trace makes of its kept trace: the GPU path (cuDNN and cuBLAS
+    calls by target, kernels inside command buffers by name, XLA's stack-frame tables) on a real trace."""
+    d = os.path.join(REPO, "benchmarks", "results", "nvidia-h100-80gb-hbm3")
+    out = _run(sys.executable, "-m", "benchmarks.step_profile", f"--from_trace={d}/profile_albedo_bfloat16",
+               "--top=25")
+    with open(os.path.join(d, "profile_albedo_bfloat16.md")) as f:
+        committed = f.read()
+    assert out.strip() == committed[committed.index("albedo train step"):].strip()
+    assert "| maginet_jax/models/layers.py:" in out and "| convolution, weight gradient |" in out
+
+
 def test_pytorch_cpu_peak_memory():
     """compare's CPU figure for PyTorch on a net whose activations are known: conv1's and ReLU's outputs (32 MiB
     each) are live at once for the backward pass, with the gradients flowing back through them."""

@@ -278,7 +278,7 @@ def test_dry_run_cli_sizes_a_mesh_of_virtual_devices(tmp_path):
         "maginet_jax.train: error: --dry_run_devices needs --dry_run"]
 
 
-def test_lowered_flops_from_the_cpu_backend_match_the_programs_own():
+def test_lowered_flops_from_the_cpu_backend_match_the_programs_own(monkeypatch):
     # On a GPU a lowered program has no cost analysis and dry_runs counts it with the CPU backend's: the same count.
     fn = jax.jit(lambda x, w: jnp.tanh(jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))))
@@ -286,3 +286,5 @@ def test_lowered_flops_from_the_cpu_backend_match_the_programs_own():
     own = lowered.cost_analysis()["flops"]
     assert own > 2e5  # the convolution's multiply-adds (XLA leaves out those on the zero padding)
     assert dry_runs.cpu_cost_analysis(lowered)["flops"] == own == dry_runs.flops(lowered)
+    monkeypatch.setattr(type(lowered), "cost_analysis", lambda self: None)  # as on a GPU (jax 0.11.2)
+    assert dry_runs.flops(lowered) == own

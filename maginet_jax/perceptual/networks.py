@@ -21,7 +21,7 @@ class Frozen(nnx.Variable):
 # metrics agree across CPU, GPU and TPU; default: the device's fast path (TF32 on NVIDIA GPUs since Ampere,
 # bfloat16 passes on TPU), what PyTorch's cuDNN convolutions use by default; bfloat16: the whole stack in bfloat16
 # (float32 accumulation; the taps come out float32), twice TF32's rate and half its bytes on a GPU, where the
-# float32 VGG16 took a fifth of the albedo train step (benchmarks/results/nvidia-h100-80gb-hbm3/).
+# TF32 convolutions of VGG16 took a fifth of the albedo train step (benchmarks/results/nvidia-h100-80gb-hbm3/).
 PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "default": None, "bfloat16": None}
 
 
