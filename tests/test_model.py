@@ -10,7 +10,7 @@ from flax import nnx
 from conftest import jit_apply, random_module
 from maginet_jax.models.albedo_net import AdaptiveFusion, AlbedoNet, build_albedo_net
 from maginet_jax.models.attention import ChannelGate, SpatialGate
-from maginet_jax.models.layers import Conv, ConvTranspose, GroupNorm, resize_to
+from maginet_jax.models.layers import Conv, ConvTranspose, GroupNorm, SubpixelConvTranspose, resize_to
 
 
 def _net(**kw):
@@ -143,6 +143,34 @@ def test_bfloat16_bias_gradient_is_summed_in_float32(layer):
     assert net(x).dtype == jnp.bfloat16 and grad.dtype == jnp.float32
     cotangent = float(jnp.asarray(1.3, jnp.bfloat16))  # the bf16 output's cotangent
     np.testing.assert_allclose(grad, np.full(3, 8 * 64 * 64 * cotangent), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 1e-2)])
+def test_subpixel_conv_transpose_is_the_transposed_conv(dtype, tol):
+    """pix2pixHD's upsampling computed through sub-pixel phases: the same parameters as the transposed conv (same
+    draws, so checkpoints and torch imports carry over), its output size (2H × 2W, odd sides too) and its outputs and
+    gradients (input, kernel, bias) on a non-square input with an asymmetric kernel and a bias."""
+    init = nnx.initializers.normal(0.5)
+    ref = ConvTranspose(5, 7, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)), transpose_kernel=True,
+                        kernel_init=init, bias_init=init, dtype=dtype, rngs=nnx.Rngs(2))
+    ours = SubpixelConvTranspose(5, 7, kernel_init=init, dtype=dtype, rngs=nnx.Rngs(2))
+    ours.bias[...] = ref.bias[...]  # bias_init is the transposed conv's; only the bias draw differs
+    np.testing.assert_array_equal(ours.kernel[...], ref.kernel[...])
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((2, 5, 8, 5)), jnp.float32)
+
+    def loss_and_grads(layer):
+        graphdef, params = nnx.split(layer, nnx.Param)
+        loss = lambda p, x: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x).astype(jnp.float32)))
+        return nnx.merge(graphdef, params)(x), jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+
+    (y_ref, (gp_ref, gx_ref)), (y, (gp, gx)) = loss_and_grads(ref), loss_and_grads(ours)
+    assert y.shape == (2, 10, 16, 7) and y.dtype == y_ref.dtype == dtype
+    close = lambda a, b: np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                                    rtol=tol, atol=tol * float(jnp.abs(b.astype(jnp.float32)).max()))
+    close(y, y_ref)
+    close(gx, gx_ref)
+    for name in ("kernel", "bias"):
+        close(gp[name][...], gp_ref[name][...])
 
 
 @pytest.mark.parametrize("groups", [1, 4, 12])  # one group, several, one per channel ("instance")

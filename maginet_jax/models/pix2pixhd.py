@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from maginet_jax.errors import UserError
-from maginet_jax.models.layers import Conv, ConvTranspose, apply, block, resize_to
+from maginet_jax.models.layers import Conv, SubpixelConvTranspose, apply, block, resize_to
 from maginet_jax.torch_interop import to_numpy
 
 _INIT = nnx.initializers.normal(0.02)  # the original's weights_init for convs
@@ -98,9 +98,7 @@ class ResizeConv(Conv):
 def _upsample(cin, cout, upsample: str, resize_method: str, *, dtype, rngs):
     if upsample == "resize":
         return ResizeConv(cin, cout, resize_method, dtype=dtype, rngs=rngs)
-    # torch ConvTranspose2d(k3, s2, p1, output_padding 1): per-side padding k-1-p, plus output_padding high.
-    return ConvTranspose(cin, cout, (3, 3), strides=(2, 2), padding=((1, 2), (1, 2)), transpose_kernel=True,
-                         kernel_init=_INIT, dtype=dtype, rngs=rngs)
+    return SubpixelConvTranspose(cin, cout, kernel_init=_INIT, dtype=dtype, rngs=rngs)
 
 
 def _up_layout(upsample: str) -> tuple[int, int]:
