@@ -28,7 +28,8 @@ warm-up steps (`torch.cuda.max_memory_allocated`, reset before them); on a CPU, 
 statistics, the most bytes of tensors live at once over one more train step, by its memory profiler. Both
 frameworks share the GPU (the rounds interleave in one process), so a run whose JAX train step alone needs more
 than 45% of its memory stops with one error line before any PyTorch work. Progress lines with their times go to stderr, so a run cut off still says where its time went,
-and the report is written once the steps are timed, again after the input pipeline's timing.
+and the report is written once the train steps are timed (inference then reads "not timed"), again with
+inference, and again after the input pipeline's timing.
 
 Writes the JSON (device, versions, command, config, one object per variant in `results`) and, under
 `--out_dir/<device>/`, `<stage>.md` (a Markdown table) and `<stage>.png` (a bar chart).
@@ -281,22 +282,26 @@ def first_batch(config) -> dict:
                                         train=True, seed=config.seed)))
 
 
-def run(config, variants: list[str], rounds: int, warmup: int) -> dict:
-    """Times the variants; returns the JSON report."""
+def build(config, variants: list[str]) -> tuple[list, dict, int]:
+    """(the variants to time, JAX first; XLA's FLOPs per train and inference step; devices in JAX's mesh)."""
     if torch.cuda.is_available():  # TF32, as JAX's default precision on the GPU (see the module docstring)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    runners, flops, devices = [], {"train": 0.0, "infer": 0.0}, 1
-    if variants:
-        batch = first_batch(config)
-        progress(f"the batch is ready ({config.batch_size} at {config.data.crop_size}²)")
-        jax_variant = JaxVariant(config, batch)  # built first: the twins start from its weights
-        if torch.cuda.is_available():  # before any PyTorch work
-            check_memory(jax_variant.train_bytes, torch.cuda.get_device_properties(0).total_memory)
-        runners = [jax_variant] if "jax" in variants else []
-        runners += [TorchVariant(n, config, batch, jax_variant.networks()) for n in VARIANTS[1:] if n in variants]
-        flops, devices = jax_variant.flops(), jax_variant.mesh.size
-    timings = {"train": time_interleaved(runners, "train_step", warmup, rounds),
-               "infer": time_interleaved(runners, "infer_step", warmup, rounds)}
+    if not variants:
+        return [], {"train": 0.0, "infer": 0.0}, 1
+    batch = first_batch(config)
+    progress(f"the batch is ready ({config.batch_size} at {config.data.crop_size}²)")
+    jax_variant = JaxVariant(config, batch)  # built first: the twins start from its weights
+    if torch.cuda.is_available():  # before any PyTorch work
+        check_memory(jax_variant.train_bytes, torch.cuda.get_device_properties(0).total_memory)
+    runners = [jax_variant] if "jax" in variants else []
+    runners += [TorchVariant(n, config, batch, jax_variant.networks()) for n in VARIANTS[1:] if n in variants]
+    return runners, jax_variant.flops(), jax_variant.mesh.size
+
+
+def make_report(config, runners: list, timings: dict, memory: dict, flops: dict, devices: int, rounds: int,
+                warmup: int) -> dict:
+    """The JSON report of the modes timed so far (`timings`: {"train"[, "infer"]: `time_interleaved`'s result};
+    `memory`: {variant: its `memory()`})."""
     peak = PEAK_FLOPS.get(next((k for k in PEAK_FLOPS if k in jax.devices()[0].device_kind), ""), {})
     results = []
     for v in runners:
@@ -311,18 +316,17 @@ def run(config, variants: list[str], rounds: int, warmup: int) -> dict:
                         f"{mode}_tflops_per_s": flops[mode] / float(np.median(times)) / 1e12})
             if row["dtype"] in peak:
                 row[f"{mode}_mfu"] = row[f"{mode}_tflops_per_s"] * 1e12 / (peak[row["dtype"]] * devices)
-        row.update(v.memory(timings["train"][v.name]["warmup_peak"]))
+        row.update(memory[v.name])
         results.append(row)
-    report = {"stage": config.stage, "device": device_name(), "device_kind": jax.devices()[0].device_kind,
-              "versions": {"python": platform.python_version(), "jax": jax.__version__, "torch": torch.__version__},
-              "threads": {"torch": torch.get_num_threads(), "cpu_count": os.cpu_count()},
-              "precision": {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
-                            "torch_tf32": torch.cuda.is_available() and torch.backends.cudnn.allow_tf32,
-                            "perceptual": config.perceptual.precision},
-              "command": " ".join(["python -m benchmarks.compare", *sys.argv[1:]]),
-              "batch_size": config.batch_size, "resolution": config.data.crop_size, "rounds": rounds, "warmup": warmup,
-              "flops_per_step": flops, "results": results, "config": json.loads(config.to_json_best_effort())}
-    return report
+    return {"stage": config.stage, "device": device_name(), "device_kind": jax.devices()[0].device_kind,
+            "versions": {"python": platform.python_version(), "jax": jax.__version__, "torch": torch.__version__},
+            "threads": {"torch": torch.get_num_threads(), "cpu_count": os.cpu_count()},
+            "precision": {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+                          "torch_tf32": torch.cuda.is_available() and torch.backends.cudnn.allow_tf32,
+                          "perceptual": config.perceptual.precision},
+            "command": " ".join(["python -m benchmarks.compare", *sys.argv[1:]]),
+            "batch_size": config.batch_size, "resolution": config.data.crop_size, "rounds": rounds, "warmup": warmup,
+            "flops_per_step": flops, "results": results, "config": json.loads(config.to_json_best_effort())}
 
 
 def pipeline_report(config, num_batches: int, results: list[dict]) -> dict:
@@ -347,10 +351,16 @@ def main(argv) -> None:
     config = train.CONFIG.value  # --config and its overrides, as train.py defines them
     try:
         check(config, _STAGE.value, _VARIANTS.value)
-        report = run(config, _VARIANTS.value, _STEPS.value, _WARMUP.value)
+        runners, flops, devices = build(config, _VARIANTS.value)
     except UserError as e:
         sys.exit(f"benchmarks.compare: error: {e}")
-    table = save(report)  # the step timings, kept even if the pipeline's timing below is cut off
+    timings = {"train": time_interleaved(runners, "train_step", _WARMUP.value, _STEPS.value)}
+    memory = {v.name: v.memory(timings["train"][v.name]["warmup_peak"]) for v in runners}
+    report = make_report(config, runners, timings, memory, flops, devices, _STEPS.value, _WARMUP.value)
+    save(report)  # the train steps, kept if inference's compilation below is cut off
+    timings["infer"] = time_interleaved(runners, "infer_step", _WARMUP.value, _STEPS.value)
+    report = make_report(config, runners, timings, memory, flops, devices, _STEPS.value, _WARMUP.value)
+    table = save(report)
     if _PIPELINE_BATCHES.value:
         progress(f"timing the input pipeline ({_PIPELINE_BATCHES.value} batches)")
         report["pipeline"] = pipeline_report(config, _PIPELINE_BATCHES.value, report["results"])

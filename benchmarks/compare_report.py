@@ -21,6 +21,13 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.0f}"
 
 
+def _infer_cells(r: dict) -> list[str]:
+    if "infer_step_s" not in r:  # a run cut off after the train steps (benchmarks.compare saves it then)
+        return ["not timed", "n/a"]
+    return [f"{_ms(r['infer_step_s'])} [{_ms(r['infer_step_min_s'])}–{_ms(r['infer_step_max_s'])}]",
+            f"{r['infer_images_per_s']:.1f}"]
+
+
 def table(report: dict) -> str:
     """Markdown: one row per variant, step times in ms (median [min–max]), images/s, speed relative to JAX."""
     jax_train = next((r["train_step_s"] for r in report["results"] if r["variant"] == "jax"), None)
@@ -39,8 +46,7 @@ def table(report: dict) -> str:
                  f"{_ms(r['train_step_s'])} [{_ms(r['train_step_min_s'])}–{_ms(r['train_step_max_s'])}]",
                  f"{r['train_images_per_s']:.1f}",
                  f"{r['train_step_s'] / jax_train:.2f}×" if jax_train else "n/a",
-                 f"{_ms(r['infer_step_s'])} [{_ms(r['infer_step_min_s'])}–{_ms(r['infer_step_max_s'])}]",
-                 f"{r['infer_images_per_s']:.1f}", f"{r['train_warmup_s']:.1f}", memory]
+                 *_infer_cells(r), f"{r['train_warmup_s']:.1f}", memory]
         cells += [f"{r['train_mfu']:.1%}" if "train_mfu" in r else "n/a"] if mfu else []
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -68,6 +74,8 @@ def chart(report: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.6))
     x = range(len(names))
     for offset, mode in ((-0.2, "train"), (0.2, "infer")):
+        if any(f"{mode}_step_s" not in r for r in report["results"]):
+            continue
         values = [r[f"{mode}_step_s"] * 1e3 for r in report["results"]]
         low = [v - r[f"{mode}_step_min_s"] * 1e3 for v, r in zip(values, report["results"])]
         high = [r[f"{mode}_step_max_s"] * 1e3 - v for v, r in zip(values, report["results"])]
