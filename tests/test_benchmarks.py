@@ -35,7 +35,7 @@ def ablation_root(tmp_path_factory):
 
 def test_every_script_has_a_tiny_run():
     assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "compare.py", "compare_gpu.sh", "compare_report.py",
-                            "conv_kernels.py", "dry_run_table.py",
+                            "conv_forms.py", "conv_kernels.py", "dry_run_table.py",
                             "flat_pass_baseline.py", "kill_resume.py", "lighting_invariance.py",
                             "perceptual_cost.py", "relight_speed.py", "step_profile.py", "norm_kernels.py",
                             "joint_vs_separate.sh"}, \
@@ -115,6 +115,30 @@ def test_conv_kernels_bad_shape_is_one_line():
     assert r.stderr.strip().splitlines() == [
         "conv_kernels.py: error: --shapes='8:2:3:2': each must be SIZE:CIN:COUT:KERNEL, positive integers with an "
         "odd kernel"]
+
+
+def test_conv_forms(monkeypatch):
+    # the run checks that each case's two forms give the same output and gradients before timing them
+    out = _run(sys.executable, "benchmarks/conv_forms.py", "--scale=64", "--rounds=1", "--dtype=float32")
+    rows = [r.split(" | ") for r in out.splitlines() if r.startswith("| ") and not r.startswith("| case")]
+    assert [(r[0], r[1]) for r in rows] == [("| up", "transposed"), ("| up", "subpixel"), ("| up_global", "transposed"),
+                                            ("| up_global", "subpixel"), ("| disc", "padded"), ("| disc", "valid"),
+                                            ("| disc_s2", "padded"), ("| disc_s2", "valid")]
+    assert all(float(r[2]) > 0 for r in rows)
+    import jax.numpy as jnp
+
+    from benchmarks import conv_forms
+
+    real = conv_forms.forms  # a pair whose parameters differ must stop the run
+    def mismatched(case, dtype, seed=0):
+        side, cin, layers = real(case, dtype)
+        return side, cin, {**layers, "valid": real(case, dtype, seed=1)[2]["valid"]}
+    monkeypatch.setattr(conv_forms, "forms", mismatched)
+    with pytest.raises(SystemExit, match="conv_forms.py: error: disc: valid differs from padded"):
+        conv_forms.time_case("disc", jnp.float32, 1, 64, 1)
+    r = subprocess.run([sys.executable, "benchmarks/conv_forms.py", "--cases=up,nope"], cwd=REPO, capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("conv_forms.py: error: --cases must be")
 
 
 def test_norm_kernels():

@@ -139,9 +139,9 @@ class SubpixelConvTranspose(ConvTranspose):
     gradient, which took 231 ms on an H100 (bf16, 512² → 1024², 64 → 32 channels; a plain strided conv of that size,
     0.46 ms forward and backward): 76% of the passes train step
     (benchmarks/results/nvidia-h100-80gb-hbm3/profile_passes_bfloat16.md). On XLA:CPU this form's forward and
-    backward are 4× faster too (64 → 32 channels at 128²). Here every gradient is an ordinary convolution's. The 2×2
-    kernel holds 16 taps where the transposed one has 9 (the rest are zeros): 1.8× the multiply-adds, on layers that
-    are a small part of a step's FLOPs.
+    backward are 4.5× faster too (64 → 32 channels at 128², `python benchmarks/conv_forms.py --scale=4`). Here every
+    gradient is an ordinary convolution's. The 2×2 kernel holds 16 taps where the transposed one has 9 (the rest are
+    zeros): 1.8× the multiply-adds, on layers that are a small part of a step's FLOPs.
     """
 
     def __init__(self, cin: int, cout: int, *, kernel_init, dtype, rngs: nnx.Rngs):

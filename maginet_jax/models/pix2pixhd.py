@@ -225,8 +225,18 @@ def _conv_norm_lrelu(conv, x):
     return jax.nn.leaky_relu(instance_norm(conv(x)), 0.2)
 
 
+def zero_pad(x: jax.Array, p: int) -> jax.Array:
+    return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+
+
 class NLayerDiscriminator(nnx.Module):
-    """PatchGAN: 4×4 convs with padding 2 (s2 maps n → n/2+1, s1 maps n → n+1), LeakyReLU 0.2."""
+    """PatchGAN: 4×4 convs with padding 2 (s2 maps n → n/2+1, s1 maps n → n+1), LeakyReLU 0.2.
+
+    The padding is a pad before a VALID convolution, not the convolution's own: the same function, but XLA runs the
+    kernel gradient of a stride-1 4×4 convolution padded by 2 as a forward convolution over an image-sized window,
+    which on XLA:CPU took 615 ms against 31 (256 → 512 channels at 16², float32; `python benchmarks/conv_forms.py
+    --cases=disc`). On an H100 that gradient took 3 ms a layer in the passes profile; the VALID form is untimed there.
+    """
 
     def __init__(self, input_nc: int, ndf: int = 64, n_layers: int = 3, norm: str = "instance",
                  use_sigmoid: bool = False, getIntermFeat: bool = False, *, dtype=jnp.float32,
@@ -234,7 +244,7 @@ class NLayerDiscriminator(nnx.Module):
         _check_norm(norm)
         widths = [input_nc] + [min(ndf * 2**i, 512) for i in range(n_layers + 1)] + [1]
         strides = [2] * n_layers + [1, 1]
-        self.convs = nnx.List([_conv(widths[i], widths[i + 1], 4, strides[i], 2, dtype=dtype, rngs=rngs)
+        self.convs = nnx.List([_conv(widths[i], widths[i + 1], 4, strides[i], dtype=dtype, rngs=rngs)
                                for i in range(n_layers + 2)])
         self.n_layers, self.use_sigmoid, self.getIntermFeat = n_layers, use_sigmoid, getIntermFeat
         self.remat = remat
@@ -244,7 +254,7 @@ class NLayerDiscriminator(nnx.Module):
         outs = []
         for i, conv in enumerate(self.convs):
             layer = _conv_lrelu if i == 0 else _conv_norm_lrelu if i <= self.n_layers else apply
-            x = block(layer, conv, x, self.remat)
+            x = block(layer, conv, zero_pad(x, 2), self.remat)
             outs.append(x.astype(jnp.float32))
         return outs
 
