@@ -68,6 +68,16 @@ def test_patch_corners_lie_inside_the_mask_and_are_reproducible():
     assert len(np.unique(np.asarray(corners[2]), axis=0)) > 10  # empty mask: spread over the image
 
 
+def test_patch_corners_are_uniform_over_the_allowed_texels():
+    """Every allowed centre is drawn, no other, each about equally often (4,000 draws over 4 texels: each count
+    within 5 standard deviations of 1,000)."""
+    mask = jnp.zeros((1, 32, 32, 1)).at[0, (8, 8, 20, 23), (9, 22, 9, 16)].set(1.0)
+    corners = np.asarray(pl.sample_patch_corners(jax.random.PRNGKey(0), mask, 4000, 8))[0] + 4
+    centres, counts = np.unique(corners, axis=0, return_counts=True)
+    assert centres.tolist() == [[8, 9], [8, 22], [20, 9], [23, 16]]
+    assert np.all(np.abs(counts - 1000) < 5 * np.sqrt(4000 * 0.25 * 0.75)), counts
+
+
 def test_extract_patches():
     x = jnp.arange(2 * 8 * 8, dtype=jnp.float32).reshape(2, 8, 8, 1)
     corners = jnp.array([[[0, 0], [2, 3]], [[4, 4], [1, 0]]])

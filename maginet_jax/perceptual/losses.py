@@ -70,7 +70,9 @@ def sample_patch_corners(rng: jax.Array, mask: jax.Array, num: int, size: int) -
     """(B, num, 2) top-left corners of size×size patches whose centres lie inside the mask.
 
     Centres are drawn uniformly over the mask texels where a whole patch fits; an image with no such texel
-    falls back to uniform over the positions that fit.
+    falls back to uniform over the positions that fit. Each draw is an integer below the image's count of allowed
+    texels, looked up in their running count (inverse CDF): `jax.random.categorical` would draw one Gumbel number
+    per texel and patch, 9-15 ms of a CPU demo step (4 patches × 8 images at 128², 4 at 256²).
     """
     b, h, w = mask.shape[:3]
     if size > min(h, w):
@@ -80,8 +82,9 @@ def sample_patch_corners(rng: jax.Array, mask: jax.Array, num: int, size: int) -
     fits = (ys >= half) & (ys <= h - size + half) & (xs >= half) & (xs <= w - size + half)
     inside = fits[None] & (mask[..., 0] > 0.5)
     allowed = jnp.where(jnp.any(inside, axis=(1, 2), keepdims=True), inside, fits[None])
-    logits = jnp.where(allowed, 0.0, -jnp.inf).reshape(b, h * w)
-    idx = jax.vmap(lambda k, l: jax.random.categorical(k, l, shape=(num,)))(jax.random.split(rng, b), logits)
+    running = jnp.cumsum(allowed.reshape(b, h * w).astype(jnp.int32), axis=1)  # the last is the count, ≥ 1
+    rank = jax.random.randint(rng, (b, num), 0, running[:, -1:])  # which allowed texel, uniformly
+    idx = jax.vmap(lambda r, k: jnp.searchsorted(r, k, side="right"))(running, rank)  # its position
     return jnp.stack([idx // w - half, idx % w - half], axis=-1)
 
 
