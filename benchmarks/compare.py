@@ -27,9 +27,9 @@ donated), exact for the program on any device; PyTorch's, on a GPU, is the alloc
 warm-up steps (`torch.cuda.max_memory_allocated`, reset before them); on a CPU, where PyTorch keeps no allocator
 statistics, the most bytes of tensors live at once over one more train step, by its memory profiler. Both
 frameworks share the GPU (the rounds interleave in one process), so a run whose JAX train step alone needs more
-than 45% of its memory stops with one error line before any PyTorch work. Progress lines with their times go to stderr, so a run cut off still says where its time went,
-and the report is written once the train steps are timed (inference then reads "not timed"), again with
-inference, and again after the input pipeline's timing.
+than 45% of its memory stops with one error line before any PyTorch work. Progress lines with their times go to
+stderr, so a run cut off still says where its time went, and the report is written once the train steps are timed
+(inference then reads "not timed"), again with inference, and again after the input pipeline's timing.
 
 Writes the JSON (device, versions, command, config, one object per variant in `results`) and, under
 `--out_dir/<device>/`, `<stage>.md` (a Markdown table) and `<stage>.png` (a bar chart).
