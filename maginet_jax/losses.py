@@ -14,7 +14,6 @@ import numpy as np
 from maginet_jax.errors import UserError
 
 _EPS = 1e-8
-_SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], np.float32) / 8.0
 
 
 def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
@@ -36,13 +35,19 @@ def psnr(mse: jax.Array, max_value: float = 1.0) -> jax.Array:
 
 
 def sobel(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-channel Sobel gradients (d/dx, d/dy), 'valid' so border texels are not invented."""
-    c = x.shape[-1]
-    kx = jnp.tile(jnp.asarray(_SOBEL_X, x.dtype)[:, :, None, None], (1, 1, 1, c))
-    ky = jnp.tile(jnp.asarray(_SOBEL_X.T, x.dtype)[:, :, None, None], (1, 1, 1, c))
-    conv = lambda k: jax.lax.conv_general_dilated(
-        x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
-    return conv(kx), conv(ky)
+    """Per-channel Sobel gradients (d/dx, d/dy), 'valid' so border texels are not invented, normalised (/8) so a unit
+    ramp has slope 1.
+
+    Separably, a central difference along one axis smoothed [1, 2, 1] along the other: slices and adds XLA fuses.
+    The same numbers as the 3×3 kernel as a per-channel (grouped) convolution, to float32 rounding; XLA:CPU ran that
+    convolution, forward and backward, 17× slower (44 against 2.6 ms on 8 × 128² × 3, jitted, the loss of pred and
+    target).
+    """
+    dx = x[:, :, 2:] - x[:, :, :-2]
+    dy = x[:, 2:] - x[:, :-2]
+    gx = (dx[:, :-2] + 2.0 * dx[:, 1:-1] + dx[:, 2:]) * 0.125
+    gy = (dy[:, :, :-2] + 2.0 * dy[:, :, 1:-1] + dy[:, :, 2:]) * 0.125
+    return gx, gy
 
 
 def edge_loss(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:

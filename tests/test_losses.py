@@ -41,6 +41,24 @@ def test_sobel_of_a_ramp():
     np.testing.assert_allclose(gy, 0.0, atol=1e-6)
 
 
+def test_sobel_is_the_sobel_kernel():
+    """Equal, values and gradients, to the 3×3 Sobel kernels (/8) as a per-channel convolution, on 3 channels."""
+    kx = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], np.float32) / 8.0
+
+    def reference(x):
+        tile = lambda k: jnp.tile(jnp.asarray(k)[:, :, None, None], (1, 1, 1, x.shape[-1]))
+        conv = lambda k: jax.lax.conv_general_dilated(x, tile(k), (1, 1), "VALID", feature_group_count=x.shape[-1],
+                                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return conv(kx), conv(kx.T)
+
+    x, t = _rand(4, (2, 9, 12, 3)), _rand(5, (2, 9, 12, 3))
+    for got, want in zip(losses.sobel(x), reference(x)):
+        assert got.shape == (2, 7, 10, 3)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    loss = lambda f: lambda x: sum(jnp.sum(jnp.abs(g - h) * jnp.arange(10.0)[:, None]) for g, h in zip(f(x), f(t)))
+    np.testing.assert_allclose(jax.grad(loss(losses.sobel))(x), jax.grad(loss(reference))(x), atol=1e-5)
+
+
 def test_edge_loss_ignores_mask_boundary_and_outside():
     x = _rand(2, (1, 16, 16, 1))
     mask = jnp.zeros((1, 16, 16, 1)).at[:, 4:12, 4:12].set(1.0)
