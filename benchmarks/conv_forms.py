@@ -22,25 +22,30 @@ float32); a mismatch stops the run with one error line.
 """
 
 import argparse
+import os
 import sys
-import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from maginet_jax.models.layers import Conv, ConvTranspose, SubpixelConvTranspose
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from benchmarks.layer_timing import forward_backward, median_ms, relative_l2, tolerance  # noqa: E402
+from maginet_jax.models.layers import Conv, ConvTranspose, SubpixelConvTranspose  # noqa: E402
+from maginet_jax.models.pix2pixhd import zero_pad  # noqa: E402
 
 INIT = nnx.initializers.normal(0.02)
 CASES = ("up", "up_global", "disc", "disc_s2")
 
 
 class PaddedConv(Conv):
-    """A 4×4 convolution with its padding of 2 made an explicit pad and the convolution VALID."""
+    """A 4×4 convolution with its padding of 2 made an explicit pad and the convolution VALID, as the
+    discriminator applies it."""
 
     def __call__(self, x):
-        return super().__call__(jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))))
+        return super().__call__(zero_pad(x, 2))
 
 
 def forms(case: str, dtype, seed: int = 0) -> tuple[int, int, dict[str, nnx.Module]]:
@@ -59,20 +64,10 @@ def forms(case: str, dtype, seed: int = 0) -> tuple[int, int, dict[str, nnx.Modu
     return side, cin, {"padded": padded, "valid": valid}
 
 
-def train_fn(layer: nnx.Module):
-    """jit(x, params, dy ↦ (y, dx, dparams)) for `layer`."""
+def as_function(layer: nnx.Module):
+    """(x, params ↦ layer(x) with those parameters, the layer's parameters)."""
     graphdef, params = nnx.split(layer)
-
-    def run(x, params, dy):
-        y, vjp = jax.vjp(lambda x, p: nnx.merge(graphdef, p)(x), x, params)
-        return y, *vjp(dy)
-
-    return jax.jit(run), params
-
-
-def rel_l2(a, b) -> float:
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+    return (lambda x, p: nnx.merge(graphdef, p)(x)), params
 
 
 def time_case(case: str, dtype, batch: int, scale: int, rounds: int) -> dict[str, float]:
@@ -81,23 +76,18 @@ def time_case(case: str, dtype, batch: int, scale: int, rounds: int) -> dict[str
     side = max(side // scale, 2)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch, side, side, cin)), dtype)
-    runs = {name: train_fn(layer) for name, layer in layers.items()}
-    y_shape = next(iter(layers.values()))(x).shape
-    dy = jnp.asarray(rng.standard_normal(y_shape), dtype)
-    outs = {name: jax.block_until_ready(f(x, params, dy)) for name, (f, params) in runs.items()}
+    functions = {name: as_function(layer) for name, layer in layers.items()}
+    forward, params = next(iter(functions.values()))
+    dy = jnp.asarray(rng.standard_normal(jax.eval_shape(forward, x, params).shape), dtype)
+    runs = {name: (forward_backward(g), p) for name, (g, p) in functions.items()}
+    outs = {name: jax.block_until_ready(run(x, params, dy)) for name, (run, params) in runs.items()}
     (first, want), *others = outs.items()
-    tol = 1e-2 if dtype == jnp.bfloat16 else 1e-5
     for name, got in others:
-        errors = [rel_l2(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want))]
-        if max(errors) > tol:
+        errors = [relative_l2(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want))]
+        if max(errors) > tolerance(dtype):
             sys.exit(f"conv_forms.py: error: {case}: {name} differs from {first} (relative L2 {max(errors):.2g})")
-    times = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, (f, params) in runs.items():
-            t = time.perf_counter()
-            jax.block_until_ready(f(x, params, dy))
-            times[name].append(time.perf_counter() - t)
-    return {name: 1e3 * float(np.median(v)) for name, v in times.items()}
+    return median_ms({name: lambda run=run, params=params: jax.block_until_ready(run(x, params, dy))
+                      for name, (run, params) in runs.items()}, rounds)
 
 
 def main() -> None:

@@ -17,23 +17,21 @@ convolution kernels are on this device, apart from everything around them. XLA f
 import argparse
 import os
 import sys
-import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.layer_timing import forward_backward, median_ms  # noqa: E402
 
 DEMO_SHAPES = "128:3:16:3,128:16:16:3,128:32:16:3,64:32:32:3,32:64:64:3,16:64:64:3,128:48:3:1"
 
 
 def jax_conv(x, w):
     return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def jax_train(x, w, dy):
-    y, vjp = jax.vjp(jax_conv, x, w)
-    return y, *vjp(dy)
 
 
 def torch_train(x, w, dy):
@@ -48,7 +46,7 @@ def timings(batch: int, size: int, cin: int, cout: int, kernel: int, rounds: int
     w = (rng.standard_normal((kernel, kernel, cin, cout)) / np.sqrt(kernel * kernel * cin)).astype(np.float32)
     dy = rng.standard_normal((batch, size, size, cout), np.float32)
     xj, wj, dyj = map(jnp.asarray, (x, w, dy))
-    fwd, train = jax.jit(jax_conv), jax.jit(jax_train)
+    fwd, train = jax.jit(jax_conv), forward_backward(jax_conv)
     last = dict(memory_format=torch.channels_last)
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(**last).requires_grad_()
     wt = torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).to(**last).requires_grad_()
@@ -61,13 +59,7 @@ def timings(batch: int, size: int, cin: int, cout: int, kernel: int, rounds: int
     }
     for call in calls.values():  # compile, allocate
         call(), call()
-    times = {k: [] for k in calls}
-    for _ in range(rounds):
-        for k, call in calls.items():
-            t = time.perf_counter()
-            call()
-            times[k].append(time.perf_counter() - t)
-    return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+    return median_ms(calls, rounds)
 
 
 def main() -> None:

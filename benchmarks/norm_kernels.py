@@ -21,15 +21,18 @@ bfloat16, 1e-5 in float32); a mismatch stops the run with one error line.
 """
 
 import argparse
+import os
 import sys
-import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from maginet_jax.models.layers import GroupNorm, make_norm
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from benchmarks.layer_timing import forward_backward, median_ms, relative_l2, tolerance  # noqa: E402
+from maginet_jax.models.layers import GroupNorm, make_norm  # noqa: E402
 
 PAPER_SHAPES = "512:64,256:128,128:256,64:512"
 BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # bytes/s, NVIDIA's data sheets (SXM)
@@ -74,19 +77,6 @@ def variants(channels: int, dtype) -> dict:
             "dot": lambda x, scale, bias: jax.nn.relu(dot_group_norm(x, scale, bias, groups, eps))}
 
 
-def train_fn(f):
-    """x, scale, bias, dy → (y, dx, dscale, dbias), jitted."""
-    def run(x, scale, bias, dy):
-        y, vjp = jax.vjp(f, x, scale, bias)
-        return y, *vjp(dy)
-    return jax.jit(run)
-
-
-def relative_error(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
 def timings(batch: int, size: int, channels: int, dtype, rounds: int) -> dict[str, float]:
     """Median milliseconds of each variant's forward + backward at one shape, after checking them against ours."""
     rng = np.random.default_rng(0)
@@ -94,20 +84,14 @@ def timings(batch: int, size: int, channels: int, dtype, rounds: int) -> dict[st
     dy = jnp.asarray(rng.standard_normal((batch, size, size, channels)), dtype)
     scale = jnp.asarray(rng.uniform(0.5, 1.5, channels), jnp.float32)
     bias = jnp.asarray(rng.standard_normal(channels) * 0.1, jnp.float32)
-    calls = {name: train_fn(f) for name, f in variants(channels, dtype).items()}
+    calls = {name: forward_backward(f) for name, f in variants(channels, dtype).items()}
     results = {name: jax.block_until_ready(call(x, scale, bias, dy)) for name, call in calls.items()}
-    tolerance = 1e-2 if dtype == jnp.bfloat16 else 1e-5
     for name, got in results.items():
         for what, g, want in zip(("output", "dx", "dscale", "dbias"), got, results["ours"]):
-            if relative_error(g, want) > tolerance:
-                raise ValueError(f"{name}'s {what} at {size}²×{channels} is {relative_error(g, want):.2e} off ours")
-    times = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            t = time.perf_counter()
-            jax.block_until_ready(call(x, scale, bias, dy))
-            times[name].append(time.perf_counter() - t)
-    return {name: 1e3 * float(np.median(v)) for name, v in times.items()}
+            if relative_l2(g, want) > tolerance(dtype):
+                raise ValueError(f"{name}'s {what} at {size}²×{channels} is {relative_l2(g, want):.2e} off ours")
+    return median_ms({name: lambda call=call: jax.block_until_ready(call(x, scale, bias, dy))
+                      for name, call in calls.items()}, rounds)
 
 
 def main() -> None:

@@ -226,6 +226,7 @@ def _conv_norm_lrelu(conv, x):
 
 
 def zero_pad(x: jax.Array, p: int) -> jax.Array:
+    """`p` zeros on each side of an NHWC batch's H and W (a conv's own padding, as a separate op)."""
     return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
 
 
@@ -235,7 +236,8 @@ class NLayerDiscriminator(nnx.Module):
     The padding is a pad before a VALID convolution, not the convolution's own: the same function, but XLA runs the
     kernel gradient of a stride-1 4×4 convolution padded by 2 as a forward convolution over an image-sized window,
     which on XLA:CPU took 615 ms against 31 (256 → 512 channels at 16², float32; `python benchmarks/conv_forms.py
-    --cases=disc`). On an H100 that gradient took 3 ms a layer in the passes profile; the VALID form is untimed there.
+    --cases=disc --scale=8 --dtype=float32`). On an H100 that gradient took 3 ms a layer in the passes profile; the
+    VALID form is untimed there.
     """
 
     def __init__(self, input_nc: int, ndf: int = 64, n_layers: int = 3, norm: str = "instance",

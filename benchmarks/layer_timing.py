@@ -1,0 +1,44 @@
+"""What the one-layer benchmarks (conv_kernels.py, conv_forms.py, norm_kernels.py) share: a layer's forward and
+backward pass as one jitted call, how far two forms of a layer may differ, and interleaved timing."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def forward_backward(f: Callable) -> Callable:
+    """jit((*args, dy) ↦ (f(*args), *the gradients of ⟨f(*args), dy⟩ with respect to args)): a train step's work
+    for the layer `f`."""
+    def run(*args):
+        *primals, dy = args
+        y, vjp = jax.vjp(f, *primals)
+        return y, *vjp(dy)
+    return jax.jit(run)
+
+
+def relative_l2(a, b) -> float:
+    """‖a − b‖ / ‖b‖, in float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def tolerance(dtype) -> float:
+    """The relative L2 two forms of one layer may differ by: about a bfloat16 rounding, or float32's."""
+    return 1e-2 if jnp.dtype(dtype) == jnp.bfloat16 else 1e-5
+
+
+def median_ms(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """{name: median milliseconds} of `rounds` rounds of one call of each in turn, so the machine's noise hits all
+    alike. Each call must return only once its work is done (`jax.block_until_ready`)."""
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            t = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - t)
+    return {name: 1e3 * float(np.median(v)) for name, v in times.items()}
