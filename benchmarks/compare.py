@@ -62,7 +62,7 @@ from benchmarks.torch_twin import steps, transfer  # noqa: E402
 from data_pipeline import loader  # noqa: E402
 from maginet_jax import train  # noqa: E402
 from maginet_jax.errors import UserError  # noqa: E402
-from maginet_jax.training import dry_runs, sharding  # noqa: E402
+from maginet_jax.training import compiler, dry_runs, sharding  # noqa: E402
 
 _STAGE = flags.DEFINE_enum("stage", None, ["albedo", "refine", "passes"], "The stage to time (must be the config's).")
 _JSON = flags.DEFINE_string("json", None, "Where to write the results JSON.")
@@ -151,7 +151,8 @@ class JaxVariant:
         self.frozen = jax.device_put(stage.frozen_nets(config, self.mesh), sharding.replicated(self.mesh))
         self.batch = sharding.to_global(batch, self.mesh)
         step = train.jit_train_step(config, self.graphdefs, self.mesh, jax.tree.map(lambda x: x.sharding, self.state))
-        predict = jax.jit(functools.partial(stage.predict, config=config, graphdefs=self.graphdefs))
+        predict = jax.jit(functools.partial(stage.predict, config=config, graphdefs=self.graphdefs),
+                          compiler_options=compiler.options(config))
         with jax.set_mesh(self.mesh):  # compiled ahead, for XLA's cost analysis; the time counts as warm-up
             t = time.perf_counter()
             self.lowered = {"train": step.lower(self.state, self.batch, self.frozen)}

@@ -11,14 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def forward_backward(f: Callable) -> Callable:
+def forward_backward(f: Callable, compiler_options: dict | None = None) -> Callable:
     """jit((*args, dy) ↦ (f(*args), *the gradients of ⟨f(*args), dy⟩ with respect to args)): a train step's work
-    for the layer `f`."""
+    for the layer `f`, compiled with XLA's `compiler_options`."""
     def run(*args):
         *primals, dy = args
         y, vjp = jax.vjp(f, *primals)
         return y, *vjp(dy)
-    return jax.jit(run)
+    return jax.jit(run, compiler_options=compiler_options)
 
 
 def relative_l2(a, b) -> float:

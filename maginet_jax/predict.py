@@ -47,7 +47,7 @@ from maginet_jax.errors import UserError
 from maginet_jax.models import pix2pixhd
 from maginet_jax.models.albedo_net import size_multiple
 from maginet_jax.stages import joint, passes, supervised
-from maginet_jax.training import images, runs, sharding
+from maginet_jax.training import compiler, images, runs, sharding
 
 _ALBEDO = flags.DEFINE_string("albedo_workdir", "", "A finished stage-1 (configs/albedo.py) run.")
 _REFINE = flags.DEFINE_string("refine_workdir", "", "A finished stage-2 (configs/refine.py) run; without it the "
@@ -118,7 +118,8 @@ class Predictor:
         if self.size % multiple:
             raise UserError(f"working size {self.size} must be a multiple of {multiple} for these networks")
         self._params, self._frozen_nets = params, {"upstream": upstream}
-        self._run = jax.jit(functools.partial(passes.predict, config=config, graphdefs=graphdefs))
+        self._run = jax.jit(functools.partial(passes.predict, config=config, graphdefs=graphdefs),
+                            compiler_options=compiler.options(config))
 
     def __call__(self, image: np.ndarray, native: bool = False, mask: np.ndarray | None = None
                  ) -> dict[str, np.ndarray]:

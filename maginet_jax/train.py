@@ -38,7 +38,7 @@ from maginet_jax.errors import UserError, check_choices, check_divisible, first_
 from maginet_jax.models import layers
 from maginet_jax.perceptual import weights as pretrained
 from maginet_jax.stages import joint, passes, supervised
-from maginet_jax.training import dry_runs, images, runs, sharding
+from maginet_jax.training import compiler, dry_runs, images, runs, sharding
 from maginet_jax.training.state import SCHEDULES, TrainState, abstract_state
 from maginet_jax.training.writers import create_writer
 
@@ -110,6 +110,7 @@ def validate(config, *, read_data: bool = True) -> None:
                    "model.dtype": (config.model.dtype, ("float32", "bfloat16", "float16")),
                    "model.remat": (config.model.get("remat", "none"), layers.REMATS)})
     sharding.check_rules(config.sharding.rules)
+    compiler.ynn_fusion_types(config.get("xla_cpu_ynn_fusions", compiler.DEFAULT))
     for key in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
                 "eval.batch_size", "eval.num_examples", "data.num_train_examples", "max_checkpoints_to_keep"):
         value = functools.reduce(lambda c, part: c[part], key.split("."), config)
@@ -189,7 +190,8 @@ def jit_train_step(config, graphdefs, mesh, state_sharding) -> Callable:
     scalars): state as `state_sharding` (donated), batch split over the data axis, the rest replicated."""
     return jax.jit(functools.partial(STAGES[config.stage].train_step, config=config, graphdefs=graphdefs),
                    in_shardings=(state_sharding, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
-                   out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+                   out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0,
+                   compiler_options=compiler.options(config))
 
 
 def dry_run(config, workdir: str) -> dict:

@@ -35,7 +35,7 @@ def ablation_root(tmp_path_factory):
 
 def test_every_script_has_a_tiny_run():
     assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "compare.py", "compare_gpu.sh", "compare_report.py",
-                            "conv_forms.py", "conv_kernels.py", "dry_run_table.py", "layer_timing.py",
+                            "conv_forms.py", "conv_kernels.py", "cpu_options.py", "dry_run_table.py", "layer_timing.py",
                             "flat_pass_baseline.py", "kill_resume.py", "lighting_invariance.py",
                             "perceptual_cost.py", "relight_speed.py", "step_profile.py", "norm_kernels.py",
                             "joint_vs_separate.sh"}, \
@@ -104,8 +104,10 @@ def test_relight_speed():
 def test_conv_kernels():
     out = _run(sys.executable, "benchmarks/conv_kernels.py", "--batch=1", "--shapes=8:2:3:3,4:3:2:1", "--rounds=1")
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| 8²") or line.startswith("| 4²")]
-    assert [r[0] for r in rows] == ["| 8² 2→3 3×3", "| 4² 3→2 1×1"]
-    assert float(rows[0][1]) == pytest.approx(2 * 8 * 8 * 9 * 2 * 3 / 1e9) and all(float(r[2]) > 0 for r in rows)
+    assert [(r[0], r[2]) for r in rows] == [(conv, implementation) for conv in ("| 8² 2→3 3×3", "| 4² 3→2 1×1")
+                                            for implementation in ("JAX, reduce", "JAX, xla_default", "PyTorch")]
+    assert float(rows[0][1]) == pytest.approx(2 * 8 * 8 * 9 * 2 * 3 / 1e9)
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
 
 
 def test_conv_kernels_bad_shape_is_one_line():
@@ -199,6 +201,18 @@ def test_dry_run_table():
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| 32²")]
     assert [(r[1], r[2]) for r in rows] == [("data", "1"), ("spatial_remat", "1/2")]
     assert all(float(r[5]) >= 0 for r in rows)
+
+
+def test_cpu_options():
+    out = _run(sys.executable, "benchmarks/cpu_options.py", "--config=configs/refine.py:smoke", "--steps=1",
+               "--warmup=1", "--setting=reduce", "--setting=xla_default", "--setting=none")
+    rows = [r.split(" | ") for r in out.splitlines() if r.startswith("| ") and not r.startswith(("| xla_cpu", "| ---"))]
+    assert [r[0] for r in rows] == ["| reduce", "| xla_default", "| none"]
+    assert all(float(r[1].split()[0]) > 0 and float(r[2].split()[0]) > 0 for r in rows)
+    assert float(rows[0][3].rstrip(" |")) == 0 and all(float(r[3].rstrip(" |")) < 1e-5 for r in rows)
+    r = subprocess.run([sys.executable, "benchmarks/cpu_options.py", "--config=configs/refine.py:smoke",
+                        "--setting=conv"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("cpu_options: error: xla_cpu_ynn")
 
 
 def test_compare(tmp_path):  # through compare_gpu.sh; compare_report.py too: compare writes its table and chart

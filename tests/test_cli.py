@@ -56,6 +56,7 @@ def existing_workdir(tmp_path):
     (["--config.losses.style=1.0"], "unknown config key 'style'"),
     (["--config.mesh=(('data',-1),('model',2))"], "mesh axis 'model' is not used by maginet_jax"),
     (["--config.optim.schedule=constant_then_linear", "--config.optim.decay_steps=99"], "optim.decay_steps=99"),
+    (["--config.xla_cpu_ynn_fusions=convolution"], "xla_cpu_ynn_fusions='convolution': expected 'none'"),
 ])
 def test_bad_config_is_one_line_and_touches_nothing(existing_workdir, args, message):
     before = _snapshot(existing_workdir)
