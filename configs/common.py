@@ -40,7 +40,7 @@ def base_config(stage: str, *, resolution: int) -> ml_collections.ConfigDict:
     c.sharding.fsdp_min_size = 2**14  # arrays with fewer elements stay replicated (norm scales, biases)
     # XLA:CPU only: what it hands the YNNPACK library, comma-separated from dot, eltwise, individual_convolution,
     # individual_dot, reduce ('none'; 'xla_default': XLA's own choice, convolutions included). Reductions alone
-    # made the demo train steps 5-33% faster on a 2-core Zen 4 (benchmarks/cpu_options.py); GPUs and TPUs ignore it.
+    # made the demo train steps 3-30% faster on a 2-core Zen 4 (benchmarks/cpu_options.py); GPUs and TPUs ignore it.
     c.xla_cpu_ynn_fusions = "reduce"
 
     c.data = ml_collections.ConfigDict()

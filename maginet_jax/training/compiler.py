@@ -5,8 +5,8 @@ share of a run, compiles without them).
 One setting so far, `config.xla_cpu_ynn_fusions`: which kinds of work XLA:CPU hands to the YNNPACK library.
 XLA's default gives it convolutions too, and on the project's 2-core Zen 4 machine those made every train step
 slower than XLA's own (Eigen) convolutions: with reductions alone left to YNNPACK the demo steps went from 651 to
-528 ms (albedo), 498 to 333 (refine) and 505 to 481 (passes), all in one process (`python
-benchmarks/cpu_options.py`). The option is experimental in XLA: a jax that does not know it (or one of its values)
+535 ms (albedo), 483 to 336 (refine) and 491 to 475 (passes), each stage in one process (`python
+benchmarks/cpu_options.py`, benchmarks/results/cpu-2-cores/cpu_options.md). The option is experimental in XLA: a jax that does not know it (or one of its values)
 compiles without it, with a warning, since a speed setting must not stop a run. Other backends never get it.
 """
 
