@@ -16,6 +16,7 @@ backward).
 It isolates what the whole-step comparison (`python -m benchmarks.compare`) cannot: how fast each framework's
 convolution kernels are on this device, apart from everything around them. XLA flags (`XLA_FLAGS=...`) apply.
 """
+
 import argparse
 import os
 import sys

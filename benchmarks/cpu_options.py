@@ -6,15 +6,15 @@
 Each --setting is a value of `config.xla_cpu_ynn_fusions` (maginet_jax/training/compiler.py: which kinds of work
 XLA:CPU hands to the YNNPACK library; `xla_default` is XLA's own choice). The step is lowered once, as
 `benchmarks.compare` lowers it (whose --steps and --warmup it takes), and compiled once per setting; each round
-then runs one train step and one inference step of every setting in turn, so the machine's noise hits all alike, and the medians are printed as a
-Markdown table, with the largest difference of each setting's inference outputs from the first's (the same
-parameters: a setting changes kernels, never the function). CPU only: other backends ignore these options.
+then runs one train step and one inference step of every setting in turn (`layer_timing.median_ms`), so the
+machine's noise hits all alike, and the medians are printed as a Markdown table, with the largest difference of
+each setting's inference outputs from the first's (the same parameters: a setting changes kernels, never the
+function). CPU only: other backends ignore these options.
 """
 
 import functools
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import compare  # noqa: E402
+from benchmarks.layer_timing import median_ms  # noqa: E402
 from maginet_jax import train  # noqa: E402
 from maginet_jax.errors import UserError  # noqa: E402
 from maginet_jax.training import compiler  # noqa: E402
@@ -53,27 +54,30 @@ def main(argv) -> None:
     with jax.set_mesh(variant.mesh):
         steps = {s: {mode: variant.lowered[mode].compile(compiler_options=opts) for mode in ("train", "infer")}
                  for s, opts in options.items()}
-    state, batch, frozen = variant.state, variant.batch, variant.frozen
-    outputs = {s: jax.device_get(c["infer"](state.params, frozen, batch)) for s, c in steps.items()}
-    times = {s: {"train": [], "infer": []} for s in steps}
-    for r in range(compare._WARMUP.value + compare._STEPS.value):
-        for s, c in steps.items():
-            t = time.perf_counter()
-            state, scalars = c["train"](state, batch, frozen)  # donated, so each setting continues the last
-            jax.block_until_ready(scalars)
-            t_train = time.perf_counter()
-            jax.block_until_ready(c["infer"](state.params, frozen, batch))
-            if r >= compare._WARMUP.value:
-                times[s]["train"].append(t_train - t)
-                times[s]["infer"].append(time.perf_counter() - t_train)
+    state, batch, frozen = {"now": variant.state}, variant.batch, variant.frozen
+    outputs = {s: jax.device_get(c["infer"](state["now"].params, frozen, batch)) for s, c in steps.items()}
+
+    def train_step(step):  # donates the state, so each setting's step continues from the last one's
+        state["now"], scalars = step(state["now"], batch, frozen)
+        jax.block_until_ready(scalars)
+
+    def infer_step(step):
+        jax.block_until_ready(step(state["now"].params, frozen, batch))
+
+    calls = {(s, mode): functools.partial(train_step if mode == "train" else infer_step, c[mode])
+             for s, c in steps.items() for mode in ("train", "infer")}
+    for _ in range(compare._WARMUP.value):
+        for call in calls.values():
+            call()
+    ms = median_ms(calls, compare._STEPS.value)
     first = _SETTINGS.value[0]
     print(f"{config.stage}: batch {config.batch_size} at {config.data.crop_size}², {jax.device_count()} CPU "
           f"device(s), median of {compare._STEPS.value} interleaved rounds (jax {jax.__version__})\n")
     print(f"| xla_cpu_ynn_fusions | train step | inference step | inference outputs, max diff from {first} |")
     print("| --- | --- | --- | --- |")
     for s in steps:
-        train_ms, infer_ms = (1e3 * np.median(times[s][m]) for m in ("train", "infer"))
-        print(f"| {s} | {train_ms:.0f} ms | {infer_ms:.0f} ms | {max_difference(outputs[s], outputs[first]):.1e} |")
+        print(f"| {s} | {ms[s, 'train']:.0f} ms | {ms[s, 'infer']:.0f} ms | "
+              f"{max_difference(outputs[s], outputs[first]):.1e} |")
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ On a CPU, op times are summed over XLA's threads, so their total can exceed the 
 backend traces every compiled op, but most of the time of the convolutions it runs on its own (Eigen) kernels, the
 project's default (`config.xla_cpu_ynn_fusions=reduce`), is missing from their events (refine's demo step: 198 ms
 of op time for a 366 ms step, against 687 for 508 under YNNPACK): add `--config.xla_cpu_ynn_fusions=xla_default`
-to see every convolution timed, in YNNPACK's kernels. On a GPU, the ops are the kernels on its streams, each carrying its op's name
-(inside a command buffer, XLA's kernels are found by their names, a fusion's with its dots as underscores; a
-library kernel there is grouped by what its name says: fprop, dgrad, wgrad, gemm). The GPU's busy time, the union
-of its kernels' intervals, against the step's wall time says how much of a step the device idles (launch gaps,
-host work). `--trace_dir` keeps the trace, the compiled HLO and the untraced time there (`train_step.trace.json.gz`,
-`train_step.hlo.txt.gz`, `train_step.json`, flat), which `--from_trace` reads again, on any machine.
+to see every convolution timed, in YNNPACK's kernels. On a GPU, the ops are the kernels on its streams, each
+carrying its op's name (inside a command buffer, XLA's kernels are found by their names, a fusion's with its dots
+as underscores; a library kernel there is grouped by what its name says: fprop, dgrad, wgrad, gemm). The GPU's
+busy time, the union of its kernels' intervals, against the step's wall time says how much of a step the device
+idles (launch gaps, host work). `--trace_dir` keeps the trace, the compiled HLO and the untraced time there
+(`train_step.trace.json.gz`, `train_step.hlo.txt.gz`, `train_step.json`, flat), which `--from_trace` reads again,
+on any machine.
 """
 
 from __future__ import annotations

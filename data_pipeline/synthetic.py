@@ -257,8 +257,8 @@ def generate(seed: int, index: int, resolution: int, split: str = "train") -> di
         "translucency": np.clip(trans, 0.0, 1.0)[..., None] * m,
     }
     passes = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in passes.items()}
-    # The unused light slots (the last ones) have colour 0, so each of their terms adds exactly +0: shading only
-    # the lit ones gives the same bits, a light's work sooner (a third of the generator's time is shading).
+    # The unused light slots (the last ones) have colour 0, so each of their terms adds exactly +0: shading only the
+    # lit ones gives the same bits and saves a light's work per unused slot (shading is a third of the generator).
     lit = int(np.count_nonzero(np.any(lights.colors != 0, axis=-1)))
     shaded = shading.shade(passes, dataclasses.replace(lights, directions=lights.directions[:lit],
                                                        colors=lights.colors[:lit]))

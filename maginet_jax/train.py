@@ -110,7 +110,7 @@ def validate(config, *, read_data: bool = True) -> None:
                    "model.dtype": (config.model.dtype, ("float32", "bfloat16", "float16")),
                    "model.remat": (config.model.get("remat", "none"), layers.REMATS)})
     sharding.check_rules(config.sharding.rules)
-    compiler.ynn_fusion_types(config.get("xla_cpu_ynn_fusions", compiler.DEFAULT))
+    compiler.ynn_fusion_types(compiler.setting(config))
     for key in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
                 "eval.batch_size", "eval.num_examples", "data.num_train_examples", "max_checkpoints_to_keep"):
         value = functools.reduce(lambda c, part: c[part], key.split("."), config)

@@ -6,8 +6,9 @@ One setting so far, `config.xla_cpu_ynn_fusions`: which kinds of work XLA:CPU ha
 XLA's default gives it convolutions too, and on the project's 2-core Zen 4 machine those made every train step
 slower than XLA's own (Eigen) convolutions: with reductions alone left to YNNPACK the demo steps went from 651 to
 535 ms (albedo), 483 to 336 (refine) and 491 to 475 (passes), each stage in one process (`python
-benchmarks/cpu_options.py`, benchmarks/results/cpu-2-cores/cpu_options.md). The option is experimental in XLA: a jax that does not know it (or one of its values)
-compiles without it, with a warning, since a speed setting must not stop a run. Other backends never get it.
+benchmarks/cpu_options.py`, benchmarks/results/cpu-2-cores/cpu_options.md). The option is experimental in XLA: a
+jax that does not know it (or one of its values) compiles without it, with a warning, since a speed setting must
+not stop a run. Other backends never get it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ YNN_FUSIONS = ("dot", "eltwise", "individual_convolution", "individual_dot", "re
 XLA_DEFAULT = "xla_default"  # pass no option: XLA's own choice
 NONE = "none"  # YNNPACK gets nothing
 DEFAULT = "reduce"  # configs/common.py's; also for the saved configs of runs made before the key existed
+
+
+def setting(config) -> str:
+    """`config.xla_cpu_ynn_fusions`, or DEFAULT for a config saved before the key existed."""
+    return config.get("xla_cpu_ynn_fusions", DEFAULT)
 
 
 def ynn_fusion_types(value: str) -> tuple[str, ...] | None:
@@ -65,5 +71,5 @@ def options(config) -> dict[str, str]:
     """Compile options for the jitted steps of `config` on the default backend (none off a CPU)."""
     if jax.default_backend() != "cpu":
         return {}
-    opts = ynn_options(config.get("xla_cpu_ynn_fusions", DEFAULT))
+    opts = ynn_options(setting(config))
     return opts if opts and _accepted(tuple(sorted(opts.items()))) else {}
