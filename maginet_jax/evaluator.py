@@ -23,7 +23,7 @@ from maginet_jax import image_metrics, losses
 from maginet_jax.perceptual.losses import composite, to_rgb
 from maginet_jax.perceptual.lpips import LPIPS
 from maginet_jax.stages.passes import match_channels
-from maginet_jax.training import sharding
+from maginet_jax.training import compiler, sharding
 
 ROWS = ("model", "copy the input")
 METRICS = ("mse", "psnr", "ssim", "lpips")
@@ -63,7 +63,6 @@ def score(images: dict, targets: dict, mask: jax.Array, lpips_net) -> dict:
     return {row: {p: scores[row, p] for p in by_pass} for row, by_pass in images.items()}
 
 
-@functools.partial(jax.jit, static_argnames="predict")
 def eval_batch(params, frozen_nets, lpips_net, batch, *, predict):
     """({row: {pass: {metric: (B,)}}}, images): the scores of one global batch, and what the sample grids show:
     the batch's images by name, each target with the prediction's channels, `<pass>_pred` (inside the mask;
@@ -79,6 +78,13 @@ def eval_batch(params, frozen_nets, lpips_net, batch, *, predict):
     return scores, shown
 
 
+@functools.cache
+def jit_eval_batch(options: tuple[tuple[str, str], ...]):
+    """`eval_batch` jitted with these XLA compiler options (`compiler.options`, as sorted pairs), one jit per
+    options: the training loop evaluates with the train step's CPU setting, and compiles once per `predict`."""
+    return jax.jit(eval_batch, static_argnames="predict", compiler_options=dict(options) or None)
+
+
 def evaluate(predict, params, frozen_nets, config, mesh: Mesh, *, full: bool = False,
              num_shown: int = 0) -> Evaluation:
     """The means over the held-out split, and the first `num_shown` examples of every image `eval_batch` shows.
@@ -91,6 +97,7 @@ def evaluate(predict, params, frozen_nets, config, mesh: Mesh, *, full: bool = F
     local_batch = config.eval.batch_size // jax.process_count()
     batches = loader.make_loader(source, batch_size=local_batch, crop_size=config.data.crop_size, train=False,
                                  seed=config.seed, worker_count=config.eval.worker_count)
+    run = jit_eval_batch(tuple(sorted(compiler.options(config).items())))
     lpips_net = jax.device_put(nnx.split(LPIPS("alex")), sharding.replicated(mesh)) if full else None
     # Shards differ by up to one record, so one process may run out a batch early: it then joins the
     # collectives with an all-padding batch (every process must take part in each one).
@@ -104,7 +111,7 @@ def evaluate(predict, params, frozen_nets, config, mesh: Mesh, *, full: bool = F
         local = {k: np.concatenate([v, np.zeros((local_batch - n, *v.shape[1:]), v.dtype)]) for k, v in local.items()}
         local["valid"] = np.arange(local_batch) < n
         batch = sharding.to_global(local, mesh)
-        scores, images = eval_batch(params, frozen_nets, lpips_net, batch, predict=predict)
+        scores, images = run(params, frozen_nets, lpips_net, batch, predict=predict)
         got = multihost_utils.process_allgather({"scores": scores, "valid": batch["valid"]}, tiled=True)
         keep = np.asarray(got["valid"], bool)
         batch_sums = jax.tree.map(lambda v: float(np.sum(np.asarray(v, np.float64)[keep])), got["scores"])

@@ -60,3 +60,17 @@ def test_an_option_this_xla_lacks_is_left_out(smoke_config, monkeypatch):
     # A jax whose XLA renamed or dropped the experimental option compiles without it instead of failing.
     monkeypatch.setattr(compiler, "YNN_OPTION", "xla_cpu_no_such_option_in_any_xla")
     assert compiler.options(smoke_config) == {}
+
+
+def test_the_evaluator_is_compiled_with_the_options(smoke_config, monkeypatch):
+    # The training loop's held-out evaluation runs the same networks: the same setting, not XLA's default.
+    from maginet_jax import evaluator
+
+    mesh = sharding.make_mesh(smoke_config.mesh, jax.devices()[:1])
+    graphdefs, state = supervised.init(smoke_config, mesh)
+    frozen = jax.device_put(supervised.frozen_nets(smoke_config, mesh), sharding.replicated(mesh))
+    predict = lambda params, frozen_nets, batch: supervised.predict(params, frozen_nets, batch, config=smoke_config,
+                                                                    graphdefs=graphdefs)
+    monkeypatch.setattr(compiler, "options", lambda config: {"xla_cpu_no_such_option_in_any_xla": True})
+    with pytest.raises(jax.errors.JaxRuntimeError, match="xla_cpu_no_such_option_in_any_xla"):
+        evaluator.evaluate(predict, state.params, frozen, smoke_config, mesh)

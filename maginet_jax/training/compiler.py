@@ -1,6 +1,6 @@
 """XLA's compile options for the config's jitted steps (`jax.jit(..., compiler_options=compiler.options(config))`):
-the train step, and the chained inference of `maginet_jax.predict` and `benchmarks.compare` (evaluation, a small
-share of a run, compiles without them).
+the train step, the held-out evaluation (`maginet_jax.evaluator`), and the chained inference of
+`maginet_jax.predict` and `benchmarks.compare`.
 
 One setting so far, `config.xla_cpu_ynn_fusions`: which kinds of work XLA:CPU hands to the YNNPACK library.
 XLA's default gives it convolutions too, and on the project's 2-core Zen 4 machine those made every train step
