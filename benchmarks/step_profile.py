@@ -34,6 +34,7 @@ import gzip
 import json
 import os
 import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -223,15 +224,20 @@ def profile(config, steps: int, trace_dir: str) -> None:
     variant = compare.JaxVariant(config, compare.first_batch(config))
     step = compare.synced(variant.train_step)
     step(), step()
-    untraced = []
+    untraced, before = [], resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(5):
         t = time.perf_counter()
         step()
         untraced.append(time.perf_counter() - t)
+    # The process's CPU time and page faults over those steps: on a CPU, what the kernel's side of a step costs
+    # (XLA:CPU takes each step's temporaries from malloc afresh, and large blocks come from the kernel each time).
+    used = {k: (getattr(resource.getrusage(resource.RUSAGE_SELF), k) - getattr(before, k)) / 5
+            for k in ("ru_utime", "ru_stime", "ru_minflt")}
     meta = {"steps": steps, "on_gpu": jax.devices()[0].platform == "gpu",
             "header": f"{config.stage} train step, batch {config.batch_size} at {config.data.crop_size}², on "
                       f"{jax.devices()[0].device_kind}: {1e3 * np.median(untraced):.0f} ms a step (median of 5, "
-                      f"untraced)"}
+                      f"untraced; the process's CPU time {1e3 * used['ru_utime']:.0f} ms user and "
+                      f"{1e3 * used['ru_stime']:.0f} ms system, {used['ru_minflt']:.0f} minor page faults a step)"}
     os.makedirs(trace_dir, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp, create_perfetto_trace=True):

@@ -4,6 +4,7 @@ checked here: they are measured on an idle machine, see the README)."""
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -158,6 +159,7 @@ def test_norm_kernels():
 def test_step_profile(tmp_path):
     out = _run(sys.executable, "-m", "benchmarks.step_profile", "--config=configs/refine.py:smoke", "--traced_steps=1",
                "--top=2", f"--trace_dir={tmp_path}")
+    assert re.search(r"CPU time \d+ ms user and \d+ ms system, [1-9]\d* minor page faults a step\)", out)
     table = out[out.index("| kind |"):]
     kind_table, source_table, op_table = table.split("\n\n")[:3]
     kinds = {r.split(" | ")[0][2:]: float(r.split(" | ")[1]) for r in kind_table.splitlines()[2:]}
