@@ -146,7 +146,10 @@ class AdaptiveFusion(nn.Module):
             return sum(inputs)
         if self.kind == "concat":
             return self.proj(torch.cat(inputs, dim=1))
-        w = torch.softmax(self.proj(torch.cat(inputs, dim=1)).float(), dim=1).to(inputs[0].dtype)
+        # proj over the concatenation, as one 1×1 convolution per input summed: what AdaptiveFusion.weights does.
+        width = inputs[0].shape[1]
+        logits = sum(F.conv2d(x, self.proj.weight[:, j * width:(j + 1) * width]) for j, x in enumerate(inputs))
+        w = torch.softmax((logits + self.proj.bias[:, None, None]).float(), dim=1).to(inputs[0].dtype)
         return sum(w[:, j:j + 1] * x for j, x in enumerate(inputs))
 
 

@@ -40,8 +40,15 @@ class AdaptiveFusion(nnx.Module):
         self.proj = Conv(width * num_inputs, out, (1, 1), dtype=dtype, rngs=rngs) if kind != "sum" else None
 
     def weights(self, inputs: list[jax.Array]) -> jax.Array:
-        """Per-pixel fusion weights (B, H, W, num_inputs), summing to one ('adaptive' only)."""
-        return jax.nn.softmax(self.proj(jnp.concatenate(inputs, axis=-1)).astype(jnp.float32), axis=-1)
+        """Per-pixel fusion weights (B, H, W, num_inputs), summing to one ('adaptive' only).
+
+        `proj`, the 1×1 convolution over the inputs' concatenation, is computed as one matrix product per input
+        (its kernel's rows for that input) summed, so the concatenation, num_inputs × width channels at the level's
+        full size, is never written, nor its gradient sliced apart."""
+        kernel, width = self.proj.kernel[...], inputs[0].shape[-1]
+        logits = sum(jnp.einsum("bhwc,co->bhwo", x, kernel[0, 0, j * width:(j + 1) * width].astype(x.dtype))
+                     for j, x in enumerate(inputs))
+        return jax.nn.softmax(self.proj._add_bias(logits).astype(jnp.float32), axis=-1)
 
     def __call__(self, inputs: list[jax.Array]) -> jax.Array:
         if self.kind == "sum":
