@@ -231,8 +231,8 @@ def profile(config, steps: int, trace_dir: str) -> None:
         untraced.append(time.perf_counter() - t)
     # The process's CPU time and page faults over those steps: on a CPU, what the kernel's side of a step costs
     # (XLA:CPU takes each step's temporaries from malloc afresh, and large blocks come from the kernel each time).
-    used = {k: (getattr(resource.getrusage(resource.RUSAGE_SELF), k) - getattr(before, k)) / 5
-            for k in ("ru_utime", "ru_stime", "ru_minflt")}
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    used = {k: (getattr(after, k) - getattr(before, k)) / 5 for k in ("ru_utime", "ru_stime", "ru_minflt")}
     meta = {"steps": steps, "on_gpu": jax.devices()[0].platform == "gpu",
             "header": f"{config.stage} train step, batch {config.batch_size} at {config.data.crop_size}², on "
                       f"{jax.devices()[0].device_kind}: {1e3 * np.median(untraced):.0f} ms a step (median of 5, "

@@ -1,5 +1,6 @@
 """The XLA compile options of the jitted steps (`config.xla_cpu_ynn_fusions`, maginet_jax/training/compiler.py)."""
 
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -44,10 +45,15 @@ def test_the_default_keeps_convolutions_from_ynnpack(smoke_config):
     assert compiler.options(smoke_config) == {}
 
 
+def _stage_one(config):
+    """(mesh, graphdefs, state, frozen networks) of the stage-1 smoke config on one device."""
+    mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+    graphdefs, state = supervised.init(config, mesh)
+    return mesh, graphdefs, state, jax.device_put(supervised.frozen_nets(config, mesh), sharding.replicated(mesh))
+
+
 def test_the_train_step_is_compiled_with_the_options(smoke_config, monkeypatch):
-    mesh = sharding.make_mesh(smoke_config.mesh, jax.devices()[:1])
-    graphdefs, state = supervised.init(smoke_config, mesh)
-    frozen = jax.device_put(supervised.frozen_nets(smoke_config, mesh), sharding.replicated(mesh))
+    mesh, graphdefs, state, frozen = _stage_one(smoke_config)
     batch = sharding.to_global(synthetic_batch(resolution=smoke_config.data.crop_size), mesh)
     bogus = {"xla_cpu_no_such_option_in_any_xla": True}  # compiling with it fails, naming it
     monkeypatch.setattr(compiler, "options", lambda config: bogus)
@@ -66,11 +72,8 @@ def test_the_evaluator_is_compiled_with_the_options(smoke_config, monkeypatch):
     # The training loop's held-out evaluation runs the same networks: the same setting, not XLA's default.
     from maginet_jax import evaluator
 
-    mesh = sharding.make_mesh(smoke_config.mesh, jax.devices()[:1])
-    graphdefs, state = supervised.init(smoke_config, mesh)
-    frozen = jax.device_put(supervised.frozen_nets(smoke_config, mesh), sharding.replicated(mesh))
-    predict = lambda params, frozen_nets, batch: supervised.predict(params, frozen_nets, batch, config=smoke_config,
-                                                                    graphdefs=graphdefs)
+    mesh, graphdefs, state, frozen = _stage_one(smoke_config)
+    predict = functools.partial(supervised.predict, config=smoke_config, graphdefs=graphdefs)
     monkeypatch.setattr(compiler, "options", lambda config: {"xla_cpu_no_such_option_in_any_xla": True})
     with pytest.raises(jax.errors.JaxRuntimeError, match="xla_cpu_no_such_option_in_any_xla"):
         evaluator.evaluate(predict, state.params, frozen, smoke_config, mesh)

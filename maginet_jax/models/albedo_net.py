@@ -48,7 +48,7 @@ class AdaptiveFusion(nnx.Module):
         kernel, width = self.proj.kernel[...], inputs[0].shape[-1]
         logits = sum(jnp.einsum("bhwc,co->bhwo", x, kernel[0, 0, j * width:(j + 1) * width].astype(x.dtype))
                      for j, x in enumerate(inputs))
-        return jax.nn.softmax(self.proj._add_bias(logits).astype(jnp.float32), axis=-1)
+        return jax.nn.softmax(self.proj.add_bias(logits).astype(jnp.float32), axis=-1)
 
     def __call__(self, inputs: list[jax.Array]) -> jax.Array:
         if self.kind == "sum":

@@ -108,9 +108,11 @@ class _Float32Bias:
                                   **(bias_metadata or {}))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self._add_bias(super().__call__(x))  # flax's layer built without a bias: the convolution alone
+        return self.add_bias(super().__call__(x))  # flax's layer built without a bias: the convolution alone
 
-    def _add_bias(self, y: jax.Array) -> jax.Array:
+    def add_bias(self, y: jax.Array) -> jax.Array:
+        """y + the bias, added in float32, in y's dtype (y unchanged without a bias): the layer's output from its
+        convolution's (what AdaptiveFusion.weights computes by other means)."""
         if self.bias is None:
             return y
         return (y.astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(y.dtype)
@@ -159,7 +161,7 @@ class SubpixelConvTranspose(ConvTranspose):
         y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                          precision=self.precision)
         y = y.reshape(n, h, w, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, cout)
-        return self._add_bias(y)
+        return self.add_bias(y)
 
 
 class ConvNormAct(nnx.Module):
