@@ -159,7 +159,8 @@ def test_norm_kernels():
 def test_step_profile(tmp_path):
     out = _run(sys.executable, "-m", "benchmarks.step_profile", "--config=configs/refine.py:smoke", "--traced_steps=1",
                "--top=2", f"--trace_dir={tmp_path}")
-    assert re.search(r"CPU time \d+ ms user and \d+ ms system, [1-9]\d* minor page faults a step\)", out)
+    # The smoke step's few small buffers can come back from malloc with no fault at all: the count may be 0 here.
+    assert re.search(r"CPU time \d+ ms user and \d+ ms system, \d+ minor page faults a step\)", out)
     table = out[out.index("| kind |"):]
     kind_table, source_table, op_table = table.split("\n\n")[:3]
     kinds = {r.split(" | ")[0][2:]: float(r.split(" | ")[1]) for r in kind_table.splitlines()[2:]}
