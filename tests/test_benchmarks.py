@@ -39,7 +39,7 @@ def test_every_script_has_a_tiny_run():
                             "conv_forms.py", "conv_kernels.py", "cpu_options.py", "dry_run_table.py", "layer_timing.py",
                             "flat_pass_baseline.py", "kill_resume.py", "lighting_invariance.py",
                             "perceptual_cost.py", "relight_speed.py", "step_profile.py", "norm_kernels.py",
-                            "joint_vs_separate.sh"}, \
+                            "joint_vs_separate.sh", "roofline.py"}, \
         "add a tiny run of the new script to this file (joint_vs_separate.sh's is in test_joint.py: it needs the " \
         "chained runs)"
 
@@ -180,6 +180,10 @@ def test_step_profile(tmp_path):
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
         f"step_profile.py: error: --from_trace={tmp_path / 'none'} lacks train_step.trace.json.gz, "
         "train_step.hlo.txt.gz, train_step.json (what --trace_dir keeps)")
+    r = subprocess.run([sys.executable, "-m", "benchmarks.roofline", f"--from_trace={tmp_path}"], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+        "roofline.py: error: the trace is from a CPU; a roofline needs a GPU's trace (its kernels timed alone)")
 
 
 def test_perceptual_cost():
@@ -384,3 +388,71 @@ def test_pytorch_cpu_peak_memory():
         opt.step()
     step()
     assert 64 * 2**20 < profiled_peak_bytes(step) < 160 * 2**20
+
+
+_ROOFLINE_HLO = """HloModule m
+
+%gemm_computation (parameter_0: bf16[4,8], parameter_1: bf16[8,16]) -> bf16[4,16] {
+  %parameter_0 = bf16[4,8]{1,0} parameter(0)
+  %parameter_1 = bf16[8,16]{1,0} parameter(1)
+  ROOT %dot.1 = bf16[4,16]{1,0} dot(%parameter_0, %parameter_1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%add_computation (p0: bf16[2,8,8,4], p1: bf16[2,8,8,4]) -> bf16[2,8,8,4] {
+  %p0 = bf16[2,8,8,4]{3,2,1,0} parameter(0)
+  %p1 = bf16[2,8,8,4]{3,2,1,0} parameter(1)
+  ROOT %add.1 = bf16[2,8,8,4]{3,2,1,0} add(%p0, %p1)
+}
+
+ENTRY %main.1 (x: bf16[2,8,8,3], w: bf16[4,3,3,3], a: bf16[4,8], b: bf16[8,16], c: f32[4,8]) -> bf16[4,3,3,3] {
+  %x = bf16[2,8,8,3]{3,2,1,0} parameter(0)
+  %w = bf16[4,3,3,3]{3,2,1,0} parameter(1)
+  %a = bf16[4,8]{1,0} parameter(2)
+  %b = bf16[8,16]{1,0} parameter(3)
+  %c = f32[4,8]{1,0} parameter(4)
+  %cudnn-conv.1 = (bf16[2,8,8,4]{3,2,1,0}, u8[100]{0}) custom-call(%x, %w), window={size=3x3 pad=1_1x1_1}, \
+dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward"
+  %y = bf16[2,8,8,4]{3,2,1,0} get-tuple-element(%cudnn-conv.1), index=0
+  %cudnn-conv-bw-input.1 = (bf16[2,8,8,3]{3,2,1,0}, u8[7]{0}) custom-call(%y, %w), window={size=3x3 pad=1_1x1_1}, \
+dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardInput"
+  %cudnn-conv-bw-filter.1 = (bf16[4,3,3,3]{3,2,1,0}, u8[9]{0}) custom-call(%x, %y), window={size=3x3 pad=1_1x1_1}, \
+dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardFilter"
+  %gemm_fusion_dot.1 = bf16[4,16]{1,0} fusion(%a, %b), kind=kCustom, calls=%gemm_computation
+  %custom-call.2 = (f32[8,8]{1,0}, s8[64]{0}) custom-call(%c, %c), custom_call_target="__cublas$lt$matmul", \
+backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_batch_dimensions":[], \
+"lhs_contracting_dimensions":["0"]}}}
+  %loop_add_fusion = bf16[2,8,8,4]{3,2,1,0} fusion(%y, %y), kind=kLoop, calls=%add_computation
+  ROOT %out = bf16[4,3,3,3]{3,2,1,0} get-tuple-element(%cudnn-conv-bw-filter.1), index=0
+}
+"""  # a backslash ends a line that XLA prints as one
+
+
+def test_roofline_counts():
+    """FLOPs and bytes of each kind of op the roofline counts, by hand: a 3×3 convolution 3 → 4 channels over
+    2×8×8 pixels and its two gradients, a dot in a fusion, a float32 cuBLAS call, an elementwise fusion; scratch
+    space and repeated operands left out."""
+    from benchmarks import roofline
+    costs = roofline.op_costs(_ROOFLINE_HLO)
+    conv = 2 * (2 * 8 * 8 * 4) * (3 * 3 * 3)  # 2 · output elements · kernel elements per output feature
+    x, w, y = 2 * 8 * 8 * 3 * 2, 4 * 27 * 2, 2 * 8 * 8 * 4 * 2  # bfloat16 bytes
+    assert costs["cudnn-conv.1"] == (conv, x + w + y, False)
+    assert costs["cudnn-conv-bw-input.1"] == (conv, y + w + x, False)
+    assert costs["cudnn-conv-bw-filter.1"] == (conv, x + y + w, False)
+    assert costs["gemm_fusion_dot.1"] == (2 * 4 * 16 * 8, (4 * 8 + 8 * 16 + 4 * 16) * 2, False)
+    assert costs["custom-call.2"] == (2 * 8 * 8 * 4, (8 * 8 + 4 * 8) * 4, True)  # %c read once
+    assert costs["loop_add_fusion"] == (0, 2 * y, False)  # elementwise: no FLOPs counted
+    assert set(costs) == {"cudnn-conv.1", "cudnn-conv-bw-input.1", "cudnn-conv-bw-filter.1", "gemm_fusion_dot.1",
+                          "custom-call.2", "loop_add_fusion"}
+
+
+def test_committed_roofline():
+    """The committed roofline is what the script makes of the committed H100 profile, and the FLOPs it counts from
+    cuDNN's and the dots' shapes are XLA's own count of that step (3.305e13, its profile's page) to 2%: the
+    convolutions' count is right on a real module."""
+    d = os.path.join(REPO, "benchmarks", "results", "nvidia-h100-80gb-hbm3")
+    out = _run(sys.executable, "-m", "benchmarks.roofline", f"--from_trace={d}/profile_albedo_bfloat16", "--top=25")
+    with open(os.path.join(d, "roofline_albedo_bfloat16.md")) as f:
+        committed = f.read().split("\n\n", 1)[1]  # after the line that says how it was made
+    assert out.strip() == committed.strip()
+    counted = float(re.search(r"Counted from the HLO: ([\d.]+) TFLOP", out).group(1)) * 1e12
+    assert abs(counted / 3.305e13 - 1) < 0.02
