@@ -67,10 +67,12 @@ def test_ablation(ablation_root, tmp_path):
 
 
 def test_committed_ablation_records_read():
-    """The 256² ablation's records in the repository (docs/ablation.md) still make one table."""
-    table = _run(sys.executable, "benchmarks/ablation_table.py", "benchmarks/results/ablation-256")
-    assert table.startswith("256², 400 steps of batch 8") and "| MAGINet (AlbedoNet) | 0 |" in table
-    assert "| U-Net baseline | 0 |" in table
+    """The ablations' records in the repository (docs/ablation.md: 256², and 128² with 2000 steps) still make one
+    table each."""
+    for root, title in (("ablation-256", "256², 400 steps of batch 8"), ("ablation-128-2000", "128², 2000 steps")):
+        table = _run(sys.executable, "benchmarks/ablation_table.py", f"benchmarks/results/{root}")
+        assert table.startswith(title) and "| MAGINet (AlbedoNet) | 0 |" in table
+        assert "| U-Net baseline | 0 |" in table
 
 
 def test_ablation_significance():
