@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import gzip
-import json
 import math
 import re
 import sys
-from pathlib import Path
 
 from benchmarks import compare, step_profile
 
@@ -58,14 +55,14 @@ def computations(hlo: str) -> dict[str, dict[str, tuple[str, str, list[str], str
     return out
 
 
-def _conv_flops(opcode_target: str, out: list, ins: list, rest: str) -> int:
+def _conv_flops(target: str, out: list, ins: list, rest: str) -> int:
     """2 · (the forward output's elements) · (the kernel's elements per output feature), from a cuDNN call: the
     forward output is the call's result, or its first operand for an input gradient, its second for a weight
     gradient; the kernel is the second operand, or the result for a weight gradient."""
     labels = re.search(r"dim_labels=\w+_(\w+)->", rest)
-    if "BackwardFilter" in opcode_target:
+    if "BackwardFilter" in target:
         y, w = ins[1], out[0]
-    elif "BackwardInput" in opcode_target:
+    elif "BackwardInput" in target:
         y, w = ins[0], ins[1]
     else:
         y, w = out[0], ins[1]
@@ -123,19 +120,14 @@ def device_kind(header: str) -> str:
 def summarize(trace_dir: str, top: int, device: str | None = None) -> str:
     """The header line, the step's floor, and three Markdown tables: by kind, by source line and the single ops, the
     lines and ops furthest from their bounds first."""
-    d = Path(trace_dir)
-    missing = [n for n in (step_profile._TRACE, step_profile._HLO, step_profile._META) if not (d / n).is_file()]
-    if missing:
-        raise ValueError(f"--from_trace={d} lacks {', '.join(missing)} (what step_profile --trace_dir keeps)")
-    meta = json.loads((d / step_profile._META).read_text())
+    hlo, meta, trace = step_profile.read_kept(trace_dir)
     if not meta["on_gpu"]:
         raise ValueError("the trace is from a CPU; a roofline needs a GPU's trace (its kernels timed alone)")
     device = device or device_kind(meta["header"])
     if device not in PEAK_BANDWIDTH:
         raise ValueError(f"--device={device!r}: expected one of {sorted(PEAK_BANDWIDTH)}")
-    hlo = gzip.open(d / step_profile._HLO, "rt").read()
     kinds = step_profile.op_kinds(hlo)
-    times, kind_of, _ = step_profile.op_times(d / step_profile._TRACE, kinds)
+    times, kind_of, _ = step_profile.op_times(trace, kinds)
     costs = op_costs(hlo)
     peak, bandwidth = compare.PEAK_FLOPS[device], PEAK_BANDWIDTH[device]
     rows = []  # (name, kind, measured ms, bound ms, GFLOP, MB, bound by)

@@ -185,17 +185,22 @@ def op_sources(hlo: str) -> dict[str, str]:
             re.findall(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?stack_frame_id=(\d+)", hlo, re.M)}
 
 
-def summarize(trace_dir: str, top: int) -> str:
-    """The three Markdown tables (by kind, by source line, single ops) of what `profile` wrote into `trace_dir`,
-    under its header line."""
+def read_kept(trace_dir: str) -> tuple[str, dict, Path]:
+    """(the compiled HLO, the header and traced steps, the trace's path) of what `profile` wrote into `trace_dir`;
+    ValueError naming what is missing."""
     d = Path(trace_dir)
     missing = [n for n in (_TRACE, _HLO, _META) if not (d / n).is_file()]
     if missing:
         raise ValueError(f"--from_trace={d} lacks {', '.join(missing)} (what --trace_dir keeps)")
-    hlo = gzip.open(d / _HLO, "rt").read()
-    meta = json.loads((d / _META).read_text())
+    return gzip.open(d / _HLO, "rt").read(), json.loads((d / _META).read_text()), d / _TRACE
+
+
+def summarize(trace_dir: str, top: int) -> str:
+    """The three Markdown tables (by kind, by source line, single ops) of what `profile` wrote into `trace_dir`,
+    under its header line."""
+    hlo, meta, trace = read_kept(trace_dir)
     kinds, sources = op_kinds(hlo), op_sources(hlo)
-    times, kind_of, busy = op_times(d / _TRACE, kinds)
+    times, kind_of, busy = op_times(trace, kinds)
     if meta["on_gpu"] and not busy:
         raise ValueError("the trace holds no GPU kernels (the profiler needs CUPTI)")
     if not times:
