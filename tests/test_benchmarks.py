@@ -67,12 +67,15 @@ def test_ablation(ablation_root, tmp_path):
 
 
 def test_committed_ablation_records_read():
-    """The ablations' records in the repository (docs/ablation.md: 256², and 128² with 2000 steps) still make one
-    table each."""
+    """The ablations' records in the repository (256², and 128² with 2000 steps) still make one table each, and
+    docs/ablation.md shows those tables as the script prints them (a record added without the docs fails here)."""
+    with open(os.path.join(REPO, "docs", "ablation.md")) as f:
+        docs = f.read()
     for root, title in (("ablation-256", "256², 400 steps of batch 8"), ("ablation-128-2000", "128², 2000 steps")):
         table = _run(sys.executable, "benchmarks/ablation_table.py", f"benchmarks/results/{root}")
         assert table.startswith(title) and "| MAGINet (AlbedoNet) | 0 |" in table
         assert "| U-Net baseline | 0 |" in table
+        assert table.strip() in docs, f"docs/ablation.md does not show the table of benchmarks/results/{root}"
 
 
 def test_ablation_significance():
