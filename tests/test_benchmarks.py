@@ -175,8 +175,9 @@ def test_step_profile(tmp_path):
     ours = [s for s in sources if s != "(no maginet_jax/ frame)"]  # that row sums what no line of ours made
     assert len(sources) == 2 and ours and all(s.startswith("maginet_jax/") and ".py:" in s for s in ours)
     ops = [r.split(" | ") for r in op_table.strip().splitlines()[2:]]
-    assert len(ops) == 2 and all(r[1] in kinds and r[3] in sources + [""] and float(r[4].rstrip(" |")) > 0
-                                 for r in ops)
+    # An op's line need not be among the --top source lines: which lines lead depends on the run's timings.
+    assert len(ops) == 2 and all(r[1] in kinds and (r[3] == "" or r[3].startswith("maginet_jax/") and ".py:" in r[3])
+                                 and float(r[4].rstrip(" |")) > 0 for r in ops)
     # what --trace_dir kept reads back to the same tables
     again = _run(sys.executable, "-m", "benchmarks.step_profile", f"--from_trace={tmp_path}", "--top=2")
     assert again[again.index("| kind |"):].strip() == table.strip()
