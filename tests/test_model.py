@@ -1,15 +1,19 @@
 """AlbedoNet: output shapes and ranges, the size rule, attention and fusion variants."""
 
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import jit_apply, random_module
+from conftest import REPO, jit_apply, random_module
 from maginet_jax.models.albedo_net import AdaptiveFusion, AlbedoNet, build_albedo_net
-from maginet_jax.models.attention import ChannelGate, SpatialGate
+from maginet_jax.models.attention import ChannelGate, SpatialGate, peak
 from maginet_jax.models.layers import Conv, ConvTranspose, GroupNorm, SubpixelConvTranspose, resize_to
 
 
@@ -77,6 +81,36 @@ def test_spatial_gate_is_per_pixel_and_sees_mean_and_max():
     assert g.shape == (1, 6, 6, 1)
     # Permuting channels leaves mean and max unchanged, so the gate too.
     np.testing.assert_allclose(gate.gate(x[..., ::-1]), g, rtol=1e-6)
+
+
+def test_peak_is_the_max_and_its_gradient_goes_to_one_element():
+    x = np.random.default_rng(4).standard_normal((2, 5, 6, 3)).astype(np.float32)
+    np.testing.assert_array_equal(peak(x, (2, 1)), x.max((1, 2), keepdims=True))
+    np.testing.assert_array_equal(peak(x, (-1,)), x.max(-1, keepdims=True))
+    weights = np.random.default_rng(5).standard_normal((2, 1, 1, 3)).astype(np.float32)
+    ours = jax.grad(lambda v: jnp.sum(peak(v, (2, 1)) * weights))(x)
+    np.testing.assert_array_equal(ours, jax.grad(lambda v: jnp.sum(jnp.max(v, (1, 2), keepdims=True) * weights))(x))
+    tied = jax.grad(lambda v: jnp.sum(peak(v, (-1,))))(np.zeros((1, 2, 2, 4), np.float32))
+    np.testing.assert_array_equal(tied.sum(-1), 1.0)  # all to one of the tied elements
+    assert (tied == 1).sum() == 4
+
+
+def test_attention_gradients_are_finite_when_llvm_does_not_optimise():
+    """With jnp.max in the gates, this gave NaN in 8 of the block's 12 parameter gradients: XLA computed the
+    gates' input twice, and at LLVM -O0 the copies differed, so the max's gradient found no maximum (0/0)."""
+    code = """if True:
+        import jax, jax.numpy as jnp, numpy as np
+        from flax import nnx
+        from maginet_jax.models import attention, layers
+        block = layers.ResidualBlock(16, 16, attention=attention.Attention(16, rngs=nnx.Rngs(1)), rngs=nnx.Rngs(0))
+        graphdef, params = nnx.split(block)
+        x = jax.random.normal(jax.random.key(2), (2, 8, 8, 16))
+        grads = jax.jit(jax.grad(lambda p: jnp.mean(jnp.square(nnx.merge(graphdef, p)(x)))))(params)
+        print(sum(not np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads)))"""
+    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0", "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["0"]
 
 
 def test_adaptive_fusion_weights_are_a_per_pixel_softmax():

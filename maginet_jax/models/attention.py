@@ -11,6 +11,19 @@ from maginet_jax.models.layers import Conv
 ATTENTIONS = ("cbam", "channel", "spatial", "none")
 
 
+def peak(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """The maximum of `x` over `axes` (kept, size 1), as one chosen element, which alone gets its gradient.
+
+    jnp.max's gradient finds the maximum again by comparing the input with the forward's result. XLA may compute
+    that input twice, in the reduction's fusion and in the gradient's, and the copies need not agree to the last
+    bit (they do not under LLVM -O0 on CPU): then nothing compares equal and the gradient is 0/0, NaN in every
+    network parameter upstream. An index from argmax cannot miss. Exact ties, which jnp.max and torch.amax split
+    evenly, go to the first."""
+    for axis in axes:
+        x = jnp.take_along_axis(x, jnp.argmax(x, axis=axis, keepdims=True), axis=axis)
+    return x
+
+
 class ChannelGate(nnx.Module):
     """Per-channel gate from average- and max-pooled descriptors through one shared MLP."""
 
@@ -22,7 +35,7 @@ class ChannelGate(nnx.Module):
     def gate(self, x: jax.Array) -> jax.Array:
         """The (B, 1, 1, C) gate in [0, 1]."""
         mlp = lambda d: self.fc2(nnx.relu(self.fc1(d)))
-        logits = mlp(jnp.mean(x, axis=(1, 2))) + mlp(jnp.max(x, axis=(1, 2)))
+        logits = mlp(jnp.mean(x, axis=(1, 2))) + mlp(peak(x, (2, 1))[:, 0, 0])
         return nnx.sigmoid(logits)[:, None, None, :]
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -38,7 +51,7 @@ class SpatialGate(nnx.Module):
     def gate(self, x: jax.Array) -> jax.Array:
         """The (B, H, W, 1) gate in [0, 1]."""
         pooled = jnp.concatenate([jnp.mean(x, axis=-1, keepdims=True),
-                                  jnp.max(x, axis=-1, keepdims=True)], axis=-1)
+                                  peak(x, (-1,))], axis=-1)
         return nnx.sigmoid(self.conv(pooled))
 
     def __call__(self, x: jax.Array) -> jax.Array:
