@@ -8,7 +8,7 @@ Rows (global batch: one image per device, or one image over all devices for the 
     data           mesh data=N, batch N              fsdp           mesh fsdp=N, batch N
     spatial        mesh spatial=N, batch 1           spatial_remat  spatial, model.remat=full
     bf16           mesh data=N, batch N, bfloat16    fsdp_bf16_remat  fsdp, bfloat16, model.remat=full
-Figures come from XLA's CPU compiler with a memory-ordered schedule (see train.use_virtual_devices): an
+Figures come from XLA's CPU compiler with a memory-ordered schedule (see dry_runs.use_virtual_devices): an
 accelerator's compiler fuses and lays out differently, so read them as estimates.
 """
 
@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 from maginet_jax import train  # noqa: E402
-from maginet_jax.training import sharding  # noqa: E402
+from maginet_jax.training import dry_runs, sharding  # noqa: E402
 
 _DEVICES = flags.DEFINE_integer("devices", 8, "Virtual CPU devices (the mesh size).")
 _SIZES = flags.DEFINE_list("sizes", ["1024", "2048"], "Crop sizes (data.crop_size = data.resolution).")
@@ -75,5 +75,5 @@ if __name__ == "__main__":
     if not any(a.split("=")[0] == "--config" for a in sys.argv):
         sys.argv.insert(1, "--config=configs/passes.py")  # before any --config.key override
     argv = train.parse_flags(sys.argv, prog="dry_run_table.py")
-    train.use_virtual_devices(_DEVICES.value, True)
+    dry_runs.use_virtual_devices(_DEVICES.value, True)
     app.run(main, argv=argv, flags_parser=lambda a: a)

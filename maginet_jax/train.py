@@ -16,9 +16,7 @@ import dataclasses
 import functools
 import json
 import os
-import signal
 import sys
-import threading
 import time
 from typing import Callable
 
@@ -38,7 +36,7 @@ from maginet_jax.errors import UserError, check_choices, check_divisible, first_
 from maginet_jax.models import layers
 from maginet_jax.perceptual import weights as pretrained
 from maginet_jax.stages import joint, passes, supervised
-from maginet_jax.training import compiler, dry_runs, images, runs, sharding
+from maginet_jax.training import compiler, dry_runs, images, processes, runs, sharding
 from maginet_jax.training.state import SCHEDULES, TrainState, abstract_state
 from maginet_jax.training.writers import create_writer
 
@@ -231,33 +229,6 @@ def evaluate_and_show(step: int, predict, params, frozen_nets, config, mesh, wri
     return {f"eval/{k}": v for k, v in scalars.items()}
 
 
-class StopSignals:
-    """SIGTERM (how a TPU VM is preempted) and SIGINT (Ctrl-C) ask the loop to checkpoint and stop after the
-    current step; a second Ctrl-C stops at once. With several processes, all must stop at the same step: JAX's
-    preemption service (started by jax.distributed) catches SIGTERM and makes `reached_preemption` agree, so
-    only SIGINT is caught here, and passed on to it as SIGTERM. Handlers live in the main thread only."""
-
-    def __init__(self, multiprocess: bool):
-        self.received, self._multiprocess, self._previous = None, multiprocess, {}
-
-    def _handle(self, signum, frame) -> None:
-        if self._multiprocess:
-            os.kill(os.getpid(), signal.SIGTERM)
-        elif self.received is not None and signum == signal.SIGINT:
-            signal.default_int_handler(signum, frame)
-        self.received = signal.Signals(signum).name
-
-    def install(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT,) if self._multiprocess else (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
 def check_finite(rows: list[dict], first_step: int, last_saved: int) -> None:
     """UserError naming the first step whose scalars (loss terms, gradient norm) are not finite: training on
     would only spread NaNs, and saving them would bury the last good checkpoint."""
@@ -296,7 +267,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     # and random numbers an uninterrupted run would.
     checkpoints = checkpoint_manager(runs.run_path(workdir) / "checkpoints",
                                      max_to_keep=config.max_checkpoints_to_keep, async_saves=config.async_checkpointing)
-    writer, stop_signals = None, StopSignals(jax.process_count() > 1).install()
+    writer, stop_signals = None, processes.StopSignals(jax.process_count() > 1).install()
     # Under the mesh: the networks constrain their activations against it (sharding.constrain_activation).
     with jax.set_mesh(mesh):
         try:  # closing the manager on every exit: its async threads would otherwise spill tracebacks at exit
@@ -369,46 +340,9 @@ def _format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def initialize_distributed(auto: bool, coordinator_address: str | None, num_processes: int | None,
-                           process_id: int | None) -> None:
-    """jax.distributed.initialize(): detected (`auto`), from the three explicit settings, or not at all (one
-    process). Must run before anything touches a jax backend, config validation included; UserError if the
-    settings are incomplete or the processes cannot connect."""
-    explicit = {"--coordinator_address": coordinator_address, "--num_processes": num_processes,
-                "--process_id": process_id}
-    given = [k for k, v in explicit.items() if v is not None]
-    if given and len(given) < 3:
-        raise UserError(f"{' and '.join(given)} also need{'s' if len(given) == 1 else ''} "
-                        f"{' and '.join(k for k in explicit if k not in given)}")
-    if not given and not auto:
-        return
-    if given and not 0 <= process_id < num_processes:
-        raise UserError(f"--process_id={process_id} must be in [0, --num_processes={num_processes})")
-    try:
-        jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    except (ValueError, RuntimeError) as e:  # e.g. no cluster detected, coordinator unreachable
-        raise UserError(f"jax.distributed.initialize failed: {first_line(e)}") from None
-    logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
-                 jax.local_device_count())
-
-
-def use_virtual_devices(n: int, dry: bool) -> None:
-    """`n` virtual CPU devices in place of the accelerators, for --dry_run; before any backend starts."""
-    if not dry:
-        raise UserError("--dry_run_devices needs --dry_run")
-    if n < 1:
-        raise UserError(f"--dry_run_devices={n} must be >= 1")
-    jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", n)
-    # XLA's CPU scheduler orders for concurrency, not memory (albedo :smoke at 256²: 838 MiB of temporaries,
-    # 658 MiB with this); TPU and GPU compilers schedule for memory, so a dry run should too.
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               " --xla_cpu_enable_concurrency_optimized_scheduler=false").strip()
-
-
 def run(config, workdir: str, *, dry: bool = False) -> None:
     """Validates everything cheap first, then trains (or with `dry`, only compiles: `dry_run`); raises
-    UserError for bad input. A multi-process run calls `initialize_distributed` before this."""
+    UserError for bad input. A multi-process run calls `processes.initialize_distributed` before this."""
     validate(config, read_data=not dry)
     validate_mesh(config, jax.process_count(), sharding.make_mesh(config.mesh))
     runs.prepare_workdir(workdir)
@@ -435,8 +369,8 @@ def main(argv) -> None:
         sys.exit(f"maginet_jax.train: error: unexpected arguments {argv[1:]}")
     try:
         if _DRY_RUN_DEVICES.value is not None:
-            use_virtual_devices(_DRY_RUN_DEVICES.value, _DRY_RUN.value)
-        initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+            dry_runs.use_virtual_devices(_DRY_RUN_DEVICES.value, _DRY_RUN.value)
+        processes.initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         if jax.process_index() > 0:  # process 0 logs the run; the others only what goes wrong
             logging.set_verbosity(logging.WARNING)
         run(CONFIG.value, WORKDIR.value, dry=_DRY_RUN.value)
