@@ -24,7 +24,31 @@ def quiet_library_logs() -> None:
 
 
 def flag_error_line(e: BaseException) -> str:
-    """The gist of a flag/config error: the innermost 'Error: message' of an embedded traceback, unquoted."""
+    """The gist of a flag/config error: the innermost 'Error: message' of an embedded traceback, unquoted, after
+    the flag whose value raised it when the message does not name its key."""
+    text = _error_text(e)
+    name = _flag_being_parsed(e)
+    return f"--{name}: {text}" if name and name.rsplit(".", 1)[-1] not in text else text
+
+
+def _flag_being_parsed(e: BaseException) -> str | None:
+    """The absl flag whose parse `e`'s traceback passes through, if any, with the config override it was at.
+
+    ml_collections raises a bare TypeError for an override into a tuple (--config.mesh.data=3), which names
+    neither flag nor key. Its config flag parses every override in one frame, whose `field_path` says which:
+    best effort (a private name; without it the message names the --config flag)."""
+    name, tb = None, e.__traceback__
+    while tb is not None:
+        local = tb.tb_frame.f_locals
+        if isinstance(local.get("self"), flags.Flag):
+            name = local["self"].name
+            if isinstance(local.get("field_path"), str):
+                name = f"{name}.{local['field_path']}"
+        tb = tb.tb_next
+    return name
+
+
+def _error_text(e: BaseException) -> str:
     text = str(e).replace("\\n", "\n").replace("\\'", "'")
     inner = re.findall(r"^\w*(?:Error|Exception): (.+)$", text, flags=re.M)
     text = inner[-1] if inner and "Traceback" in text else text

@@ -55,6 +55,7 @@ def existing_workdir(tmp_path):
     (["--config.batch_size=0"], "batch_size must be >= 1"),
     (["--config.losses.style=1.0"], "unknown config key 'style'"),
     (["--config.mesh=(('data',-1),('model',2))"], "mesh axis 'model' is not used by maginet_jax"),
+    (["--config.mesh.data=3"], "--config.mesh.data: tuple indices must be integers"),  # names the flag
     (["--config.optim.schedule=constant_then_linear", "--config.optim.decay_steps=99"], "optim.decay_steps=99"),
     (["--config.xla_cpu_ynn_fusions=convolution"], "xla_cpu_ynn_fusions='convolution': expected 'none'"),
 ])
