@@ -84,6 +84,21 @@ def test_bfloat16_twin_matches_jax_mixed_precision():
     assert 0.2 < torch_error / jax_error < 5
 
 
+def test_attention_gradients_match_on_tied_maxima():
+    """Both take each max at its first argmax, so even tied maxima (here most of them: 5 levels) send the
+    gradient to the same element; jnp.max or torch.amax would split it."""
+    from maginet_jax.models.attention import Attention
+    model = random_module(lambda: Attention(8, reduction=2, spatial_kernel=3, rngs=nnx.Rngs(0)), seed=3)
+    twin = transfer.load_from_jax(networks.Attention(8, "cbam", 2, 3), model)
+    rng = np.random.default_rng(1)
+    x = (rng.integers(-2, 3, (2, 5, 6, 8)) / 2).astype(np.float32)
+    w = rng.standard_normal((2, 5, 6, 8)).astype(np.float32)
+    want = jax.grad(lambda v: (model(v) * w).sum())(x)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+    (twin(xt) * torch.from_numpy(w.transpose(0, 3, 1, 2).copy())).sum().backward()
+    np.testing.assert_allclose(xt.grad.numpy(), np.asarray(want).transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-6)
+
+
 def test_transfer_is_strict():
     model = random_module(lambda: AlbedoNet(widths=(8, 16), attention_reduction=4, rngs=nnx.Rngs(0)))
     with pytest.raises(RuntimeError, match="Missing key"):

@@ -88,7 +88,8 @@ class ChannelGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mlp = lambda d: self.fc2(F.relu(self.fc1(d)))
-        logits = mlp(x.mean(dim=(2, 3))) + mlp(x.amax(dim=(2, 3)))
+        # As attention.peak: each max at its first argmax (over W, then H), which alone gets the gradient.
+        logits = mlp(x.mean(dim=(2, 3))) + mlp(x.max(dim=3).values.max(dim=2).values)
         return x * torch.sigmoid(logits)[:, :, None, None]
 
 
@@ -98,7 +99,7 @@ class SpatialGate(nn.Module):
         self.conv = SameConv(2, 1, kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.max(dim=1, keepdim=True).values], dim=1)
         return x * torch.sigmoid(self.conv(pooled))
 
 
