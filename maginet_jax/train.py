@@ -370,7 +370,8 @@ def main(argv) -> None:
     try:
         if _DRY_RUN_DEVICES.value is not None:
             dry_runs.use_virtual_devices(_DRY_RUN_DEVICES.value, _DRY_RUN.value)
-        processes.initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        processes.initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                                         _PROCESS_ID.value)
         if jax.process_index() > 0:  # process 0 logs the run; the others only what goes wrong
             logging.set_verbosity(logging.WARNING)
         run(CONFIG.value, WORKDIR.value, dry=_DRY_RUN.value)
