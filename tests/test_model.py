@@ -96,8 +96,8 @@ def test_peak_is_the_max_and_its_gradient_goes_to_one_element():
 
 
 def test_attention_gradients_are_finite_when_llvm_does_not_optimise():
-    """With jnp.max in the gates, this gave NaN in 8 of the block's 12 parameter gradients: XLA computed the
-    gates' input twice, and at LLVM -O0 the copies differed, so the max's gradient found no maximum (0/0)."""
+    """With jnp.max in the gates, this gave NaN in 8 of the block's 12 parameter gradients (its gradient looks for
+    the maximum again by equality and divides by the matches: 0/0 when XLA's recomputed input differs)."""
     code = """if True:
         import jax, jax.numpy as jnp, numpy as np
         from flax import nnx

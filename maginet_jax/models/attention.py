@@ -14,11 +14,11 @@ ATTENTIONS = ("cbam", "channel", "spatial", "none")
 def peak(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     """The maximum of `x` over `axes` (kept, size 1), as one chosen element, which alone gets its gradient.
 
-    jnp.max's gradient finds the maximum again by comparing the input with the forward's result. XLA may compute
-    that input twice, in the reduction's fusion and in the gradient's, and the copies need not agree to the last
-    bit (they do not under LLVM -O0 on CPU): then nothing compares equal and the gradient is 0/0, NaN in every
-    network parameter upstream. An index from argmax cannot miss. Exact ties, which jnp.max and torch.amax split
-    evenly, go to the first."""
+    jnp.max's gradient finds the maximum again by comparing the input with the forward's result and divides by
+    the number of matches. XLA may compute that input twice, in the reduction's fusion and in the gradient's, and
+    the copies need not agree to the last bit: then nothing compares equal and the gradient is 0/0, NaN in every
+    network parameter upstream (as it was under LLVM -O0 on CPU). An index from argmax cannot miss. Exact ties,
+    which jnp.max and torch.amax split evenly, go to the first."""
     for axis in axes:
         x = jnp.take_along_axis(x, jnp.argmax(x, axis=axis, keepdims=True), axis=axis)
     return x
