@@ -1,5 +1,6 @@
 """Test set-up: 8 virtual CPU devices (for the sharding tests) and parsed absl flags (for grain workers)."""
 
+import atexit
 import fcntl
 import functools
 import os
@@ -11,11 +12,12 @@ import tempfile
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Many tests train the same small programs again (resume, chained stages, subprocesses): compile each once per
-# session, shared by the xdist workers of one run (they get the same testrunuid) and their subprocesses.
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), f"maginet-jax-cache-{_RUN}") if _RUN
-                      else tempfile.mkdtemp(prefix="maginet-jax-cache-"))
+# run. The first process of a run to import this file (xdist's controller, or a lone pytest) makes the cache; the
+# workers and their subprocesses inherit it through the environment; that process deletes it when it exits, after
+# its workers (at exit rather than in a pytest hook, which a usage error skips): a run's programs take ~100 MB.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="maginet-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -313,9 +313,11 @@ def test_offline_gpu_weights_round_trip(tmp_path):
 
 def test_offline_gpu_run(tmp_path):
     """benchmarks/offline_gpu/run.sh, its install step skipped: a job that fits runs and is archived, one whose
-    limit is under 40 s is skipped."""
+    limit is under 40 s is skipped; its working directory is removed."""
+    (tmp_path / "tmp").mkdir()
     out = _run("bash", "benchmarks/offline_gpu/run.sh", "float32:refine:jax:200", "float32:albedo:jax:30", env={
         "SKIP_INSTALL": "1", "PY": sys.executable, "OUT": str(tmp_path), "COMPARE_VARIANT": "smoke",
+        "TMPDIR": str(tmp_path / "tmp"),
         "COMPARE_ARGS": f"--steps=1 --warmup=1 --pipeline_batches=0 --out_dir={tmp_path}"})
     assert "=== float32:refine:jax:200: exit 0" in out and "=== float32:albedo:jax:30: skipped" in out
     with tarfile.open(tmp_path / "results.tgz") as tar:
@@ -323,6 +325,7 @@ def test_offline_gpu_run(tmp_path):
         assert "json/refine_float32.json" in names and "log.txt" in names
         report = json.load(tar.extractfile("json/refine_float32.json"))
     assert [r["variant"] for r in report["results"]] == ["jax"]
+    assert not list((tmp_path / "tmp").glob("tmp.*"))
 
 
 def test_compare_bad_input_is_one_line(tmp_path):

@@ -13,6 +13,7 @@ set -u
 export PYTHONUNBUFFERED=1
 start=$(date +%s)
 work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT  # the reports live on in the archive
 mkdir -p "$work/json"
 py=${PY:-python3}
 if [[ -z ${SKIP_INSTALL:-} ]]; then
