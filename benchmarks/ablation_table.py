@@ -27,11 +27,13 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 from importlib import metadata
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import provenance  # noqa: E402
 
 NAMES = {"albedo": "MAGINet (AlbedoNet)", "unet_baseline": "U-Net baseline"}
 # (section of a record, key, scale, digits, column): the held-out albedo metrics, then lighting invariance's.
@@ -102,10 +104,9 @@ def _run_record(run_dir: str) -> dict:
             lighting = json.load(f)
     with open(os.path.join(run_dir, "config.json")) as f:
         config = json.load(f)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     return {"albedo": results["rows"]["model"]["albedo"], "step": results["step"], "lighting": lighting,
             "settings": _settings(config), "machine": machine(), "jax": metadata.version("jax"),
-            "commit": commit or None}
+            "commit": provenance.commit()}
 
 
 def read_runs(root: str) -> dict[str, dict[int, dict]]:

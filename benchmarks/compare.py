@@ -58,7 +58,7 @@ import torch  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks import compare_report  # noqa: E402
+from benchmarks import compare_report, provenance  # noqa: E402
 from benchmarks.torch_twin import steps, transfer  # noqa: E402
 from data_pipeline import loader  # noqa: E402
 from maginet_jax import train  # noqa: E402
@@ -332,7 +332,7 @@ def make_report(config, runners: list, timings: dict, memory: dict, flops: dict,
             "precision": {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
                           "torch_tf32": torch.cuda.is_available() and torch.backends.cudnn.allow_tf32,
                           "perceptual": config.perceptual.precision},
-            "command": " ".join(["python -m benchmarks.compare", *sys.argv[1:]]),
+            "command": " ".join(["python -m benchmarks.compare", *sys.argv[1:]]), "commit": provenance.commit(),
             "batch_size": config.batch_size, "resolution": config.data.crop_size, "rounds": rounds, "warmup": warmup,
             "flops_per_step": flops, "results": results, "config": json.loads(config.to_json_best_effort())}
 

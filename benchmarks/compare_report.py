@@ -38,7 +38,8 @@ def table(report: dict) -> str:
     lines = [f"{report['stage']} stage on {report['device']} ({report['device_kind']}), {dtype(report)}: batch "
              f"{report['batch_size']} at {report['resolution']}², {report['rounds']} interleaved rounds after "
              f"{report['warmup']} warm-up "
-             f"steps; jax {report['versions']['jax']}, torch {report['versions']['torch']}.", "",
+             f"steps; jax {report['versions']['jax']}, torch {report['versions']['torch']}"
+             + (f"; at commit {report['commit']}." if report.get("commit") else "."), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["results"]:
         memory = f"{r['peak_memory_bytes'] / 2**20:.0f}" if r["peak_memory_bytes"] else "n/a"

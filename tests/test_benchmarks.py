@@ -39,7 +39,7 @@ def test_every_script_has_a_tiny_run():
                             "conv_forms.py", "conv_kernels.py", "cpu_options.py", "dry_run_table.py", "layer_timing.py",
                             "flat_pass_baseline.py", "kill_resume.py", "lighting_invariance.py",
                             "perceptual_cost.py", "relight_speed.py", "step_profile.py", "norm_kernels.py",
-                            "joint_vs_separate.sh", "roofline.py"}, \
+                            "joint_vs_separate.sh", "roofline.py", "provenance.py"}, \
         "add a tiny run of the new script to this file (joint_vs_separate.sh's is in test_joint.py: it needs the " \
         "chained runs)"
 
@@ -241,9 +241,12 @@ def test_compare(tmp_path):  # through compare_gpu.sh; compare_report.py too: co
         assert r["peak_memory_bytes"] > 0  # PyTorch's too, from its memory profiler on a CPU
     assert report["flops_per_step"]["train"] > report["flops_per_step"]["infer"] > 0
     assert report["pipeline"]["images_per_s"] > 0 and report["command"].startswith("python -m benchmarks.compare")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    assert report["commit"].startswith(head.strip())
     device = report["device"]
     assert (tmp_path / device / "refine.png").stat().st_size > 0
-    assert "| torch_eager_channels_last | channels_last |" in (tmp_path / device / "refine.md").read_text()
+    table = (tmp_path / device / "refine.md").read_text()
+    assert "| torch_eager_channels_last | channels_last |" in table and f"at commit {report['commit']}." in table
     assert "| torch_eager_channels_last |" in out
 
 
@@ -335,6 +338,25 @@ def test_compare_bad_input_is_one_line(tmp_path):
     assert r.stderr.strip().splitlines()[-1] == ("benchmarks.compare: error: --stage=albedo but the config is of the "
                                                  "'refine' stage")
     assert not (tmp_path / "r.json").exists()
+
+
+def test_provenance_commit(tmp_path):
+    from benchmarks import provenance
+
+    assert provenance.commit(str(tmp_path)) is None  # not a checkout
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    for path in ("code.py", "benchmarks/results/table.md"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("1")
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / "benchmarks/results/table.md").write_text("2")  # an earlier benchmark's results
+    (tmp_path / "new.py").write_text("")  # untracked
+    assert provenance.commit(str(tmp_path)) == head
+    (tmp_path / "code.py").write_text("2")
+    assert provenance.commit(str(tmp_path)) == head + "+changes"
 
 
 def test_compare_memory_check():
