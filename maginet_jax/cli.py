@@ -67,4 +67,4 @@ def parse_flags(argv: list[str], prog: str) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        sys.exit(f"{prog}: error: {e}")
+        sys.exit(f"{prog}: error: {flag_error_line(e)}")  # several missing flags are one line too

@@ -195,3 +195,10 @@ def test_texture_mask_is_the_non_black_pixels():
     image = np.zeros((1, 5, 3), np.float32)
     image[0, :, 1] = [0, 1 / 255, 2 / 255, 3 / 255, 1]
     assert image_io.texture_mask(image)[0, :, 0].tolist() == [0, 0, 0, 1, 1]
+
+
+def test_missing_flags_are_one_line():
+    r = subprocess.run([sys.executable, "-m", "maginet_jax.predict"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("maginet_jax.predict: error: flag --input=None") and "--output=None" in r.stderr
