@@ -18,6 +18,7 @@ import sys
 from absl import app, flags
 
 from data_pipeline.ffhq_tfds import prepare
+from maginet_jax import cli
 
 
 _ROOT = flags.DEFINE_string("root", None, "The raw copy: the directory holding Data/<ID>/.")
@@ -34,6 +35,7 @@ flags.mark_flag_as_required("root")
 def main(argv) -> None:
     if len(argv) > 1:
         sys.exit(f"build_ffhq_uv_intrinsics: error: unexpected arguments {argv[1:]}")
+    cli.quiet_library_logs()
     try:
         builder = prepare(_ROOT.value, tfds_dir=_DIR.value, resolution=_RES.value, input_file=_INPUT.value,
                           pass_files=_PASS_FILES.value, uv_maps_dir=_UV.value, test_fraction=_TEST.value,
@@ -48,4 +50,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, prog="build_ffhq_uv_intrinsics"))

@@ -225,6 +225,7 @@ def prepare(root: str, *, tfds_dir: str = "", resolution: int = 512, input_file:
     if builder.is_prepared():  # every process checks, so a stale dataset stops them all alike
         check_not_stale(builder, root, uv_maps_dir)
     elif jax.process_index() == 0:
+        layout(root, input_file, uv_maps_dir)  # TFDS's own check of a missing root is an AssertionError
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"prepared {builder.data_dir}")

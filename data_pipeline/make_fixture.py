@@ -10,12 +10,14 @@ Gives `DIR/Data/<ID>/{ambient_occlusion, diffuse, normal, specular, translucency
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags
 from PIL import Image
 
 from data_pipeline import synthetic
 from data_pipeline.ffhq_uv_intrinsics import PASS_FILES
+from maginet_jax import cli
 
 
 def write_fixture(out: str, num_subjects: int, resolution: int = 64, seed: int = 0) -> list[str]:
@@ -40,10 +42,14 @@ _SEED = flags.DEFINE_integer("seed", 0, "Synthetic dataset seed.")
 
 
 def main(argv):
-    del argv
-    ids = write_fixture(_OUT.value, _NUM.value, _RES.value, _SEED.value)
+    if len(argv) > 1:
+        sys.exit(f"make_fixture: error: unexpected arguments {argv[1:]}")
+    try:
+        ids = write_fixture(_OUT.value, _NUM.value, _RES.value, _SEED.value)
+    except OSError as e:
+        sys.exit(f"make_fixture: error: cannot write under --out={_OUT.value!r}: {e.strerror}: {e.filename!r}")
     print(f"wrote {len(ids)} subjects to {_OUT.value}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, prog="make_fixture"))

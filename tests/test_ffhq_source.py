@@ -1,12 +1,15 @@
 """The raw FFHQ-UV-Intrinsics reader, on a fixture tree in the dataset's exact layout."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from data_pipeline import loader, make_fixture
 from data_pipeline.ffhq_uv_intrinsics import FFHQUVIntrinsicsSource, is_test_subject
+from conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +65,15 @@ def test_errors(fixture_root, tmp_path):
         FFHQUVIntrinsicsSource(fixture_root, split="train", resolution=32, uv_maps_dir=str(tmp_path / "none"))
     with pytest.raises(ValueError, match="input_file"):
         FFHQUVIntrinsicsSource(fixture_root, split="train", resolution=32, input_file="albedo_lit")
+
+
+def test_make_fixture_cli(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "data_pipeline.make_fixture", *a], cwd=REPO,
+                                    capture_output=True, text=True, timeout=120)
+    r = run(f"--out={tmp_path / 'raw'}", "--num_subjects=2", "--resolution=16")
+    assert r.returncode == 0 and sorted(os.listdir(tmp_path / "raw" / "Data")) == ["000000", "000001"]
+    (tmp_path / "file").write_text("")
+    r = run(f"--out={tmp_path / 'file' / 'raw'}")
+    assert r.returncode == 1 and r.stderr.strip() == (
+        f"make_fixture: error: cannot write under --out={str(tmp_path / 'file' / 'raw')!r}: Not a directory: "
+        f"{str(tmp_path / 'file' / 'raw')!r}")

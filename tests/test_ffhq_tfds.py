@@ -131,6 +131,13 @@ def test_build_cli(raw, tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith("build_ffhq_uv_intrinsics: error: subject 000007: ")
     r = run(*args, "--lenient")
     assert r.returncode == 0 and "skipped 1: ['000007']" in r.stdout
+    r = run(f"--root={tmp_path / 'nowhere'}", f"--tfds_dir={tmp_path / 'tfds2'}")  # TFDS's check: a traceback
+    assert r.returncode == 1 and "Traceback" not in r.stderr and not (tmp_path / "tfds2").exists()
+    assert r.stderr.strip().splitlines()[-1] == (f"build_ffhq_uv_intrinsics: error: {str(tmp_path / 'nowhere')!r} "
+                                                 "is not an FFHQ-UV-Intrinsics copy: it has no Data/ directory")
+    r = run()
+    assert r.returncode == 1 and r.stderr.strip() == ("build_ffhq_uv_intrinsics: error: flag --root=None: "
+                                                      "Flag --root must have a value other than None.")
 
 
 def test_training_prepares_the_dataset_on_first_use(raw, tmp_path):
