@@ -11,7 +11,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def commit(repo: str = REPO) -> str | None:
     """The checkout's short commit, with "+changes" when tracked files outside benchmarks/results differ from it
     (figures from uncommitted code cannot be made again; results written by an earlier benchmark do not count);
-    None outside a git checkout (`repo`: the checkout, by default this one)."""
+    outside a git checkout (a copy of the tree on a benchmark machine), $BENCHMARK_COMMIT if set, else None
+    (`repo`: the checkout, by default this one)."""
     def git(*args: str) -> str | None:
         try:
             r = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=30)
@@ -21,6 +22,6 @@ def commit(repo: str = REPO) -> str | None:
 
     head = git("rev-parse", "--short", "HEAD")
     if not head:
-        return None
+        return os.environ.get("BENCHMARK_COMMIT") or None
     changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
     return head + ("+changes" if changes else "")

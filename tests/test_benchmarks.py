@@ -340,10 +340,13 @@ def test_compare_bad_input_is_one_line(tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
-def test_provenance_commit(tmp_path):
+def test_provenance_commit(tmp_path, monkeypatch):
     from benchmarks import provenance
 
     assert provenance.commit(str(tmp_path)) is None  # not a checkout
+    monkeypatch.setenv("BENCHMARK_COMMIT", "abc1234")  # a copy of the tree, its commit given with it
+    assert provenance.commit(str(tmp_path)) == "abc1234"
+    monkeypatch.delenv("BENCHMARK_COMMIT")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
     for path in ("code.py", "benchmarks/results/table.md"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
