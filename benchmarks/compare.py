@@ -38,10 +38,12 @@ Writes the JSON (device, versions, command, config, one object per variant in `r
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -51,6 +53,13 @@ import time
 # leaving PyTorch too little: cap it at half.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
+# Compilation is timed cold on both sides. JAX keeps no compiled programs between runs unless asked to (a
+# persistent cache is opt-in); torch.compile keeps Inductor's (and on a GPU Triton's) in a shared directory by
+# default, so it gets a fresh one for the run, removed at exit. A directory given in the environment is kept.
+_TORCH_CACHE = tempfile.mkdtemp(prefix="compare-torch-cache-")
+atexit.register(shutil.rmtree, _TORCH_CACHE, ignore_errors=True)
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(_TORCH_CACHE, "inductor"))
+os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(_TORCH_CACHE, "triton"))
 
 import jax  # noqa: E402 (after the allocator setting)
 import numpy as np  # noqa: E402
