@@ -208,9 +208,9 @@ def pytest_collection_modifyitems(items):
 
 def pytest_sessionfinish(session):
     """A worker's heap holds every program it traced. At the end pytest collects garbage five times over (to
-    report exceptions raised in finalizers), which took an xdist worker past the 5 s that execnet waits before it
-    sends the worker a SIGINT (the "KeyboardInterrupt in _xla_gc_callback" at the end of a run). One collection
-    here still runs the finalizers; freezing what survives it lets the five skip it."""
+    report exceptions raised in finalizers); in a full run a worker was still collecting when execnet's 5 s wait
+    for it ran out, and execnet then sends the worker a SIGINT (the "KeyboardInterrupt in _xla_gc_callback" at
+    the end of a run). One collection here still runs the finalizers; freezing what survives lets the five skip it."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         gc.collect()
         gc.freeze()
