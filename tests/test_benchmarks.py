@@ -365,12 +365,16 @@ def test_provenance_commit(tmp_path, monkeypatch):
 def test_compare_compiles_torch_cold(tmp_path):
     """JAX's compile is timed cold, so torch.compile's is: a fresh Inductor and Triton cache for the run, removed
     at exit (with a warm shared one, the albedo demo's train step compiled in 8 s instead of 93-99)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    # Not through _run, which starts from this process's environment: an earlier test's import of compare set
+    # both variables here.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "XLA_FLAGS")}
     env["TMPDIR"] = str(tmp_path)
-    out = _run(sys.executable, "-c", "import os; from benchmarks import compare; print(compare._TORCH_CACHE, "
-               "os.listdir(compare._TORCH_CACHE), *(os.environ[k] for k in ('TORCHINDUCTOR_CACHE_DIR', "
-               "'TRITON_CACHE_DIR')))", env=env)
-    cache, listing, inductor, triton = out.split()
+    r = subprocess.run([sys.executable, "-c", "import os; from benchmarks import compare; print(compare._TORCH_CACHE, "
+                        "os.listdir(compare._TORCH_CACHE), *(os.environ[k] for k in ('TORCHINDUCTOR_CACHE_DIR', "
+                        "'TRITON_CACHE_DIR')))"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cache, listing, inductor, triton = r.stdout.split()
     assert os.path.dirname(cache) == str(tmp_path) and listing == "[]"
     assert inductor == os.path.join(cache, "inductor") and triton == os.path.join(cache, "triton")
     assert not os.path.exists(cache)
