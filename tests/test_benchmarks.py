@@ -343,6 +343,7 @@ def test_compare_bad_input_is_one_line(tmp_path):
 def test_provenance_commit(tmp_path, monkeypatch):
     from benchmarks import provenance
 
+    monkeypatch.delenv("BENCHMARK_COMMIT", raising=False)
     assert provenance.commit(str(tmp_path)) is None  # not a checkout
     monkeypatch.setenv("BENCHMARK_COMMIT", "abc1234")  # a copy of the tree, its commit given with it
     assert provenance.commit(str(tmp_path)) == "abc1234"
