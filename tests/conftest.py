@@ -12,13 +12,20 @@ import tempfile
 # Must precede the first jax import of the session.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Many tests train the same small programs again (resume, chained stages, subprocesses): compile each once per
-# run. The first process of a run to import this file (xdist's controller, or a lone pytest) makes the cache; the
-# workers and their subprocesses inherit it through the environment; that process deletes it when it exits, after
-# its workers (at exit rather than in a pytest hook, which a usage error skips): a run's programs take ~100 MB.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="maginet-jax-cache-")
-    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+# The first process of a run to import this file (xdist's controller, or a lone pytest) makes a scratch directory
+# for the run and deletes it when it exits, after its workers (at exit rather than in a pytest hook, which a usage
+# error skips). The workers and every subprocess inherit it through the environment:
+# - as the JAX compilation cache: many tests train the same small programs again (resume, chained stages,
+#   subprocesses), and compile each once per run (~100 MB);
+# - as TMPDIR, so what libraries leave in the temporary directory goes with it (TFDS makes an empty directory
+#   there for each dataset builder made before its dataset is prepared). pytest's own base directories stay
+#   where they were (PYTEST_DEBUG_TEMPROOT), so a failed test's files can still be looked at after the run.
+if "MAGINET_JAX_TEST_SCRATCH" not in os.environ:
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+    scratch = os.environ["MAGINET_JAX_TEST_SCRATCH"] = os.environ["TMPDIR"] = tempfile.mkdtemp(prefix="maginet-jax-")
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(scratch, "jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
