@@ -23,12 +23,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 from jax.experimental import multihost_utils
-from PIL import Image
 
-from data_pipeline.ffhq_uv_intrinsics import CHANNELS, PASS_FILES, decode, is_test_subject, layout, subject_files
+from data_pipeline.ffhq_uv_intrinsics import CHANNELS, PASS_FILES, fit, is_test_subject, layout, subject_files
+from maginet_jax import image_io
 
 RESOLUTIONS = (512, 1024)  # the predefined configs; any size >= 16 works (tests use small ones)
-_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
 class BadSubjectData(ValueError):
@@ -47,18 +46,15 @@ def read_checked(path, subject: str, channels: int, size: int, dtype=np.uint8) -
     if not epath.Path(path).is_file():
         raise BadSubjectData(subject, path, "missing")
     try:
-        with epath.Path(path).open("rb") as f, Image.open(f) as im:
-            im.load()
-            mode, (w, h) = im.mode, im.size
-            if w != h or w < size:
-                raise BadSubjectData(subject, path, f"size {w}x{h}; expected a square of at least {size}")
-            if channels == 3 and mode in _GREY_MODES:
-                raise BadSubjectData(subject, path, f"1 channel (mode {mode}); expected 3")
-            arr = decode(im, channels, size)
+        codes = image_io.decode(epath.Path(path).read_bytes())
     except (OSError, SyntaxError, ValueError) as e:
-        if isinstance(e, BadSubjectData):
-            raise
         raise BadSubjectData(subject, path, f"corrupt or truncated image ({e})") from None
+    h, w, c = codes.shape
+    if w != h or w < size:
+        raise BadSubjectData(subject, path, f"size {w}x{h}; expected a square of at least {size}")
+    if channels == 3 and c == 1:
+        raise BadSubjectData(subject, path, "1 channel (a grey image); expected 3")
+    arr = fit(codes, channels, size)
     if arr.dtype == dtype:
         return arr
     scale = np.iinfo(dtype).max / np.iinfo(arr.dtype).max  # 8 → 16 bits is ×257, exact
@@ -111,8 +107,10 @@ def make_config(resolution: int = 512, input_file: str = "uv_map", test_fraction
 class FfhqUvIntrinsics(tfds.core.GeneratorBasedBuilder):
     """FFHQ-UV-Intrinsics (ubisoft-laforge; CC BY-NC-ND 4.0, research only), from your own copy."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First prepared version: six passes, mask, hash split by subject ID."}
+    # A new version is prepared afresh next to an older one (TFDS keeps each in its own directory).
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First prepared version: six passes, mask, hash split by subject ID.",
+                     "1.1.0": "16-bit colour normals keep 16 bits (1.0.0 read them at 8); alpha is multiplied in."}
     BUILDER_CONFIGS = [make_config(512), make_config(1024)]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Download FFHQ-UV-Intrinsics from its authors (github.com/ubisoft/ubisoft-laforge-FFHQ-UV-Intrinsics) and "

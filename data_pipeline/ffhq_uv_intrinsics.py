@@ -17,6 +17,8 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
+from maginet_jax import image_io
+
 # Our pass name → file stem in FFHQ-UV-Intrinsics.
 PASS_FILES = {"albedo": "light_normalized", "ambient_occlusion": "ambient_occlusion", "normal": "normal",
               "specular": "specular", "translucency": "translucency", "raw_diffuse": "diffuse"}
@@ -30,27 +32,24 @@ def is_test_subject(subject_id: str, test_fraction: float) -> bool:
     return h / 2**32 < test_fraction
 
 
-def decode(im: Image.Image, channels: int, size: int) -> np.ndarray:
-    """An opened, loaded image as an HWC uint8/uint16 array with `channels` channels at size×size
-    (box-filtered if needed)."""
-    if im.mode in ("I;16", "I;16B", "I"):  # 16-bit grey
-        arr = np.asarray(im, np.uint16)[..., None]
-    else:
-        arr = np.asarray(im.convert("RGB" if channels == 3 else "L"))
-        arr = arr[..., None] if arr.ndim == 2 else arr
-    if arr.shape[2] != channels:
-        arr = np.repeat(arr[..., :1], channels, axis=2) if arr.shape[2] == 1 else arr[..., :channels]
-    if arr.shape[:2] != (size, size):
-        chans = [np.asarray(Image.fromarray(arr[..., c]).resize((size, size), Image.BOX)) for c in range(channels)]
-        arr = np.stack(chans, axis=-1).astype(arr.dtype)
-    return arr
+def fit(codes: np.ndarray, channels: int, size: int) -> np.ndarray:
+    """Decoded codes (`image_io.decode`) with `channels` channels (grey repeated; colour to ITU-R 601 luma, as
+    Pillow's "L") at size×size (box-filtered if needed)."""
+    if codes.shape[2] != channels:
+        if codes.shape[2] == 1:
+            codes = np.repeat(codes, channels, axis=2)
+        else:
+            luma = codes.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+            codes = np.round(luma)[..., None].astype(codes.dtype)
+    if codes.shape[:2] != (size, size):
+        chans = [np.asarray(Image.fromarray(codes[..., c]).resize((size, size), Image.BOX)) for c in range(channels)]
+        codes = np.stack(chans, axis=-1).astype(codes.dtype)
+    return codes
 
 
 def read_png(path, channels: int, size: int) -> np.ndarray:
-    """`decode` of the file at `path`."""
-    with epath.Path(path).open("rb") as f, Image.open(f) as im:
-        im.load()
-        return decode(im, channels, size)
+    """The image at `path` as (size, size, channels) uint8 or uint16 codes (`fit` of `image_io.decode`)."""
+    return fit(image_io.decode(epath.Path(path).read_bytes()), channels, size)
 
 
 def layout(root: str, input_file: str, uv_maps_dir: str = "") -> tuple[epath.Path, epath.Path, list[str]]:

@@ -1,5 +1,6 @@
-"""Image files for prediction: reading any format Pillow knows (16-bit PNGs with pypng), writing 8-/16-bit PNGs;
-which of an image's pixels are its texture (not the black background).
+"""Image files: reading any format Pillow knows (16-bit PNGs with pypng) as codes or floats, the one decoder for
+prediction, relighting and the FFHQ-UV-Intrinsics readers; writing 8-/16-bit PNGs; which of an image's pixels are
+its texture (not the black background).
 
 Pillow cannot write 16-bit RGB, which normals need (an 8-bit code step is already a 0.45° tilt), so those
 PNGs are written here directly: non-interlaced, filter type 0, zlib-compressed, as the PNG spec allows.
@@ -14,7 +15,7 @@ import zlib
 import numpy as np
 import png
 from etils import epath
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from maginet_jax.errors import UserError
 
@@ -27,32 +28,66 @@ def texture_mask(image: np.ndarray) -> np.ndarray:
     return (image.max(axis=-1, keepdims=True) > BLACK).astype(np.float32)
 
 
-def _read_png16(path: str) -> np.ndarray | None:
-    """A 16-bit grey or RGB PNG as (H, W, C) uint16 codes (Pillow would truncate RGB ones to 8 bits), else None."""
-    with open(path, "rb") as f:
-        head = f.read(26)
-    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR" or head[24] != 16 or head[25] not in (0, 2):
-        return None
-    width, height, rows, info = png.Reader(filename=path).asDirect()
-    return np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, info["planes"])
+_PNG = b"\x89PNG\r\n\x1a\n"
+_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+_GREY_MODES = ("1", "L", "LA", "La")
+
+
+def _png16_codes(data: bytes) -> tuple[np.ndarray, bool]:
+    """A 16-bit PNG's pixels as (H, W, planes) uint16 codes and whether the last plane is alpha. pypng's `read`,
+    not `asDirect`: the latter rescales to an sBIT chunk's depth, and adds alpha for tRNS, which is applied here."""
+    width, height, rows, info = png.Reader(bytes=data).read()
+    codes = np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, info["planes"])
+    transparent = info.get("transparent")
+    if transparent is not None:  # tRNS: the one colour that is transparent
+        keep = np.any(codes != np.asarray(transparent, np.uint16).reshape(-1), axis=-1, keepdims=True)
+        codes = np.concatenate([codes, np.where(keep, 65535, 0).astype(np.uint16)], axis=-1)
+    return codes, info["alpha"] or transparent is not None
+
+
+def _pillow_codes(data: bytes) -> tuple[np.ndarray, bool]:
+    """Any other image as (H, W, C) uint8 or uint16 codes, turned upright by its EXIF orientation (phone photos),
+    and whether the last plane is alpha. Pillow reads 16-bit PGMs as 32-bit ("I") codes at 16-bit scale."""
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()
+        im = ImageOps.exif_transpose(opened)
+    if im.mode.startswith("I;16") or im.mode == "I":
+        return np.clip(np.asarray(im, np.int64), 0, 65535).astype(np.uint16)[..., None], False
+    if im.mode == "F":  # float images (TIFF) are taken to span [0, 1]
+        return np.round(np.clip(np.asarray(im, np.float64), 0.0, 1.0) * 65535.0).astype(np.uint16)[..., None], False
+    alpha = im.mode in _ALPHA_MODES or "transparency" in im.info
+    grey = im.mode in _GREY_MODES
+    codes = np.asarray(im.convert(("LA" if alpha else "L") if grey else ("RGBA" if alpha else "RGB")))
+    return (codes[..., None] if codes.ndim == 2 else codes), alpha
+
+
+def decode(data: bytes) -> np.ndarray:
+    """An image file's pixels as (H, W, 1 | 3) codes: uint16 (full 16-bit scale) from 16-bit and float files,
+    uint8 otherwise. Transparent pixels are black: alpha is multiplied in, so they count as background (as a UV
+    texture's black). Raises ValueError or OSError (Pillow's) for what is not a readable image."""
+    try:
+        if data[:8] == _PNG and data[12:16] == b"IHDR" and len(data) > 24 and data[24] == 16:
+            codes, alpha = _png16_codes(data)
+        else:
+            codes, alpha = _pillow_codes(data)
+    except png.Error as e:
+        raise ValueError(str(e) or type(e).__name__) from None
+    if not alpha:
+        return codes
+    top = float(np.iinfo(codes.dtype).max)
+    colour, a = codes[..., :-1].astype(np.float64), codes[..., -1:].astype(np.float64)
+    return np.round(colour * a / top).astype(codes.dtype)
 
 
 def read_image(path: str) -> np.ndarray:
-    """(H, W, 3) float32 RGB in [0, 1]; grey, palette and 16-bit files are converted. UserError otherwise."""
+    """(H, W, 3) float32 RGB in [0, 1] (see `decode`; grey is repeated). UserError if it cannot be read."""
     try:
-        codes = _read_png16(path)
-        if codes is not None:
-            codes = codes.astype(np.float32) / 65535.0
-            return np.repeat(codes, 3, axis=-1) if codes.shape[-1] == 1 else codes[..., :3]
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                grey = np.asarray(im, np.float32) / (65535.0 if im.mode != "I" else max(float(np.max(im)), 1.0))
-                return np.repeat(grey[..., None], 3, axis=-1)
-            return np.asarray(im.convert("RGB"), np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, png.Error) as e:
+        codes = decode(epath.Path(path).read_bytes())
+    except (OSError, ValueError, SyntaxError) as e:
         reason = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else str(e) or type(e).__name__
         raise UserError(f"cannot read {path!r}: {reason}") from None
+    image = codes.astype(np.float32) / float(np.iinfo(codes.dtype).max)
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:

@@ -96,7 +96,7 @@ def _break(root, case):
         Image.new("L", (64, 48)).save(os.path.join(folder, "translucency.png"))
         return "translucency.png", "size 64x48"
     Image.new("L", (64, 64), 128).save(os.path.join(folder, "light_normalized.png"))
-    return "light_normalized.png", "1 channel (mode L); expected 3"
+    return "light_normalized.png", "1 channel (a grey image); expected 3"
 
 
 @pytest.mark.parametrize("case", ["truncated", "missing", "size", "channels"])
@@ -147,7 +147,7 @@ def test_training_prepares_the_dataset_on_first_use(raw, tmp_path):
                            "num_train_steps": 2, "eval_every_steps": 2})
     state = train_and_evaluate(c, str(tmp_path / "run"))
     assert int(state.step) == 2
-    assert os.path.isdir(tmp_path / "tfds" / "ffhq_uv_intrinsics" / "r32-uv_map-test250" / "1.0.0")
+    assert os.path.isdir(tmp_path / "tfds" / "ffhq_uv_intrinsics" / "r32-uv_map-test250" / "1.1.0")
 
 
 def test_target_files_are_an_option(built, raw):
