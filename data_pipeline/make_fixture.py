@@ -1,10 +1,11 @@
 r"""Writes a small tree in the exact FFHQ-UV-Intrinsics (+ FFHQ-UV uv-maps) layout from the synthetic generator.
 
-    python -m data_pipeline.make_fixture --out DIR --num_subjects N [--resolution 64] [--seed 0]
+    python -m data_pipeline.make_fixture --out DIR --num_subjects N [--resolution 64] [--seed 0] [--overwrite]
 
 Gives `DIR/Data/<ID>/{ambient_occlusion, diffuse, normal, specular, translucency, light_normalized}.png` and
 `DIR/uv-maps/<ID>.png` (the lit texture), IDs zero-padded to six digits. Try the real-data path with it:
-`--config.data.source=ffhq_uv_intrinsics --config.data.root=DIR`.
+`--config.data.source=ffhq_uv_intrinsics --config.data.root=DIR`. A DIR that holds anything is refused unless
+`--overwrite` is given: the tree has the real dataset's file names, and would replace a copy of it.
 """
 
 from __future__ import annotations
@@ -39,11 +40,15 @@ _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
 _NUM = flags.DEFINE_integer("num_subjects", 20, "Number of subjects.", lower_bound=1)
 _RES = flags.DEFINE_integer("resolution", 64, "Texture size in pixels.", lower_bound=16)
 _SEED = flags.DEFINE_integer("seed", 0, "Synthetic dataset seed.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Write into a --out that already holds files.")
 
 
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"make_fixture: error: unexpected arguments {argv[1:]}")
+    if os.path.isdir(_OUT.value) and os.listdir(_OUT.value) and not _OVERWRITE.value:
+        sys.exit(f"make_fixture: error: --out={_OUT.value!r} is not empty; its files of the dataset's names would be "
+                 "replaced: give --overwrite, or an empty or new directory")
     try:
         ids = write_fixture(_OUT.value, _NUM.value, _RES.value, _SEED.value)
     except OSError as e:

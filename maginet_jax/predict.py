@@ -113,6 +113,8 @@ class Predictor:
             config, graphdefs, params = runs.load_params(passes_workdir, passes.networks, stage="passes",
                                                          what="--passes_workdir", mesh=mesh, names=("generator",))
         self.passes = tuple(config.passes)
+        if size < 0:
+            raise UserError(f"working size {size} must be positive (0: the passes run's crop size)")
         self.size = size or config.data.crop_size
         multiple = int(np.lcm(2 * size_multiple(albedo_model), pix2pixhd.generator_multiple(config.model)))
         if self.size % multiple:

@@ -72,6 +72,14 @@ def test_make_fixture_cli(tmp_path):
                                     capture_output=True, text=True, timeout=120)
     r = run(f"--out={tmp_path / 'raw'}", "--num_subjects=2", "--resolution=16")
     assert r.returncode == 0 and sorted(os.listdir(tmp_path / "raw" / "Data")) == ["000000", "000001"]
+    precious = tmp_path / "raw" / "Data" / "000000" / "normal.png"
+    precious.write_bytes(b"a real dataset's file")
+    r = run(f"--out={tmp_path / 'raw'}", "--num_subjects=1", "--resolution=16")
+    assert r.returncode == 1 and r.stderr.strip().startswith(
+        f"make_fixture: error: --out={str(tmp_path / 'raw')!r} is not empty") and len(r.stderr.splitlines()) == 1
+    assert precious.read_bytes() == b"a real dataset's file"
+    r = run(f"--out={tmp_path / 'raw'}", "--num_subjects=1", "--resolution=16", "--overwrite")
+    assert r.returncode == 0 and precious.read_bytes()[:4] == b"\x89PNG"
     (tmp_path / "file").write_text("")
     r = run(f"--out={tmp_path / 'file' / 'raw'}")
     assert r.returncode == 1 and r.stderr.strip() == (

@@ -125,6 +125,7 @@ def test_directory_with_a_bad_file(chain, odd_image, tmp_path):
     ("wrong_stage", "--passes_workdir="),
     ("mask_and_no_mask", "--mask and --no_mask contradict"),
     ("missing_mask", "cannot read"),
+    ("negative_size", "working size -32 must be positive"),
 ])
 def test_bad_input_is_one_line(chain, tmp_path, case, message):
     passes, source, extra = chain["passes"], tmp_path / "in", []
@@ -141,6 +142,8 @@ def test_bad_input_is_one_line(chain, tmp_path, case, message):
         extra = [f"--mask={source}", "--no_mask"]
     if case == "missing_mask":
         extra = [f"--mask={tmp_path / 'nowhere.png'}"]
+    if case == "negative_size":  # -32 % 8 == 0: it passed the multiple check
+        extra = ["--size=-32"]
     r = _predict_cli(chain, f"--passes_workdir={passes}", f"--input={source}", f"--output={tmp_path / 'out'}", *extra)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
