@@ -18,6 +18,7 @@ from etils import epath
 from PIL import Image
 
 from maginet_jax import image_io
+from maginet_jax.errors import UserError, first_line
 
 # Our pass name → file stem in FFHQ-UV-Intrinsics.
 PASS_FILES = {"albedo": "light_normalized", "ambient_occlusion": "ambient_occlusion", "normal": "normal",
@@ -91,7 +92,14 @@ class FFHQUVIntrinsicsSource:
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         files = subject_files(self._data_dir, self._uv_dir, self._ids[index], self._stems)
-        rec = {k: read_png(path, CHANNELS[k], self._res) for k, path in files.items()}
+        rec = {}
+        for k, path in files.items():
+            try:
+                rec[k] = read_png(path, CHANNELS[k], self._res)
+            except (OSError, ValueError, SyntaxError) as e:  # one line, not a traceback from a grain worker
+                reason = "missing" if isinstance(e, FileNotFoundError) else f"not a readable image ({first_line(e)})"
+                raise UserError(f"subject {self._ids[index]}: {path}: {reason} (data.source='ffhq_uv_intrinsics' "
+                                "checks every file when it prepares the dataset, and can skip bad subjects)") from None
         valid = np.any(rec["albedo"] > 0, axis=-1, keepdims=True)
         rec["mask"] = np.where(valid, 255, 0).astype(np.uint8)
         if "albedo" not in self._passes:

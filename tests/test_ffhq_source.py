@@ -1,6 +1,7 @@
 """The raw FFHQ-UV-Intrinsics reader, on a fixture tree in the dataset's exact layout."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -85,3 +86,23 @@ def test_make_fixture_cli(tmp_path):
     assert r.returncode == 1 and r.stderr.strip() == (
         f"make_fixture: error: cannot write under --out={str(tmp_path / 'file' / 'raw')!r}: Not a directory: "
         f"{str(tmp_path / 'file' / 'raw')!r}")
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated"])
+def test_a_bad_file_names_its_subject(fixture_root, tmp_path, case):
+    """Read in a grain worker, a missing or broken file was a 49-line traceback from grain; it is one line
+    naming the subject and the file (a UserError, which the CLIs print as one line)."""
+    from maginet_jax.errors import UserError
+    root = str(tmp_path / "raw")
+    shutil.copytree(fixture_root, root)
+    src = FFHQUVIntrinsicsSource(root, split="train", resolution=32, test_fraction=0.25)
+    subject = src._ids[1]
+    path = os.path.join(root, "Data", subject, "light_normalized.png")
+    if case == "missing":
+        os.remove(path)
+    else:
+        open(path, "r+b").truncate(100)
+    with pytest.raises(UserError, match=rf"^subject {subject}: .*light_normalized\.png") as e:
+        src[1]
+    assert "\n" not in str(e.value)
+    assert set(src[0]) == {"image", "albedo", "mask"}  # the others still read
