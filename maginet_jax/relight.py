@@ -95,6 +95,8 @@ def main(argv) -> None:
                 _HTML.value)
     except UserError as e:
         sys.exit(f"maginet_jax.relight: error: {e}")
+    except OSError as e:  # writing (permissions, a full disk): what the checks before it cannot foresee
+        sys.exit(f"maginet_jax.relight: error: cannot write{f' {e.filename!r}' if e.filename else ''}: {e.strerror or e}")
 
 
 if __name__ == "__main__":

@@ -133,17 +133,16 @@ def find_stems(path: str) -> list[str]:
 
 
 def check_stem(stem: str) -> tuple[int, int]:
-    """(width, height) of the stem's passes, read from the file headers; UserError on a missing or odd pass."""
+    """(width, height) of the stem's passes; UserError on a missing, unreadable or odd pass. Each file is decoded
+    whole (and dropped): a truncated PNG has a good header, and one found mid-directory would stop the command
+    after it had written the stems before it."""
     sizes = {}
     for name in PASSES:
         file = f"{stem}_{name}.png"
         if not os.path.isfile(file):
             raise UserError(f"missing pass {name!r}: {file!r} does not exist")
-        try:
-            with Image.open(file) as im:
-                sizes[name] = im.size
-        except OSError as e:
-            raise UserError(f"cannot read {file!r}: {e}") from None
+        height, width = image_io.read_image(file).shape[:2]
+        sizes[name] = (width, height)
     if len(set(sizes.values())) > 1:
         listed = ", ".join(f"{name} {w}x{h}" for name, (w, h) in sizes.items())
         raise UserError(f"passes of {stem!r} differ in size: {listed}")
@@ -198,6 +197,21 @@ def write_sweep(output: str, stem: str, passes: dict, rig: Rig, frames: int, fmt
     image_io.write_png(os.path.join(output, f"{stem}_sweep.png"), strip)
 
 
+def check_target(path: str, flag: str, directory: bool) -> None:
+    """UserError if `path` (when given) cannot be the directory or file to write: what it is, or the nearest part
+    of it that exists, is of the wrong kind. Checked before anything is written."""
+    if not path:
+        return
+    if os.path.exists(path) and os.path.isdir(path) != directory:
+        raise UserError(f"{flag}={path!r} is a {'file' if directory else 'directory'}: give a "
+                        f"{'directory' if directory else 'file name'}")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"{flag}={path!r} cannot be made: {parent!r} is a file")
+
+
 def relight(passes_path: str, output: str, rig: Rig, sweep: int = 0, sweep_format: str = "gif",
             match: str = "", html: str = "") -> None:
     """Everything the command does; all input is checked before the first file is written."""
@@ -210,6 +224,8 @@ def relight(passes_path: str, output: str, rig: Rig, sweep: int = 0, sweep_forma
         check_stem(stem)
     if (match or html) and len(stems) > 1:
         raise UserError(f"--match and --html take one stem; --passes {passes_path!r} holds {len(stems)}")
+    check_target(output, "--output", directory=True)
+    check_target(html, "--html", directory=False)
     reference = image_io.read_image(match) if match else None
     first = read_passes(stems[0])
     if reference is not None:

@@ -134,7 +134,7 @@ def test_directory_of_stems(stem, tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == ["a_relit.png", "b_relit.png"]
 
 
-@pytest.mark.parametrize("case", ["missing", "sizes", "light"])
+@pytest.mark.parametrize("case", ["missing", "sizes", "light", "truncated"])
 def test_bad_input_is_one_line_and_writes_nothing(stem, tmp_path, case):
     src = tmp_path / "passes"
     src.mkdir()
@@ -144,16 +144,41 @@ def test_bad_input_is_one_line_and_writes_nothing(stem, tmp_path, case):
             shutil.copy(f"{stem}_{name}.png", src / f"bad_{name}.png")
     if case == "sizes":
         Image.new("L", (SIZE, SIZE + 2)).save(src / "bad_translucency.png")
+    if case == "truncated":  # the last stem, and its header is whole: found before "bad" and "good" are written
+        for name in relighting.PASSES:
+            shutil.copy(f"{stem}_{name}.png", src / f"z_{name}.png")
+        with open(src / "z_normal.png", "r+b") as f:
+            f.truncate(200)
     light = "30,20,1,1" if case == "light" else "30,20,1,1,1"
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "maginet_jax.relight", f"--passes={src}", f"--output={out}",
                         f"--light={light}"], cwd=REPO, capture_output=True, text=True, timeout=120)
     expected = {"missing": r"missing pass 'specular': .*bad_specular.png' does not exist",
                 "sizes": r"passes of '.*bad' differ in size: .*translucency 48x50",
-                "light": r"--light=.30,20,1,1.: expected 5 comma-separated numbers \(colours >= 0\)"}[case]
+                "light": r"--light=.30,20,1,1.: expected 5 comma-separated numbers \(colours >= 0\)",
+                "truncated": r"cannot read '.*z_normal.png': .*"}[case]
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stdout == "", r.stderr
     assert re.fullmatch(r"maginet_jax\.relight: error: " + expected + "\n", r.stderr), r.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flag,make,message", [
+    ("--output", "file", r"--output='.*target' is a file: give a directory"),
+    ("--html", "directory", r"--html='.*target' is a directory: give a file name"),
+    ("--html", "under_a_file", r"--html='.*target/page.html' cannot be made: '.*target' is a file"),
+], ids=["output-file", "html-directory", "html-under-a-file"])
+def test_a_target_of_the_wrong_kind_is_one_line(stem, tmp_path, flag, make, message):
+    """Checked before anything is written: an --html that could not be written used to be found after the relit
+    image was, and was a traceback."""
+    target = tmp_path / "target"
+    target.mkdir() if make == "directory" else target.write_text("keep")
+    where = target / "page.html" if make == "under_a_file" else target
+    out = tmp_path / "out"
+    args = [f"--output={out}", f"{flag}={where}"] if flag == "--html" else [f"--output={where}"]
+    r = subprocess.run([sys.executable, "-m", "maginet_jax.relight", f"--passes={stem}", *args], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and re.fullmatch(r"maginet_jax\.relight: error: " + message + "\n", r.stderr), r.stderr
+    assert not out.exists() and (target.is_dir() or target.read_text() == "keep")
 
 
 def test_bad_sh_file(stem, tmp_path):
