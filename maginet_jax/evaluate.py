@@ -8,7 +8,8 @@ score on another data root). Per pass and averaged over passes: masked MSE (show
 SSIM (masked; Wang et al., as scikit-image computes it) and LPIPS (AlexNet, v0.1, whole image with the target
 outside the mask), computed by `maginet_jax.evaluator`, the training loop's evaluator. Next to the model, a
 "copy the input" row: what the network is given, scored as its output. Writes `<workdir>/eval/results.json`
-and `<workdir>/eval/results.md`; `--compare` prints this run beside another run's results.json. Stages:
+and `<workdir>/eval/results.md`, which record the held-out set (`TEST_SET_KEYS`); `--compare` prints this run beside
+another run's results.json, with a warning when the two held-out sets differ. Stages:
 albedo; refine; passes, which with `init.albedo_workdir` / `init.refine_workdir` is the chained pipeline (its
 "albedo" row is then the refined stage-1 albedo, scored like the passes); joint, the fine-tuned pipeline, scored
 the same way.
@@ -31,6 +32,14 @@ from maginet_jax.training import runs, sharding
 
 _COMPARE = flags.DEFINE_string("compare", "", "Another workdir holding eval/results.json, printed side by side.")
 _HEAD = {"mse": "MSE (×1e-3)", "psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS"}
+# The settings that decide which held-out examples a run is scored on, and at what size.
+TEST_SET_KEYS = {"data": ("source", "root", "input_file", "uv_maps_dir", "pass_files", "test_fraction", "resolution",
+                          "crop_size", "seed"), "eval": ("num_examples",)}
+
+
+def test_set(config) -> dict:
+    """{"data.root": ..., ...}: what `TEST_SET_KEYS` names, as `config` sets it."""
+    return {f"{section}.{key}": config[section].get(key) for section, keys in TEST_SET_KEYS.items() for key in keys}
 
 
 def evaluate_run(config, workdir: str) -> dict:
@@ -53,7 +62,7 @@ def evaluate_run(config, workdir: str) -> dict:
         for row in rows.values():
             row["mean"] = {m: float(np.mean([row[p][m] for p in passes])) for m in METRICS}
     results = {"stage": config.stage, "workdir": str(runs.run_path(workdir)), "step": step,
-               "num_examples": count, "passes": passes, "rows": rows}
+               "num_examples": count, "test_set": test_set(config), "passes": passes, "rows": rows}
     if jax.process_index() == 0:
         out = runs.run_path(workdir) / "eval"
         out.mkdir(parents=True, exist_ok=True)
@@ -68,8 +77,9 @@ def _cell(metric: str, value: float) -> str:
 
 def markdown(results: dict) -> str:
     """The results as a Markdown table: one line per (pass, row)."""
+    held_out = ", ".join(f"{k}={v!r}" for k, v in results["test_set"].items() if v not in ("", None))
     lines = [f"Stage `{results['stage']}`, step {results['step']}, {results['num_examples']} held-out examples "
-             f"(`{results['workdir']}`).", "",
+             f"(`{results['workdir']}`; {held_out}).", "",
              "| pass | | " + " | ".join(_HEAD[m] for m in METRICS) + " |", "| --- | --- |" + " --- |" * len(METRICS)]
     for p in results["rows"]["model"]:
         for row in ROWS:
@@ -86,6 +96,15 @@ def side_by_side(a: dict, b: dict) -> str:
     for p in (p for p in ma if p in mb):
         lines += [f"| {p} | {_HEAD[m]} | {_cell(m, ma[p][m])} | {_cell(m, mb[p][m])} |" for m in METRICS]
     return "\n".join(lines)
+
+
+def test_set_difference(a: dict, b: dict) -> str:
+    """"" when both results were scored on the same held-out set; otherwise what differs, in words."""
+    if "test_set" not in a or "test_set" not in b:
+        return "one of the results.json files does not record its held-out set (evaluated by an older version)"
+    differ = [f"{k} {a['test_set'][k]!r} against {b['test_set'].get(k)!r}" for k in a["test_set"]
+              if a["test_set"][k] != b["test_set"].get(k)]
+    return "; ".join(differ)
 
 
 def read_results(workdir: str) -> dict:
@@ -111,6 +130,9 @@ def main(argv) -> None:
     print(markdown(results))
     if other is not None:
         print(side_by_side(results, other))
+        if difference := test_set_difference(results, other):
+            print(f"maginet_jax.evaluate: warning: the two runs were scored on different held-out examples: "
+                  f"{difference}", file=sys.stderr)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

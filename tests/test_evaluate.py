@@ -107,6 +107,27 @@ def test_without_config_the_run_config_gives_the_same_results(chain, tmp_path):
     assert alone.stdout == with_config.stdout
 
 
+def test_compare_warns_when_the_held_out_sets_differ(chain, tmp_path):
+    """results.json records the held-out set; --compare says when two runs were scored on different ones (the
+    side-by-side table would otherwise put, say, 12 synthetic textures beside one real subject)."""
+    import shutil
+    runs = {name: str(tmp_path / name) for name in ("own", "other")}
+    for workdir in runs.values():
+        shutil.copytree(chain["albedo"], workdir)
+    own = _evaluate_cli(f"--workdir={runs['own']}")
+    assert own.returncode == 0 and own.stderr == "", own.stderr
+    results = json.load(open(os.path.join(runs["own"], "eval", "results.json")))
+    assert results["test_set"]["data.source"] == "synthetic" and results["test_set"]["data.seed"] == 0
+    assert "data.source='synthetic'" in own.stdout.splitlines()[0]
+    other = _evaluate_cli("--config=configs/albedo.py:smoke", "--config.data.seed=3", f"--workdir={runs['other']}",
+                          f"--compare={runs['own']}")
+    assert other.returncode == 0 and other.stderr.splitlines() == [
+        "maginet_jax.evaluate: warning: the two runs were scored on different held-out examples: data.seed 3 "
+        "against 0"], other.stderr
+    same = _evaluate_cli(f"--workdir={runs['own']}", f"--compare={runs['own']}")
+    assert same.returncode == 0 and same.stderr == "", same.stderr
+
+
 @pytest.mark.parametrize("args,message", [
     (["--config.data.seed=3"], "--config.KEY=VALUE overrides need --config=FILE"),
     (["--workdir=/nonexistent/run"], "--workdir='/nonexistent/run' is not a maginet_jax run directory"),
