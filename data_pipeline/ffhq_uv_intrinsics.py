@@ -65,7 +65,8 @@ def layout(root: str, input_file: str, uv_maps_dir: str = "") -> tuple[epath.Pat
     if input_file == "uv_map" and not uv_dir.is_dir():
         raise ValueError(f"FFHQ-UV textures not found at {str(uv_dir)!r}: set data.uv_maps_dir, or "
                          f"data.input_file=diffuse to learn from the raw diffuse pass")
-    return data, uv_dir, sorted(d.name for d in data.iterdir() if d.is_dir())
+    # Hidden directories (.ipynb_checkpoints, a sync tool's) are not subjects.
+    return data, uv_dir, sorted(d.name for d in data.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 def subject_files(data: epath.Path, uv_dir: epath.Path, subject: str, stems: dict[str, str]) -> dict[str, epath.Path]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data_pipeline import loader, make_fixture
-from data_pipeline.ffhq_uv_intrinsics import FFHQUVIntrinsicsSource, is_test_subject
+from data_pipeline.ffhq_uv_intrinsics import FFHQUVIntrinsicsSource, is_test_subject, layout
 from conftest import REPO
 
 
@@ -25,6 +25,13 @@ def test_layout(fixture_root):
         "ambient_occlusion.png", "diffuse.png", "light_normalized.png", "normal.png", "specular.png",
         "translucency.png"]
     assert os.path.isfile(os.path.join(fixture_root, "uv-maps", "000003.png"))
+
+
+def test_hidden_directories_are_not_subjects(fixture_root, tmp_path):
+    root = str(tmp_path / "raw")
+    shutil.copytree(fixture_root, root)
+    os.makedirs(os.path.join(root, "Data", ".ipynb_checkpoints"))
+    assert layout(root, "uv_map")[2] == layout(fixture_root, "uv_map")[2] == [f"{i:06d}" for i in range(24)]
 
 
 def test_split_is_disjoint_complete_and_by_id(fixture_root):
