@@ -28,20 +28,32 @@ from data_pipeline.synthetic import SyntheticSource
 SOURCES = ("synthetic", "ffhq_uv_intrinsics", "ffhq_uv_intrinsics_raw")
 
 
-def _end_with_parent() -> None:
-    """In a grain worker process: have the kernel kill it when the main process dies. grain's workers are
-    daemons, which end with a main process that exits, not with one that is killed (SIGKILL, out of memory):
-    such orphans were found alive half an hour later. Workers are spawned and unpickle these transforms, so
-    they import this module."""
+def _start_worker() -> None:
+    """Run in each grain worker process as it unpickles its `Decode` (grain's DataLoader takes no worker
+    initialiser). Not at import: a worker spawned for `python -m maginet_jax.train` imports this module while
+    multiprocessing bootstraps, before `parent_process()` is known, and so was left as it was.
+
+    - Ctrl-C and SIGTERM go to the whole process group (a terminal; a batch system's warning signal). The main
+      process decides when to stop (it saves a checkpoint first); a worker killed by them made the main
+      process's next batch a traceback instead. grain stops its workers itself (an event, then SIGKILL).
+    - The kernel kills the worker when the main process dies. grain's workers are daemons, which end with a main
+      process that exits, not with one that is killed (SIGKILL, out of memory): such orphans were found alive
+      half an hour later.
+    """
     parent = multiprocessing.parent_process()
-    if parent is None or not sys.platform.startswith("linux"):
+    if parent is None:  # a copy unpickled in the main process
         return
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent.pid:  # the parent died before the request was made
-        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent.pid:  # the parent died before the request was made
+            os._exit(1)
 
 
-_end_with_parent()
+def _decode_in_worker() -> "Decode":
+    _start_worker()
+    return Decode()
 
 
 def make_source(data_config, split: str, num_records: int, passes: Sequence[str]):
@@ -147,7 +159,11 @@ def _spatial_keys(record: dict) -> list[str]:
 
 
 class Decode(grain.transforms.Map):
-    """Integer-coded pixels → float32 in [0, 1] (by the dtype's range, so 8- and 16-bit PNGs both work)."""
+    """Integer-coded pixels → float32 in [0, 1] (by the dtype's range, so 8- and 16-bit PNGs both work). Every
+    loader's first operation: unpickled in a worker, it sets the worker up (`_start_worker`)."""
+
+    def __reduce__(self):
+        return _decode_in_worker, ()
 
     def map(self, record: dict) -> dict:
         out = {}

@@ -1,5 +1,7 @@
 """Source → decode → augment → batch: dtypes, shared geometry, normal flips, sharding and exact resume."""
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -157,17 +159,44 @@ def test_worker_processes_resume_exactly_and_read_the_same_records():
         iter(_loader(_source(), worker_count=0)).set_state(state)
 
 
-_ORPHAN_SCRIPT = """
-import time
+# A main process with grain workers, run as `python -m` (as the CLIs are: its workers then import this module before
+# multiprocessing knows their parent). It prints "ready" once the workers run; after a SIGINT or SIGTERM (which it
+# notes, as the training loop does) it reads more batches than the workers' buffers hold, and prints "read".
+_WORKERS_MAIN = """
+import signal, time
 from absl import flags
-flags.FLAGS.mark_as_parsed()
 from data_pipeline import loader, synthetic
-it = iter(loader.make_loader(synthetic.SyntheticSource(num_records=8, resolution=16), batch_size=2,
-                             crop_size=16, train=True, seed=0, worker_count=2))
-next(it)
-print("ready", flush=True)
-time.sleep(600)
+
+
+def main():
+    got = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda s, frame: got.append(s))
+    it = iter(loader.make_loader(synthetic.SyntheticSource(num_records=8, resolution=16), batch_size=2,
+                                 crop_size=16, train=True, seed=0, worker_count=2))
+    next(it)
+    print("ready", flush=True)
+    while not got:
+        time.sleep(0.05)
+    time.sleep(1.0)  # a worker that did not ignore the signal is dead by now
+    for _ in range(20):
+        next(it)
+    print("read", flush=True)
+
+
+if __name__ == "__main__":
+    flags.FLAGS.mark_as_parsed()
+    main()
 """
+
+
+def _start_workers_main(tmp_path) -> subprocess.Popen:
+    (tmp_path / "workers_main.py").write_text(_WORKERS_MAIN)
+    env = {**os.environ, "PYTHONPATH": REPO}
+    main = subprocess.Popen([sys.executable, "-m", "workers_main"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    assert main.stdout.readline().strip() == "ready"
+    return main
 
 
 def _running(pid: int) -> bool:
@@ -184,10 +213,9 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def test_workers_end_when_the_main_process_is_killed():
-    main = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT], cwd=REPO, stdout=subprocess.PIPE, text=True)
+def test_workers_end_when_the_main_process_is_killed(tmp_path):
+    main = _start_workers_main(tmp_path)
     try:
-        assert main.stdout.readline().strip() == "ready"
         workers = _children(main.pid)
         assert workers, "no grain worker processes were started"
     finally:
@@ -198,3 +226,16 @@ def test_workers_end_when_the_main_process_is_killed():
         time.sleep(0.1)
     alive = [w for w in workers if _running(w)]
     assert not alive, f"grain workers {alive} outlived their killed main process"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_workers_leave_a_stop_signal_to_the_main_process(tmp_path, signum):
+    """Ctrl-C in a terminal, or a batch system's warning SIGTERM, reaches every process of the group: workers that
+    died of it made the training loop's next batch a traceback, and the checkpoint it was about to save was lost."""
+    main = _start_workers_main(tmp_path)
+    try:
+        os.killpg(main.pid, signum)
+        out, _ = main.communicate(timeout=60)
+    finally:
+        main.kill()
+    assert main.returncode == 0 and out.strip() == "read", out
