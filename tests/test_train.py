@@ -113,6 +113,24 @@ def test_stop_request_saves_and_stops(how, tmp_path, monkeypatch):
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+def test_ctrl_c_in_a_multi_process_run_is_left_to_the_preemption_service():
+    """With several processes, Ctrl-C becomes a SIGTERM for JAX's preemption service, which picks the step all
+    processes stop at; the process that got it stopping at its own step left the others waiting for it. A
+    second Ctrl-C stops at once."""
+    from maginet_jax.training.processes import StopSignals
+    forwarded = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: forwarded.append(signum))  # the service's
+    stop = StopSignals(multiprocess=True).install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert forwarded == [signal.SIGTERM] and stop.received is None
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _poison(batch):
     return {**batch, "image": np.full_like(batch["image"], np.nan)}
 

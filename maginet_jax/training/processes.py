@@ -40,15 +40,21 @@ class StopSignals:
     """SIGTERM (how a TPU VM is preempted) and SIGINT (Ctrl-C) ask the loop to checkpoint and stop after the
     current step; a second Ctrl-C stops at once. With several processes, all must stop at the same step: JAX's
     preemption service (started by jax.distributed) catches SIGTERM and makes `reached_preemption` agree, so
-    only SIGINT is caught here, and passed on to it as SIGTERM. Handlers live in the main thread only."""
+    only SIGINT is caught here, and passed on to it as SIGTERM; `received` stays None there (a process that
+    stopped by itself would leave the others waiting for it at their next collective). Handlers live in the main
+    thread only."""
 
     def __init__(self, multiprocess: bool):
-        self.received, self._multiprocess, self._previous = None, multiprocess, {}
+        self.received, self._multiprocess, self._previous, self._forwarded = None, multiprocess, {}, False
 
     def _handle(self, signum, frame) -> None:
         if self._multiprocess:
+            if self._forwarded:
+                signal.default_int_handler(signum, frame)
+            self._forwarded = True
             os.kill(os.getpid(), signal.SIGTERM)
-        elif self.received is not None and signum == signal.SIGINT:
+            return
+        if self.received is not None and signum == signal.SIGINT:
             signal.default_int_handler(signum, frame)
         self.received = signal.Signals(signum).name
 
