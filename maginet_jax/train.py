@@ -294,8 +294,10 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                 pending.append(step_scalars)
                 last, scalars = step == config.num_train_steps, {}
                 stop = stop_signals.received is not None or checkpoints.reached_preemption(step)
-                log, evaluate = step % config.log_every_steps == 0 or last, step % config.eval_every_steps == 0 or last
                 save = step % config.checkpoint_every_steps == 0 or last or stop
+                # A log row averages the steps since the previous one. It is also written at every checkpoint, so
+                # a run resumed from one logs the rows an uninterrupted run does.
+                log, evaluate = step % config.log_every_steps == 0 or save, step % config.eval_every_steps == 0 or last
                 if log or evaluate or save:
                     rows, pending = jax.device_get(pending), []
                     check_finite(rows, step - len(rows) + 1, saved)
