@@ -109,11 +109,16 @@ def validate(config, *, read_data: bool = True) -> None:
                    "model.remat": (config.model.get("remat", "none"), layers.REMATS)})
     sharding.check_rules(config.sharding.rules)
     compiler.ynn_fusion_types(compiler.setting(config))
-    for key in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-                "eval.batch_size", "eval.num_examples", "data.num_train_examples", "max_checkpoints_to_keep"):
-        value = functools.reduce(lambda c, part: c[part], key.split("."), config)
-        if value < 1:
-            raise UserError(f"{key} must be >= 1, got {value}")
+    at_least = {1: ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+                    "eval.batch_size", "eval.num_examples", "data.num_train_examples", "max_checkpoints_to_keep",
+                    "data.read_threads", "data.worker_buffer_size", "data.read_buffer_size"),
+                0: ("num_sample_images", "data.worker_count", "eval.worker_count", "optim.warmup_steps")}
+    for least, keys in at_least.items():
+        for key in keys:
+            section, _, name = key.rpartition(".")
+            value = (config[section] if section else config).get(name)  # None in configs saved by older versions
+            if value is not None and value < least:
+                raise UserError(f"{key} must be >= {least}, got {value}")
     after_warmup = max(config.num_train_steps - min(o.warmup_steps, config.num_train_steps), 1)
     if o.schedule == "constant_then_linear" and not 0 <= o.decay_steps <= after_warmup:
         raise UserError(f"optim.decay_steps={o.decay_steps} must be in [0, {after_warmup}] (the steps after warm-up)")
@@ -219,7 +224,7 @@ def evaluate_and_show(step: int, predict, params, frozen_nets, config, mesh, wri
                                          num_shown=config.num_sample_images)
     scalars, message = stage.report(config, means)
     logging.info("eval step %d: %s", step, message)
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and config.num_sample_images:
         groups = stage.samples(config)
         writer.write_images(step, {f"eval/{tag}": images.grid([shown[c] for c in columns])[None]
                                    for tag, columns in groups.items()})

@@ -53,6 +53,8 @@ def existing_workdir(tmp_path):
     (["--config.data.root=/tmp"], "data.source='synthetic' reads no files"),
     (["--config.model.norm=batch"], "model.norm='batch' is not one of"),
     (["--config.batch_size=0"], "batch_size must be >= 1"),
+    (["--config.data.worker_count=-1"], "data.worker_count must be >= 0, got -1"),  # was grain's traceback
+    (["--config.optim.warmup_steps=-3"], "optim.warmup_steps must be >= 0, got -3"),  # was accepted
     (["--config.losses.style=1.0"], "unknown config key 'style'"),
     (["--config.mesh=(('data',-1),('model',2))"], "mesh axis 'model' is not used by maginet_jax"),
     (["--config.mesh.data=3"], "--config.mesh.data: tuple indices must be integers"),  # names the flag

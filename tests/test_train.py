@@ -131,6 +131,14 @@ def test_ctrl_c_in_a_multi_process_run_is_left_to_the_preemption_service():
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_no_sample_images(tmp_path):
+    """num_sample_images=0 turns the sample grids off (it was a TypeError after the workdir was written)."""
+    c = smoke("refine", num_train_steps=2, eval_every_steps=2, num_sample_images=0)
+    train.train_and_evaluate(c, str(tmp_path))
+    assert not (tmp_path / "samples").exists()
+    assert [r["step"] for r in read_metrics(str(tmp_path)) if "eval/albedo_mse" in r] == [0, 2]
+
+
 def _poison(batch):
     return {**batch, "image": np.full_like(batch["image"], np.nan)}
 
