@@ -182,6 +182,11 @@ def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input
     first = image_io.read_image(files[0]) if single else None  # a single unreadable file is the error itself
     mask_image = image_io.read_image(mask) if mask else None
     predictor = Predictor(albedo_workdir, refine_workdir, passes_workdir, size, joint_workdir=joint_workdir)
+    written = {os.path.realpath(os.path.join(output_dir, f"{os.path.splitext(os.path.basename(f))[0]}_{name}.png"))
+               for f in files for name in ("albedo", *predictor.passes, "sheet")}
+    overwritten = [f for f in files if os.path.realpath(f) in written]
+    if overwritten:  # e.g. --output is the input directory, which holds a.png and a_normal.png
+        raise UserError(f"--output {output_dir!r} would overwrite the input {overwritten[0]!r}: write elsewhere")
     runs.prepare_workdir(output_dir)  # only once every input has been checked
 
     def one(path: str, image: np.ndarray) -> None:

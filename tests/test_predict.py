@@ -119,6 +119,19 @@ def test_directory_with_a_bad_file(chain, odd_image, tmp_path):
     assert "a_normal.png" in os.listdir(tmp_path / "out")
 
 
+def test_outputs_never_overwrite_an_input(chain, odd_image, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "a_normal.png"):  # a texture, and a normal map someone keeps beside it
+        (folder / name).write_bytes(open(odd_image, "rb").read())
+    before = (folder / "a_normal.png").read_bytes()
+    r = _predict_cli(chain, f"--passes_workdir={chain['passes']}", f"--input={folder}", f"--output={folder}")
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        f"maginet_jax.predict: error: --output {str(folder)!r} would overwrite the input "
+        f"{str(folder / 'a_normal.png')!r}: write elsewhere"], r.stderr
+    assert sorted(os.listdir(folder)) == ["a.png", "a_normal.png"] and (folder / "a_normal.png").read_bytes() == before
+
+
 @pytest.mark.parametrize("case,message", [
     ("empty", "holds no files"),
     ("text", "not an image Pillow can read"),
