@@ -32,6 +32,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.init = ml_collections.ConfigDict()
     c.init.albedo_workdir = ""  # a finished stage-1 run
     c.init.refine_workdir = ""  # a finished stage-2 run; with neither: ground-truth albedo
+    # Their checkpoints to use; 0: the latest when this run starts, recorded in its config.json and kept on resume.
+    c.init.albedo_step = c.init.refine_step = 0
     c.init.pix2pixhd = ""  # start G (and D) from an import_pix2pixhd directory or a passes run
 
     # Predicted passes, in output-channel order, and the channels of each (1: grey, 3: RGB).

@@ -46,6 +46,7 @@ def evaluate_run(config, workdir: str) -> dict:
     """Scores the latest checkpoint in `workdir` (its parameters only); writes and returns the results."""
     mesh = sharding.make_mesh(config.mesh)
     stage = train.STAGES[config.stage]
+    runs.pin_upstream(config, workdir, resumed=True)  # the upstream checkpoints it was trained against
     directory = runs.params_dir(workdir, what="--workdir")
     if directory.name != "state":
         raise UserError(f"--workdir {workdir!r} holds imported weights, not a trained run")

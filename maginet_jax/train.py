@@ -258,6 +258,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     # run a program whose every output the restore overwrites. (Read before the manager below exists: creating it
     # creates checkpoints/, which an `init` that fails, e.g. on a bad import, should not leave behind.)
     start = runs.latest_step(runs.run_path(workdir) / "checkpoints") or 0
+    runs.pin_upstream(config, workdir, resumed=bool(start))
     graphdefs, state = (abstract_state(stage.networks(config), stage.optimizers(config), mesh, config.sharding)
                         if start else stage.init(config, mesh))
     # The state is donated to every step; the networks that are not trained are placed on the devices once

@@ -75,6 +75,28 @@ def test_passes_run_resumes_exactly(tmp_path, monkeypatch):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_a_resumed_run_keeps_the_upstream_checkpoint_it_started_from(chain, tmp_path, monkeypatch):
+    """Stage 1 trains on (2 more steps) while a stage-2 run is down: the resumed stage-2 run still trains against
+    stage 1's step 12, the one it started from (its config.json says so), and ends exactly where the chain's
+    uninterrupted refine run, trained against step 12 too, ended. Before, every start took the latest."""
+    import shutil
+    albedo = str(tmp_path / "albedo")
+    shutil.copytree(chain["albedo"], albedo)
+    refine = str(tmp_path / "refine")
+    crash_during_step(monkeypatch, 7)  # the last checkpoint is step 6
+    with pytest.raises(Interrupted):
+        train.train_and_evaluate(smoke("refine", **{"init.albedo_workdir": albedo}), refine)
+    monkeypatch.undo()
+    train.train_and_evaluate(smoke("albedo", num_train_steps=14), albedo)
+    assert runs.latest_step(runs.run_path(albedo) / "checkpoints") == 14
+    resumed = train.train_and_evaluate(smoke("refine", **{"init.albedo_workdir": albedo}), refine)
+    assert runs.read_config(refine, expect_stage="refine", what="w").init.albedo_step == 12
+    _, _, want = runs.load_params(chain["refine"], train.STAGES["refine"].networks, stage="refine", what="w",
+                                  mesh=sharding.make_mesh((("data", -1),)))
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_wrong_stage_as_input_is_a_clear_error(chain, tmp_path):
     with pytest.raises(UserError, match="holds a 'refine' run, not 'albedo'"):
         train.train_and_evaluate(smoke("passes", **{"init.albedo_workdir": chain["refine"]}), str(tmp_path))

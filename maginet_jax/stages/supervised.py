@@ -168,7 +168,8 @@ def validate_inputs(config) -> None:
 
 
 def load_upstream(init_config, mesh: Mesh, *, label: str = "init.{}_workdir") -> dict:
-    """The finished runs `init_config` names ({"albedo": (graphdef, params), "refine": ...}), replicated.
+    """The finished runs `init_config` names ({"albedo": (graphdef, params), "refine": ...}), replicated: each
+    its checkpoint of `init.<stage>_step` (0: the latest; see `runs.pin_upstream`).
 
     `label` names the settings in error messages ("init.{}_workdir" in training, "--{}_workdir" in prediction).
     """
@@ -177,7 +178,7 @@ def load_upstream(init_config, mesh: Mesh, *, label: str = "init.{}_workdir") ->
         workdir = init_config.get(f"{stage}_workdir")
         if workdir:
             _, graphdefs, params = runs.load_params(workdir, networks, stage=stage, what=label.format(stage),
-                                                    mesh=mesh)
+                                                    mesh=mesh, step=init_config.get(f"{stage}_step") or 0)
             upstream[stage] = (graphdefs["model"], params["model"])
     return upstream
 

@@ -83,16 +83,36 @@ def latest_step(checkpoints: epath.Path) -> int | None:
         return manager.latest_step()
 
 
-def params_dir(workdir: str, *, what: str) -> epath.Path:
-    """The saved tree to read: `<workdir>/params` (imported weights) or the latest checkpoint's state."""
+def params_dir(workdir: str, *, what: str, step: int = 0) -> epath.Path:
+    """The saved tree to read: `<workdir>/params` (imported weights), else the checkpoint of `step` (0: the
+    latest) and its state."""
     imported = run_path(workdir) / "params"
     if imported.is_dir():
         return imported
     root = run_path(workdir) / "checkpoints"
+    if step:
+        if not (root / str(step) / "state").is_dir():
+            raise UserError(f"{what}={workdir!r} has no checkpoint of step {step} (the step this run was started "
+                            f"from; its max_checkpoints_to_keep may have deleted it)")
+        return root / str(step) / "state"
     step = latest_step(root)
     if step is None:
         raise UserError(f"{what}={workdir!r} has no finished checkpoint yet")
     return root / str(step) / "state"
+
+
+def pin_upstream(config, workdir: str, resumed: bool) -> None:
+    """Sets each `init.<stage>_step` of a run trained against a finished upstream run (`init.<stage>_workdir`)
+    that is 0 ("the latest"): a resumed run to the step its start used (from its config.json), a new one to the
+    upstream's latest step. The loop then saves them in config.json, so a resumed run, its evaluation and later
+    stages use the network it trained against, even after the upstream run has trained on."""
+    keys = [k for k in config.get("init", {}) if k.endswith("_step")]
+    saved = read_config(workdir, expect_stage=config.stage, what="--workdir").init if resumed and keys else {}
+    for key in keys:
+        upstream = config.init.get(key[:-len("_step")] + "_workdir")
+        if config.init[key] or not upstream or (run_path(upstream) / "params").is_dir():
+            continue
+        config.init[key] = saved.get(key) or latest_step(run_path(upstream) / "checkpoints") or 0
 
 
 def _key(path) -> str:
@@ -144,13 +164,14 @@ def abstract_networks(builds: dict[str, Build], mesh: Mesh) -> tuple[dict[str, n
 
 
 def load_params(workdir: str, networks: Callable[[ml_collections.ConfigDict], dict[str, Build]], *,
-                stage: str | tuple[str, ...], what: str, mesh: Mesh, names: tuple[str, ...] | None = None):
-    """(config, graphdefs, params) of a finished run, replicated over `mesh`: `networks(config)` rebuilds its
-    networks (all of them, or those in `names`)."""
+                stage: str | tuple[str, ...], what: str, mesh: Mesh, names: tuple[str, ...] | None = None,
+                step: int = 0):
+    """(config, graphdefs, params) of a finished run (its checkpoint of `step`; 0: the latest), replicated over
+    `mesh`: `networks(config)` rebuilds its networks (all of them, or those in `names`)."""
     config = read_config(workdir, expect_stage=stage, what=what)
     builds = networks(config)
     graphdefs, like = abstract_networks({name: builds[name] for name in names or builds}, mesh)
-    return config, graphdefs, restore_params(params_dir(workdir, what=what), like, what=what)
+    return config, graphdefs, restore_params(params_dir(workdir, what=what, step=step), like, what=what)
 
 
 def _as_tuples(x):
