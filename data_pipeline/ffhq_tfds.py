@@ -21,6 +21,7 @@ from typing import Sequence
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -229,6 +230,11 @@ def prepare(root: str, *, tfds_dir: str = "", resolution: int = 512, input_file:
         multihost_utils.sync_global_devices(f"prepared {builder.data_dir}")
         builder = FfhqUvIntrinsics(config=config, data_dir=tfds_dir or None,
                                    file_format="array_record", uv_maps_dir=uv_maps_dir, lenient=lenient)
+    skipped = builder.info.metadata.get("skipped_subjects") or {}
+    if skipped:  # said at every use: a run without data.lenient reuses a dataset that a lenient one prepared
+        first = next(iter(skipped))
+        logging.warning("the prepared dataset %s leaves out %d subjects with bad files (prepared with "
+                        "data.lenient), e.g. %s: %s", builder.data_dir, len(skipped), first, skipped[first])
     return builder
 
 

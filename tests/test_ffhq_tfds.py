@@ -1,6 +1,7 @@
 """The `ffhq_uv_intrinsics` TFDS builder on fixture trees in the dataset's exact layout: build, split, masks,
 bad data (strict and lenient), atomic builds, the build CLI, and training on the prepared dataset."""
 
+import logging
 import os
 import pickle
 import shutil
@@ -100,7 +101,7 @@ def _break(root, case):
 
 
 @pytest.mark.parametrize("case", ["truncated", "missing", "size", "channels"])
-def test_bad_data_strict_then_lenient(raw, tmp_path, case):
+def test_bad_data_strict_then_lenient(raw, tmp_path, case, caplog):
     root = str(tmp_path / "raw")
     shutil.copytree(raw, root)
     name, reason = _break(root, case)
@@ -116,6 +117,9 @@ def test_bad_data_strict_then_lenient(raw, tmp_path, case):
     skipped = lenient.info.metadata["skipped_subjects"]
     assert list(skipped) == ["000005"] and name in skipped["000005"]
     assert sum(s.num_examples for s in lenient.info.splits.values()) == 23
+    with caplog.at_level(logging.WARNING):  # a strict run reuses it, and is told what it leaves out
+        prepare(root, tfds_dir=tfds_dir, resolution=32, test_fraction=0.25)
+    assert "leaves out 1 subjects with bad files" in caplog.text and f"000005: {skipped['000005']}" in caplog.text
 
 
 def test_build_cli(raw, tmp_path):
