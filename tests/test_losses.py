@@ -66,6 +66,32 @@ def test_edge_loss_ignores_mask_boundary_and_outside():
     assert float(losses.edge_loss(y, x * mask, mask)) == 0.0
 
 
+def test_a_right_side_output_costs_nothing_at_the_mask_edge():
+    """Outside the mask the target is 0. Area-averaged with it, a cell half inside the mask wanted half the albedo:
+    a side output equal to the albedo of its valid pixels paid a loss (4e-4 at 1/2 size on a synthetic texture)."""
+    albedo = 0.2 + 0.6 * _rand(5, (1, 8, 8, 3))
+    mask = jnp.zeros((1, 8, 8, 1)).at[:, 1:7, 3:8].set(1.0)  # cells the mask's edge cuts, at 1/2 and 1/4
+    target = albedo * mask
+    right = [area_downsample_masked(albedo, mask, f) for f in (4, 2)]
+    assert float(losses.deep_supervision_loss(right, target, mask)) < 1e-12
+    t, m = losses.masked_downsample(target, mask, 2)
+    np.testing.assert_allclose(m[0, :, :, 0], losses.area_downsample(mask, 2)[0, :, :, 0])
+    assert float(losses.deep_supervision_loss([losses.area_downsample(target, 2)], target, mask)) > 1e-3
+
+
+def area_downsample_masked(x, mask, factor):
+    """The mean of x over each cell's pixels in the mask (0 where it has none), computed pixel by pixel."""
+    x, mask = np.asarray(x), np.asarray(mask)
+    b, h, w, c = x.shape
+    out = np.zeros((b, h // factor, w // factor, c))
+    for i in range(h // factor):
+        for j in range(w // factor):
+            m = mask[:, i * factor:(i + 1) * factor, j * factor:(j + 1) * factor]
+            if m.sum():
+                out[:, i, j] = (x[:, i * factor:(i + 1) * factor, j * factor:(j + 1) * factor] * m).sum((1, 2)) / m.sum()
+    return jnp.asarray(out, jnp.float32)
+
+
 def test_deep_supervision_uses_area_downsampled_targets():
     target = _rand(4, (1, 8, 8, 3))
     mask = jnp.ones((1, 8, 8, 1))

@@ -38,13 +38,19 @@ def area_downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     return x if factor == 1 else F.avg_pool2d(x, factor)
 
 
+def masked_downsample(target: torch.Tensor, mask: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if factor == 1:
+        return target, mask
+    weight = area_downsample(mask, factor)
+    return area_downsample(target * mask, factor) / weight.clamp_min(EPS), weight
+
+
 def deep_supervision_loss(sides: list[torch.Tensor], target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if not sides:
         return target.new_zeros(())
     terms = []
     for side in sides:
-        f = target.shape[2] // side.shape[2]
-        terms.append(masked_mse(side, area_downsample(target, f), area_downsample(mask, f)))
+        terms.append(masked_mse(side, *masked_downsample(target, mask, target.shape[2] // side.shape[2])))
     return sum(terms) / len(terms)
 
 

@@ -117,7 +117,7 @@ def train_step(state: TrainState, batch, frozen_nets, *, config, graphdefs) -> t
     cond = jax.lax.stop_gradient(out["refined"]) * 2.0 - 1.0
     d_loss, d_grads, real_out = passes.discriminator_gradients(params["discriminator"], cond, target * 2.0 - 1.0,
                                                                out["fake"], config=config, graphdefs=graphdefs)
-    half = {"albedo": losses.area_downsample(batch["albedo"], 2), "mask": losses.area_downsample(batch["mask"], 2)}
+    half = dict(zip(("albedo", "mask"), losses.masked_downsample(batch["albedo"], batch["mask"], 2)))
     albedo_view, refine_view = stage_view(config, "albedo"), stage_view(config, "refine")
 
     def total_loss(out):
