@@ -160,8 +160,9 @@ def test_worker_processes_resume_exactly_and_read_the_same_records():
 
 
 # A main process with grain workers, run as `python -m` (as the CLIs are: its workers then import this module before
-# multiprocessing knows their parent). It prints "ready" once the workers run; after a SIGINT or SIGTERM (which it
-# notes, as the training loop does) it reads more batches than the workers' buffers hold, and prints "read".
+# multiprocessing knows their parent). It prints "ready" once every worker has sent a batch (a worker still starting
+# has not set itself up yet); after a SIGINT or SIGTERM (which it notes, as the training loop does) it reads more
+# batches than the workers' buffers hold, and prints "read".
 _WORKERS_MAIN = """
 import signal, time
 from absl import flags
@@ -174,7 +175,8 @@ def main():
         signal.signal(signum, lambda s, frame: got.append(s))
     it = iter(loader.make_loader(synthetic.SyntheticSource(num_records=8, resolution=16), batch_size=2,
                                  crop_size=16, train=True, seed=0, worker_count=2))
-    next(it)
+    for _ in range(4):  # the workers take turns: both have set themselves up once each has sent a batch
+        next(it)
     print("ready", flush=True)
     while not got:
         time.sleep(0.05)
