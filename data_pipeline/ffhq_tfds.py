@@ -25,18 +25,10 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from data_pipeline.ffhq_uv_intrinsics import CHANNELS, PASS_FILES, fit, is_test_subject, layout, subject_files
-from maginet_jax import image_io
+from data_pipeline.ffhq_uv_intrinsics import (CHANNELS, PASS_FILES, BadSubjectData, fit, is_test_subject, layout,
+                                              read_codes, subject_files)
 
 RESOLUTIONS = (512, 1024)  # the predefined configs; any size >= 16 works (tests use small ones)
-
-
-class BadSubjectData(ValueError):
-    """A subject's file is missing, corrupt, or of the wrong size or channel count."""
-
-    def __init__(self, subject: str, path: str, reason: str):
-        super().__init__(f"subject {subject}: {path}: {reason}")
-        self.subject, self.path, self.reason = subject, str(path), reason
 
 
 def read_checked(path, subject: str, channels: int, size: int, dtype=np.uint8) -> np.ndarray:
@@ -44,12 +36,7 @@ def read_checked(path, subject: str, channels: int, size: int, dtype=np.uint8) -
 
     Files must be square and at least `size` wide (box-filtered down to it); 3-channel passes must be colour.
     """
-    if not epath.Path(path).is_file():
-        raise BadSubjectData(subject, path, "missing")
-    try:
-        codes = image_io.decode(epath.Path(path).read_bytes())
-    except (OSError, SyntaxError, ValueError) as e:
-        raise BadSubjectData(subject, path, f"corrupt or truncated image ({e})") from None
+    codes = read_codes(path, subject)
     h, w, c = codes.shape
     if w != h or w < size:
         raise BadSubjectData(subject, path, f"size {w}x{h}; expected a square of at least {size}")

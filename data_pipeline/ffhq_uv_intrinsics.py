@@ -48,9 +48,27 @@ def fit(codes: np.ndarray, channels: int, size: int) -> np.ndarray:
     return codes
 
 
-def read_png(path, channels: int, size: int) -> np.ndarray:
-    """The image at `path` as (size, size, channels) uint8 or uint16 codes (`fit` of `image_io.decode`)."""
-    return fit(image_io.decode(epath.Path(path).read_bytes()), channels, size)
+class BadSubjectData(ValueError):
+    """A subject's file is missing, corrupt, or of the wrong size or channel count."""
+
+    def __init__(self, subject: str, path: str, reason: str):
+        super().__init__(f"subject {subject}: {path}: {reason}")
+        self.subject, self.path, self.reason = subject, str(path), reason
+
+
+def read_codes(path, subject: str = "") -> np.ndarray:
+    """`image_io.decode` of the file at `path`; BadSubjectData (naming `subject`) if it is missing or unreadable."""
+    try:
+        return image_io.decode(epath.Path(path).read_bytes())
+    except FileNotFoundError:
+        raise BadSubjectData(subject, path, "missing") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadSubjectData(subject, path, f"corrupt or truncated image ({first_line(e)})") from None
+
+
+def read_png(path, channels: int, size: int, subject: str = "") -> np.ndarray:
+    """The image at `path` as (size, size, channels) uint8 or uint16 codes (`fit` of `read_codes`)."""
+    return fit(read_codes(path, subject), channels, size)
 
 
 def layout(root: str, input_file: str, uv_maps_dir: str = "") -> tuple[epath.Path, epath.Path, list[str]]:
@@ -93,14 +111,11 @@ class FFHQUVIntrinsicsSource:
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         files = subject_files(self._data_dir, self._uv_dir, self._ids[index], self._stems)
-        rec = {}
-        for k, path in files.items():
-            try:
-                rec[k] = read_png(path, CHANNELS[k], self._res)
-            except (OSError, ValueError, SyntaxError) as e:  # one line, not a traceback from a grain worker
-                reason = "missing" if isinstance(e, FileNotFoundError) else f"not a readable image ({first_line(e)})"
-                raise UserError(f"subject {self._ids[index]}: {path}: {reason} (data.source='ffhq_uv_intrinsics' "
-                                "checks every file when it prepares the dataset, and can skip bad subjects)") from None
+        try:
+            rec = {k: read_png(path, CHANNELS[k], self._res, self._ids[index]) for k, path in files.items()}
+        except BadSubjectData as e:  # one line, not a traceback from a grain worker
+            raise UserError(f"{e} (data.source='ffhq_uv_intrinsics' checks every file when it prepares the "
+                            "dataset, and can skip bad subjects)") from None
         valid = np.any(rec["albedo"] > 0, axis=-1, keepdims=True)
         rec["mask"] = np.where(valid, 255, 0).astype(np.uint8)
         if "albedo" not in self._passes:

@@ -155,7 +155,7 @@ def list_inputs(path: str) -> list[str]:
                    if not f.startswith(".") and os.path.isfile(os.path.join(path, f)))
     if not files:
         raise UserError(f"--input directory {path!r} holds no files")
-    stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    stems = [stem(f) for f in files]
     clashes = sorted({s for s in stems if stems.count(s) > 1})
     if clashes:
         raise UserError(f"--input directory {path!r}: several files share the stem(s) {clashes}, so their "
@@ -163,12 +163,22 @@ def list_inputs(path: str) -> list[str]:
     return files
 
 
-def write_outputs(output_dir: str, stem: str, image: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
-    """The pass PNGs and the labelled contact sheet of one input."""
+def stem(path: str) -> str:
+    """An input's file name without its extension: what its outputs' names start with."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def output_file(output_dir: str, input_path: str, name: str) -> str:
+    """Where the output `name` (a pass, or "sheet") of the input at `input_path` is written."""
+    return os.path.join(output_dir, f"{stem(input_path)}_{name}.png")
+
+
+def write_outputs(output_dir: str, path: str, image: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+    """The pass PNGs and the labelled contact sheet of the input at `path`."""
     for name, x in outputs.items():
-        image_io.write_png(os.path.join(output_dir, f"{stem}_{name}.png"), x, bits=16 if name == "normal" else 8)
+        image_io.write_png(output_file(output_dir, path, name), x, bits=16 if name == "normal" else 8)
     tiles = [("input", image)] + [(name.replace("_", " "), x) for name, x in outputs.items()]
-    image_io.write_png(os.path.join(output_dir, f"{stem}_sheet.png"), images.contact_sheet(tiles, tile=256))
+    image_io.write_png(output_file(output_dir, path, "sheet"), images.contact_sheet(tiles, tile=256))
 
 
 def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input_path: str, output_dir: str,
@@ -182,8 +192,8 @@ def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input
     first = image_io.read_image(files[0]) if single else None  # a single unreadable file is the error itself
     mask_image = image_io.read_image(mask) if mask else None
     predictor = Predictor(albedo_workdir, refine_workdir, passes_workdir, size, joint_workdir=joint_workdir)
-    written = {os.path.realpath(os.path.join(output_dir, f"{os.path.splitext(os.path.basename(f))[0]}_{name}.png"))
-               for f in files for name in ("albedo", *predictor.passes, "sheet")}
+    written = {os.path.realpath(output_file(output_dir, f, name)) for f in files
+               for name in ("albedo", *predictor.passes, "sheet")}
     overwritten = [f for f in files if os.path.realpath(f) in written]
     if overwritten:  # e.g. --output is the input directory, which holds a.png and a_normal.png
         raise UserError(f"--output {output_dir!r} would overwrite the input {overwritten[0]!r}: write elsewhere")
@@ -192,7 +202,7 @@ def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input
     def one(path: str, image: np.ndarray) -> None:
         h, w = image.shape[:2]
         valid = None if no_mask else fit_mask(mask_image, h, w) if mask else image_io.texture_mask(image)
-        write_outputs(output_dir, os.path.splitext(os.path.basename(path))[0], image, predictor(image, native, valid))
+        write_outputs(output_dir, path, image, predictor(image, native, valid))
 
     if single:
         one(files[0], first)

@@ -74,7 +74,7 @@ def test_a_right_side_output_costs_nothing_at_the_mask_edge():
     target = albedo * mask
     right = [area_downsample_masked(albedo, mask, f) for f in (4, 2)]
     assert float(losses.deep_supervision_loss(right, target, mask)) < 1e-12
-    t, m = losses.masked_downsample(target, mask, 2)
+    _, m = losses.masked_downsample(target, mask, 2)
     np.testing.assert_allclose(m[0, :, :, 0], losses.area_downsample(mask, 2)[0, :, :, 0])
     assert float(losses.deep_supervision_loss([losses.area_downsample(target, 2)], target, mask)) > 1e-3
 
