@@ -13,7 +13,7 @@ from flax import nnx
 
 from conftest import REPO, jit_apply, random_module
 from maginet_jax.models.albedo_net import AdaptiveFusion, AlbedoNet, build_albedo_net
-from maginet_jax.models.attention import ChannelGate, SpatialGate, peak
+from maginet_jax.models.attention import Attention, ChannelGate, SpatialGate, peak
 from maginet_jax.models.layers import Conv, ConvTranspose, GroupNorm, SubpixelConvTranspose, resize_to
 
 
@@ -81,6 +81,22 @@ def test_spatial_gate_is_per_pixel_and_sees_mean_and_max():
     assert g.shape == (1, 6, 6, 1)
     # Permuting channels leaves mean and max unchanged, so the gate too.
     np.testing.assert_allclose(gate.gate(x[..., ::-1]), g, rtol=1e-6)
+
+
+@pytest.mark.parametrize("gate", ["channel", "spatial"])
+def test_bfloat16_gate_gradients_follow_float32(gate):
+    """A gate's parameter gradients under bfloat16 are within 1% (L2) of float32's on the same bf16-exact input.
+    With the product and the sigmoid in bfloat16 they were 2-4% (channel) and 5-7% (spatial) off."""
+    x = np.random.default_rng(1).standard_normal((8, 64, 64, 16)).astype(jnp.bfloat16).astype(np.float32)
+    w = np.random.default_rng(2).standard_normal(x.shape).astype(np.float32)
+    def grads(dtype):
+        net = Attention(16, kind=gate, reduction=4, dtype=dtype, rngs=nnx.Rngs(0))
+        graphdef, params = nnx.split(net, nnx.Param)
+        loss = lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x.astype(dtype)).astype(jnp.float32) * w)
+        return jax.jit(jax.grad(loss))(params, x)  # x an argument: as a constant XLA folds the argmax for seconds
+    for ref, ours in zip(jax.tree.leaves(grads(jnp.float32)), jax.tree.leaves(grads(jnp.bfloat16))):
+        assert ours.dtype == jnp.float32
+        assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) < 0.01
 
 
 def test_peak_is_the_max_and_its_gradient_goes_to_one_element():

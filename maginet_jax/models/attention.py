@@ -24,6 +24,17 @@ def peak(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     return x
 
 
+def gated(x: jax.Array, gate: jax.Array) -> jax.Array:
+    """x · gate, multiplied in float32 and returned in x's dtype.
+
+    Under bfloat16 two roundings made the gates' parameter gradients several per cent off float32's (5-7% for the
+    spatial gate's conv on 8×64×64×16, 2-4% for the channel gate's MLP): the gate's cotangent, a sum of x · dy over
+    the axes the gate was broadcast along (every pixel for the channel gate), was accumulated in bfloat16, and the
+    sigmoid's derivative s(1 − s) was taken from a bfloat16 s, where 1 − s near 1 keeps a bit or two. So both the
+    gates' sigmoids (returning float32) and this product are float32: gate-sized work, next to the convolutions."""
+    return (x.astype(jnp.float32) * gate.astype(jnp.float32)).astype(x.dtype)
+
+
 class ChannelGate(nnx.Module):
     """Per-channel gate from average- and max-pooled descriptors through one shared MLP."""
 
@@ -33,13 +44,13 @@ class ChannelGate(nnx.Module):
         self.fc2 = nnx.Linear(hidden, channels, dtype=dtype, rngs=rngs)
 
     def gate(self, x: jax.Array) -> jax.Array:
-        """The (B, 1, 1, C) gate in [0, 1]."""
+        """The (B, 1, 1, C) gate in [0, 1], float32."""
         mlp = lambda d: self.fc2(nnx.relu(self.fc1(d)))
         logits = mlp(jnp.mean(x, axis=(1, 2))) + mlp(peak(x, (2, 1))[:, 0, 0])
-        return nnx.sigmoid(logits)[:, None, None, :]
+        return nnx.sigmoid(logits.astype(jnp.float32))[:, None, None, :]
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x * self.gate(x)
+        return gated(x, self.gate(x))
 
 
 class SpatialGate(nnx.Module):
@@ -49,13 +60,13 @@ class SpatialGate(nnx.Module):
         self.conv = Conv(2, 1, (kernel, kernel), padding="SAME", dtype=dtype, rngs=rngs)
 
     def gate(self, x: jax.Array) -> jax.Array:
-        """The (B, H, W, 1) gate in [0, 1]."""
+        """The (B, H, W, 1) gate in [0, 1], float32."""
         pooled = jnp.concatenate([jnp.mean(x, axis=-1, keepdims=True),
                                   peak(x, (-1,))], axis=-1)
-        return nnx.sigmoid(self.conv(pooled))
+        return nnx.sigmoid(self.conv(pooled).astype(jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x * self.gate(x)
+        return gated(x, self.gate(x))
 
 
 class Attention(nnx.Module):
