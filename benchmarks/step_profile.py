@@ -75,21 +75,24 @@ def op_kinds(hlo: str) -> dict[str, tuple[str, str]]:
         name, opcode, line = m.group(1), m.group(2), m.group(0)
         called = re.search(r"calls=%([\w.\-]+)", line)
         text = line + "\n" + (bodies.get(called.group(1), "") if called else "")
+        # The opcodes of the op and of the computation it calls: not a word search of the text, where an operand
+        # named %reduce.3 made an elementwise fusion that reads a reduction's result a reduction.
+        opcodes = {opcode} | {op for _, op in _INSTRUCTION.findall(text)}
         window = re.search(r"window=\{size=(\d+)", text)
         shape = line.split(" = ", 1)[1].split(f" {opcode}(", 1)[0]
         target = re.search(r'custom_call_target="([^"]+)"', line)
         library = target and next((kind for key, kind in _CUSTOM_CALLS if key in target.group(1)), None)
         if library:
             kinds[name] = (library, shape)
-        elif "convolution(" in text or opcode == "convolution":
+        elif "convolution" in opcodes:
             direction = ("weight gradient" if window and int(window.group(1)) > 11 else
                          "input gradient" if "transpose(jvp" in text else "forward")
             kinds[name] = (f"convolution, {direction}", shape)
-        elif " dot(" in text or opcode == "dot":
+        elif "dot" in opcodes:
             kinds[name] = ("dot", shape)
         elif opcode in ("transpose", "copy") or name.startswith(("transpose", "copy")):
             kinds[name] = ("transpose / copy", shape)
-        elif "reduce" in text:
+        elif opcodes & {"reduce", "reduce-window"}:
             kinds[name] = ("reduction", shape)
         else:
             kinds[name] = ("elementwise / other", shape)

@@ -498,6 +498,38 @@ def test_roofline_counts():
                           "custom-call.2", "loop_add_fusion"}
 
 
+_KINDS_HLO = """HloModule m
+
+%fused_reduce (p0: f32[4,8]) -> f32[4] {
+  %p0 = f32[4,8]{1,0} parameter(0)
+  %zero = f32[] constant(0)
+  ROOT %reduce.1 = f32[4]{0} reduce(%p0, %zero), dimensions={1}, to_apply=%add
+}
+
+%fused_scale (reduce.2: f32[4], p1: f32[4]) -> f32[4] {
+  %reduce.2 = f32[4]{0} parameter(0)
+  %p1 = f32[4]{0} parameter(1)
+  ROOT %multiply.1 = f32[4]{0} multiply(%reduce.2, %p1)
+}
+
+ENTRY %main (x: f32[4,8], y: f32[4]) -> f32[4] {
+  %x = f32[4,8]{1,0} parameter(0)
+  %y = f32[4]{0} parameter(1)
+  %reduce_fusion = f32[4]{0} fusion(%x), kind=kInput, calls=%fused_reduce
+  ROOT %scale_fusion = f32[4]{0} fusion(%reduce_fusion, %y), kind=kLoop, calls=%fused_scale
+}
+"""
+
+
+def test_op_kinds_reads_opcodes_not_names():
+    """A fusion is a reduction when it computes one, not when an operand's name says reduce (XLA names a fused
+    computation's parameters after the ops that feed it)."""
+    from benchmarks import step_profile
+    kinds = step_profile.op_kinds(_KINDS_HLO)
+    assert kinds["reduce_fusion"] == ("reduction", "f32[4]{0}")
+    assert kinds["scale_fusion"] == ("elementwise / other", "f32[4]{0}")
+
+
 def test_committed_roofline():
     """The committed roofline is what the script makes of the committed H100 profile, and the FLOPs it counts from
     cuDNN's and the dots' shapes are XLA's own count of that step (3.305e13, its profile's page) to 2%: the
