@@ -10,7 +10,8 @@ and take the same batch from the grain pipeline, at the config's batch size, res
 `--warmup` steps (their time, compilation included, is `warmup_s`), `--steps` rounds each time one step of every
 variant in turn, so the machine's noise hits all alike; a step's time runs until its results are computed
 (`block_until_ready`; PyTorch on a GPU: `torch.cuda.synchronize`). The pipeline is timed alone, reading as the
-config says (workers, threads), against what the JAX train step consumes.
+config says (workers, threads), against what the JAX train step consumes, once the batches its workers made
+ahead are drawn (`pipeline_rate`).
 
 Precision on a GPU: JAX computes float32 convolutions and matmuls in TF32 at its default precision; PyTorch is set
 to do the same (`allow_tf32` for cuDNN and cuBLAS), and the loss networks must be at
@@ -32,8 +33,11 @@ stderr, so a run cut off still says where its time went, and the report is writt
 (inference then reads "not timed"; JAX compiles its inference program only after that), again with inference, and
 again after the input pipeline's timing.
 
-Writes the JSON (device, versions, command, config, one object per variant in `results`) and, under
-`--out_dir/<device>/`, `<stage>.md` (a Markdown table) and `<stage>.png` (a bar chart).
+Writes the JSON (device, versions, command, config, one object per variant in `results`) and, beside it,
+`<stage>.md` (a Markdown table) and `<stage>.png` (a bar chart), named by `compare_report.stem`; with
+`--out_dir=benchmarks/results`, under `benchmarks/results/<device>/`, where the committed ones are (so an ad-hoc or
+smoke run no longer overwrites them). A run of the pipeline alone (`--variants=`) writes the JSON and prints its
+line, no table.
 """
 
 from __future__ import annotations
@@ -77,11 +81,14 @@ from maginet_jax.training import compiler, dry_runs, sharding  # noqa: E402
 _STAGE = flags.DEFINE_enum("stage", None, ["albedo", "refine", "passes"], "The stage to time (must be the config's).")
 _JSON = flags.DEFINE_string("json", None, "Where to write the results JSON.")
 _STEPS = flags.DEFINE_integer("steps", 15, "Timed rounds (one step of every variant each).")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per variant first (compilation, allocator warm-up).")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per variant first (at least 1: compilation, allocator "
+                                "warm-up).")
 _VARIANTS = flags.DEFINE_list("variants", "jax,torch_eager,torch_eager_channels_last,torch_compile,"
                               "torch_compile_channels_last", "Which variants to time (empty: only the pipeline).")
-_PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 20, "Batches of the input pipeline to time (0: skip).")
-_OUT_DIR = flags.DEFINE_string("out_dir", "benchmarks/results", "Table and chart go to <out_dir>/<device>/.")
+_PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 20, "Batches of the input pipeline to time, rounded up "
+                                          "to whole rounds of one a worker (0: skip).")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Table and chart go to <out_dir>/<device>/ (default: beside --json); "
+                               "benchmarks/results is where the committed ones are.")
 
 VARIANTS = ("jax", "torch_eager", "torch_eager_channels_last", "torch_compile", "torch_compile_channels_last")
 # Dense peak FLOP/s by device kind and dtype, for MFU (NVIDIA's data sheets, SXM parts); float32 runs in TF32.
@@ -96,6 +103,24 @@ def device_name() -> str:
     if d.platform == "cpu":
         return f"cpu-{os.cpu_count()}-cores"
     return d.device_kind.lower().replace(" ", "-")
+
+
+def check_flags(variants: list[str], steps: int, warmup: int, pipeline_batches: int, json_path: str) -> None:
+    """UserError for flags that leave nothing to time or nowhere to write; creates --json's directory (before any
+    timing, so a report is not lost at the end)."""
+    if variants and steps < 1:
+        raise UserError(f"--steps={steps}: time at least one round")
+    if variants and warmup < 1:
+        raise UserError(f"--warmup={warmup}: at least one untimed step (it compiles)")
+    if pipeline_batches < 0 or not (variants or pipeline_batches):
+        raise UserError(f"--pipeline_batches={pipeline_batches}: 0 skips the pipeline, more times it; with no "
+                        "--variants, at least 1")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--json={json_path}: cannot make its directory ({e.strerror})") from None
+    if os.path.isdir(json_path):
+        raise UserError(f"--json={json_path} is a directory: name the report's file")
 
 
 def check(config, stage: str, variants: list[str]) -> None:
@@ -267,7 +292,7 @@ def time_interleaved(variants: list, method: str, warmup: int, rounds: int) -> d
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
-        for _ in range(max(warmup, 1)):
+        for _ in range(warmup):
             runs[v.name]()
         out[v.name] = {"warmup_s": time.perf_counter() - t, "times": [],
                        "warmup_peak": int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None}
@@ -282,14 +307,22 @@ def time_interleaved(variants: list, method: str, warmup: int, rounds: int) -> d
 
 
 def pipeline_rate(config, num_batches: int) -> float:
-    """Training images per second the grain pipeline delivers alone, as the config configures it."""
+    """Training images per second the grain pipeline delivers alone, as the config configures it, once running.
+
+    The workers start together, and while the first batch is awaited each makes its own, up to its buffer
+    (`data.worker_buffer_size` batches): after two batches had been drawn, the next worker_count − 2 came at once,
+    and a short window (3 batches of 12 workers, as a GPU run timed) measured nothing but that. So the buffers'
+    worth is drawn untimed, and the clock then runs over whole rounds of one batch a worker (grain takes them in
+    turn), `num_batches` rounded up."""
+    workers = max(config.data.worker_count, 1)
     it = iter(loader.training_loader(config, config.batch_size))
-    for _ in range(2):  # workers started, buffers filled once
+    for _ in range(workers * config.data.worker_buffer_size + 1):
         next(it)
+    timed = -(-num_batches // workers) * workers
     t = time.perf_counter()
-    for _ in range(num_batches):
+    for _ in range(timed):
         next(it)
-    return num_batches * config.batch_size / (time.perf_counter() - t)
+    return timed * config.batch_size / (time.perf_counter() - t)
 
 
 def first_batch(config) -> dict:
@@ -354,11 +387,17 @@ def pipeline_report(config, num_batches: int, results: list[dict]) -> dict:
             "ratio": delivered / consumed if consumed else None, "worker_count": config.data.worker_count}
 
 
-def save(report: dict) -> str:
-    """Writes the JSON (--json), the table and the chart; returns the table's path."""
+def save(report: dict) -> str | None:
+    """Writes the JSON (--json) and, when a variant was timed, the table and the chart (beside the JSON, or under
+    --out_dir/<device>/); returns the table's path."""
     with open(_JSON.value, "w") as f:
         json.dump(report, f, indent=2)
-    table, chart = compare_report.write(report, os.path.join(_OUT_DIR.value, report["device"]))
+    if not report["results"]:  # the pipeline alone: no table, nor one overwritten with an empty one
+        progress(f"wrote {_JSON.value}")
+        return None
+    directory = (os.path.join(_OUT_DIR.value, report["device"]) if _OUT_DIR.value
+                 else os.path.dirname(os.path.abspath(_JSON.value)))
+    table, chart = compare_report.write(report, directory)
     progress(f"wrote {_JSON.value}, {table}, {chart}")
     return table
 
@@ -368,6 +407,7 @@ def main(argv) -> None:
     config = train.CONFIG.value  # --config and its overrides, as train.py defines them
     try:
         check(config, _STAGE.value, _VARIANTS.value)
+        check_flags(_VARIANTS.value, _STEPS.value, _WARMUP.value, _PIPELINE_BATCHES.value, _JSON.value)
         runners, flops, devices = build(config, _VARIANTS.value)
     except UserError as e:
         sys.exit(f"benchmarks.compare: error: {e}")
@@ -382,7 +422,7 @@ def main(argv) -> None:
         progress(f"timing the input pipeline ({_PIPELINE_BATCHES.value} batches)")
         report["pipeline"] = pipeline_report(config, _PIPELINE_BATCHES.value, report["results"])
         table = save(report)
-    print(open(table).read())
+    print(open(table).read() if table else compare_report.pipeline_line(report["pipeline"]))
 
 
 if __name__ == "__main__":

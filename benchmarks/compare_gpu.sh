@@ -4,7 +4,8 @@
 #
 #   bash benchmarks/compare_gpu.sh [JSON_DIR]          (default JSON_DIR: benchmarks/results/json)
 #
-# Tables and charts go to benchmarks/results/<device>/<stage>[_bfloat16].{md,png}, the reports to JSON_DIR.
+# Tables and charts go to ${COMPARE_OUT_DIR:-benchmarks/results}/<device>/<stage>[_bfloat16].{md,png}, the reports
+# to JSON_DIR (a rehearsal on another machine sets COMPARE_OUT_DIR, or it overwrites that machine's committed tables).
 # The loss networks run at perceptual.precision=default (TF32), as PyTorch's do. Both frameworks share the GPU in
 # one process, so the batches are below the paper configs' (albedo 16, refine 8, passes 8): albedo 8, refine 4,
 # passes 1. On an H100 (2026-11-26) JAX's albedo train step at batch 16 in bfloat16 asked for one 32.2 GiB buffer,
@@ -33,6 +34,7 @@ for dtype in $dtypes; do
     if [[ -z $variant ]]; then batch=(--config.batch_size="${gpu_batch[$stage]}"); fi
     "${PYTHON:-python}" -m benchmarks.compare --stage="$stage" --config="configs/${stage}.py${variant}" \
       --config.model.dtype="$dtype" --config.perceptual.precision="$perceptual" --variants="$variants" \
-      --json="${json_dir}/${stage}_${dtype}${suffix}.json" "${batch[@]}" "${extra[@]}"
+      --json="${json_dir}/${stage}_${dtype}${suffix}.json" --out_dir="${COMPARE_OUT_DIR:-benchmarks/results}" \
+      "${batch[@]}" "${extra[@]}"
   done
 done

@@ -28,6 +28,14 @@ def _infer_cells(r: dict) -> list[str]:
             f"{r['infer_images_per_s']:.1f}"]
 
 
+def pipeline_line(p: dict) -> str:
+    """What the input pipeline delivered against what the JAX train step consumes, one sentence."""
+    consumed = f"{p['jax_train_step_images_per_s']:.1f}" if p["jax_train_step_images_per_s"] else "n/a"
+    ratio = f"{p['ratio']:.1f}×" if p["ratio"] else "n/a"
+    return (f"Input pipeline alone ({p['worker_count']} grain workers): {p['images_per_s']:.1f} images/s; "
+            f"the JAX train step consumes {consumed} images/s ({ratio}).")
+
+
 def table(report: dict) -> str:
     """Markdown: one row per variant, step times in ms (median [min–max]), images/s, speed relative to JAX."""
     jax_train = next((r["train_step_s"] for r in report["results"] if r["variant"] == "jax"), None)
@@ -53,12 +61,8 @@ def table(report: dict) -> str:
     lines.append("")
     lines.append("JAX speed-up: the variant's train step time over JAX's (above 1: JAX is faster). Peak memory: "
                  + "; ".join(sorted({f"{r['framework']}: {r['memory_source']}" for r in report["results"]})) + ".")
-    p = report.get("pipeline")
-    if p:
-        consumed = f"{p['jax_train_step_images_per_s']:.1f}" if p["jax_train_step_images_per_s"] else "n/a"
-        ratio = f"{p['ratio']:.1f}×" if p["ratio"] else "n/a"
-        lines.append(f"Input pipeline alone ({p['worker_count']} grain workers): {p['images_per_s']:.1f} images/s; "
-                     f"the JAX train step consumes {consumed} images/s ({ratio}).")
+    if report.get("pipeline"):
+        lines.append(pipeline_line(report["pipeline"]))
     if report.get("note"):  # what a reader must know about how the figures were made (set by hand)
         lines += ["", report["note"]]
     lines += ["", f"Command: `{report['command']}`", "", f"![{stem(report)}]({stem(report)}.png)", ""]

@@ -8,7 +8,9 @@ import re
 import subprocess
 import sys
 import tarfile
+import time
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -316,13 +318,14 @@ def test_offline_gpu_weights_round_trip(tmp_path):
 
 def test_offline_gpu_run(tmp_path):
     """benchmarks/offline_gpu/run.sh, its install step skipped: a job that fits runs and is archived, one whose
-    limit is under 40 s is skipped; its working directory is removed."""
+    limit is under 40 s is skipped; its working directory is removed; its table goes where COMPARE_OUT_DIR says."""
     (tmp_path / "tmp").mkdir()
     out = _run("bash", "benchmarks/offline_gpu/run.sh", "float32:refine:jax:200", "float32:albedo:jax:30", env={
         "SKIP_INSTALL": "1", "PY": sys.executable, "OUT": str(tmp_path), "COMPARE_VARIANT": "smoke",
-        "TMPDIR": str(tmp_path / "tmp"),
-        "COMPARE_ARGS": f"--steps=1 --warmup=1 --pipeline_batches=0 --out_dir={tmp_path}"})
+        "TMPDIR": str(tmp_path / "tmp"), "COMPARE_OUT_DIR": str(tmp_path / "tables"),
+        "COMPARE_ARGS": "--steps=1 --warmup=1 --pipeline_batches=0"})
     assert "=== float32:refine:jax:200: exit 0" in out and "=== float32:albedo:jax:30: skipped" in out
+    assert [p.name for p in (tmp_path / "tables").glob("*/refine.md")] == ["refine.md"]  # not the committed one
     with tarfile.open(tmp_path / "results.tgz") as tar:
         names = tar.getnames()
         assert "json/refine_float32.json" in names and "log.txt" in names
@@ -331,13 +334,60 @@ def test_offline_gpu_run(tmp_path):
     assert not list((tmp_path / "tmp").glob("tmp.*"))
 
 
-def test_compare_bad_input_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--stage=albedo", "--config=configs/refine.py:smoke",
-                        f"--json={tmp_path}/r.json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("args, error", [
+    (["--stage=albedo"], "--stage=albedo but the config is of the 'refine' stage"),
+    (["--steps=0"], "--steps=0: time at least one round"),
+    (["--warmup=0"], "--warmup=0: at least one untimed step (it compiles)"),
+    (["--variants=", "--pipeline_batches=0"], "--pipeline_batches=0: 0 skips the pipeline, more times it; with no "
+                                              "--variants, at least 1"),
+    (["--json={tmp}/file/r.json"], "--json={tmp}/file/r.json: cannot make its directory (File exists)"),
+])
+def test_compare_bad_input_is_one_line(tmp_path, args, error):
+    (tmp_path / "file").write_text("")
+    args = [a.format(tmp=tmp_path) for a in [f"--json={tmp_path}/r.json", "--stage=refine", *args]]
+    r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--config=configs/refine.py:smoke", *args],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1] == ("benchmarks.compare: error: --stage=albedo but the config is of the "
-                                                 "'refine' stage")
+    assert r.stderr.strip().splitlines()[-1] == "benchmarks.compare: error: " + error.format(tmp=tmp_path)
     assert not (tmp_path / "r.json").exists()
+
+
+def test_compare_pipeline_alone_writes_no_table(tmp_path):
+    """--variants= times the pipeline alone: the JSON and its line, and no table beside it or under --out_dir (an
+    empty one used to replace the committed table of the stage)."""
+    out = _run(sys.executable, "-m", "benchmarks.compare", "--stage=refine", "--config=configs/refine.py:smoke",
+               "--variants=", "--pipeline_batches=2", f"--json={tmp_path}/json/p.json", f"--out_dir={tmp_path}/out")
+    report = json.loads((tmp_path / "json" / "p.json").read_text())  # its directory made for it
+    assert report["results"] == [] and report["pipeline"]["images_per_s"] > 0
+    assert out.strip().splitlines()[-1].startswith("Input pipeline alone (0 grain workers): ")
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["p.json"]
+
+
+class _Workers:
+    """A stand-in for grain's loader: `ready` batches are made before the first is drawn (the workers' buffers),
+    then each takes `seconds`."""
+
+    def __init__(self, ready: int, seconds: float):
+        self.ready, self.seconds = ready, seconds
+
+    def __iter__(self):
+        while True:
+            if self.ready:
+                self.ready -= 1
+            else:
+                time.sleep(self.seconds)
+            yield {}
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_pipeline_rate_is_the_steady_rate(monkeypatch, workers):
+    """Each of `workers` workers holding its two buffered batches when the clock would start, the rate is still
+    the steady one (a batch of 4 every 20 ms: 200 images/s), not the buffers' (with two batches drawn first, 3 of 4
+    workers' timed batches came at once)."""
+    from benchmarks import compare
+    config = ml_collections.ConfigDict({"batch_size": 4, "data": {"worker_count": workers, "worker_buffer_size": 2}})
+    monkeypatch.setattr(compare.loader, "training_loader", lambda c, b: _Workers(2 * workers, 0.02))
+    assert 150 < compare.pipeline_rate(config, 3) < 205
 
 
 def test_provenance_commit(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@
 # skipped under 40 s; after each, ${OUT:-/tmp}/results.tgz holds every report so far, the log, nvidia-smi's line
 # and the tables under benchmarks/results/. Environment: WHEELS (default .whl), WEIGHTS (default .weights),
 # SITE (default /tmp/site), PY (default python3), SKIP_INSTALL (set: use the interpreter as it is), and
-# compare_gpu.sh's own COMPARE_ARGS and COMPARE_VARIANT.
+# compare_gpu.sh's own COMPARE_ARGS, COMPARE_VARIANT and COMPARE_OUT_DIR.
 set -u
 export PYTHONUNBUFFERED=1
 start=$(date +%s)
