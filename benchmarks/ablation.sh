@@ -5,14 +5,15 @@
 #   python benchmarks/ablation_table.py runs/ablation
 # Each run is trained, evaluated (eval/results.json) and put through benchmarks/lighting_invariance.py
 # (eval/lighting.json); a step whose file exists is skipped, so an interrupted ablation continues where it stopped.
-# ABLATION_VARIANT (default demo; the tests use smoke) and ABLATION_ROOT (default runs/ablation) change both
-# models; ABLATION_ARGS adds config overrides to both trainings (the 256² ablation and the tests use it).
+# ABLATION_VARIANT (default demo; the tests use smoke; set and empty: the paper configs, no variant) and
+# ABLATION_ROOT (default runs/ablation) change both models; ABLATION_ARGS adds config overrides to both trainings
+# (the 256² ablation and the tests use it).
 # ABLATION_RECORD=DIR copies each finished run's figures, with the machine and commit, to DIR/<model>_seed<N>.json
 # (ablation_table.py --record): a record in the repository outlasts the session that made it, so an ablation too
 # long for one session can be completed over several.
 set -euo pipefail
 seeds=("${@:-0 1 2 3 4}")
-variant="${ABLATION_VARIANT:-demo}"
+variant="${ABLATION_VARIANT-demo}"  # not :-, for which an empty value is unset
 root="${ABLATION_ROOT:-runs/ablation}"
 read -r -a extra <<< "${ABLATION_ARGS:-}"
 for seed in ${seeds[@]}; do
@@ -22,7 +23,7 @@ for seed in ${seeds[@]}; do
       echo "skipping $wd: recorded in ${ABLATION_RECORD}"; continue
     fi
     if [[ ! -f "$wd/eval/results.json" ]]; then
-      python -m maginet_jax.train --config="configs/${model}.py:${variant}" --workdir="$wd" --config.seed="$seed" "${extra[@]}"
+      python -m maginet_jax.train --config="configs/${model}.py${variant:+:$variant}" --workdir="$wd" --config.seed="$seed" "${extra[@]}"
       python -m maginet_jax.evaluate --workdir="$wd" > /dev/null
     fi
     if [[ ! -f "$wd/eval/lighting.json" ]]; then

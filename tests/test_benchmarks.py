@@ -68,6 +68,23 @@ def test_ablation(ablation_root, tmp_path):
     assert r.returncode != 0 and "differ in their settings" in r.stderr
 
 
+@pytest.mark.parametrize("variant, config", [(None, "configs/albedo.py:demo"), ("", "configs/albedo.py"),
+                                              ("smoke", "configs/albedo.py:smoke")])
+def test_ablation_variant(tmp_path, variant, config):
+    """ABLATION_VARIANT set and empty trains the paper configs (the 512² recipe's); it used to mean demo. A `python`
+    stand-in on PATH logs what the script runs."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/log\n')
+    (tmp_path / "bin" / "python").chmod(0o755)
+    env = {"PATH": f"{tmp_path}/bin:{os.environ['PATH']}", "ABLATION_ROOT": str(tmp_path / "runs")}
+    env = {**{k: v for k, v in os.environ.items() if k != "ABLATION_VARIANT"}, **env}
+    if variant is not None:
+        env["ABLATION_VARIANT"] = variant
+    subprocess.run(["bash", "benchmarks/ablation.sh", "0"], cwd=REPO, env=env, check=True, timeout=60)
+    trains = [line.split() for line in (tmp_path / "log").read_text().splitlines() if "maginet_jax.train" in line]
+    assert [t[2] for t in trains] == [f"--config={config}", f"--config={config.replace('albedo', 'unet_baseline')}"]
+
+
 def test_committed_ablation_records_read():
     """The ablations' records in the repository (256², and 128² with 2000 steps) still make one table each, and
     docs/ablation.md shows those tables as the script prints them (a record added without the docs fails here)."""
