@@ -9,7 +9,9 @@ A run is `<dir>/<model>_seed<N>/` with `eval/results.json` (`python -m maginet_j
 `eval/lighting.json` (`benchmarks/lighting_invariance.py --json`). `--record DIR` writes each such run's figures,
 with the machine, versions, commit and settings they came from, to `DIR/<model>_seed<N>.json` (an existing record
 is kept), and a directory of records reads like one of runs: records committed to the repository let an ablation
-that needs more than one session be completed across sessions. Records of different settings are refused.
+that needs more than one session be completed across sessions. Records of different settings are refused. The
+machine, versions and commit are the recording process's, not read from the run: record a run where and when it was
+trained (`ablation.sh` with ABLATION_RECORD records each run as it finishes).
 
 The unpaired test is exact and assumes no distribution: the two-sided permutation p-value of the difference of
 means, over every way of splitting the pooled runs into groups of the two sizes (252 splits for 5 seeds each, so
