@@ -11,7 +11,8 @@
 #   launch/tpu_pod.sh stop   --project=P --zone=Z --name=N      # SIGTERM: checkpoint, then exit 0
 #   launch/tpu_pod.sh delete --project=P --zone=Z --name=N
 #
-# setup clones the repo into ~/maginet-jax on every worker and installs it with the `tpu` extra. run starts
+# setup clones the repo into ~/maginet-jax on every worker (or updates that clone), checks out --ref as the repo
+# has it now, and installs it with the `tpu` extra. run starts
 # `python -m maginet_jax.train --distributed` on every worker in the background (output in
 # ~/maginet-train.log); running it again with the same workdir resumes. See launch/README.md.
 set -euo pipefail
@@ -58,9 +59,11 @@ case "$command" in
       --accelerator-type="${opt[accelerator_type]}" --version="${opt[version]}" "${spot[@]}" ;;
   setup)
     need repo ref
-    ssh_all "set -e; if [ -d ~/maginet-jax ]; then cd ~/maginet-jax && git fetch -q origin; \
-else git clone -q $(printf '%q' "${opt[repo]}") ~/maginet-jax && cd ~/maginet-jax; fi; \
-git checkout -q $(printf '%q' "${opt[ref]}") && pip install -q -e '.[tpu]'" ;;
+    # The ref as the repo has it now, detached: `git checkout main` in an earlier clone kept its old main.
+    repo=$(printf '%q' "${opt[repo]}")
+    ssh_all "set -e; [ -d ~/maginet-jax ] || git clone -q $repo ~/maginet-jax; cd ~/maginet-jax; \
+git remote set-url origin $repo; git fetch -q origin $(printf '%q' "${opt[ref]}"); git checkout -q --detach FETCH_HEAD; \
+pip install -q -e '.[tpu]'" ;;
   run)
     need workdir
     [[ ${#train_args[@]} -gt 0 ]] || die "run needs the training arguments after --, e.g. -- --config=configs/albedo.py"

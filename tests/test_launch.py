@@ -1,6 +1,7 @@
 """Launch scripts: they parse, `tpu_pod.sh --dry_run` prints the gcloud commands, bad arguments are one line."""
 
 import os
+import shlex
 import subprocess
 
 import pytest
@@ -41,10 +42,31 @@ def test_tpu_pod_dry_run(command, extra, expected):
     assert r.returncode == 0 and r.stdout.strip() == expected, r.stdout + r.stderr
 
 
-def test_tpu_pod_setup_installs_the_tpu_extra():
-    r = _tpu("setup", *WHERE, "--repo=https://example.com/maginet-jax.git", "--ref=v1", "--dry_run")
-    assert r.returncode == 0 and "git clone -q https://example.com/maginet-jax.git ~/maginet-jax" in r.stdout
-    assert "git checkout -q v1 && pip install -q -e '\\''.[tpu]'\\''" in r.stdout
+def test_tpu_pod_setup_checks_out_the_ref_as_the_repo_has_it(tmp_path):
+    """setup's worker command, run here against a local repo (HOME in tmp_path, pip a stand-in that logs): it clones
+    and installs the `tpu` extra; run again after the repo's main moved, it updates the clone to the new main (it
+    used to check out the clone's own, older main)."""
+    origin = tmp_path / "origin"
+    git = lambda *a, cwd=origin: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=cwd,
+                                               check=True, capture_output=True, text=True).stdout.strip()
+    origin.mkdir()
+    git("init", "-q", "-b", "main")
+    git("commit", "-q", "--allow-empty", "-m", "one")
+    r = _tpu("setup", *WHERE, f"--repo={origin}", "--ref=main", "--dry_run")
+    assert r.returncode == 0, r.stderr
+    command = next(a for a in shlex.split(r.stdout) if a.startswith("--command="))[len("--command="):]
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "pip").write_text(f'#!/bin/sh\necho "$PWD $@" >> {tmp_path}/pip.log\n')
+    (tmp_path / "bin" / "pip").chmod(0o755)
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "PATH": f"{tmp_path}/bin:{os.environ['PATH']}"}
+    (tmp_path / "home").mkdir()
+    clone = tmp_path / "home" / "maginet-jax"
+    for message in ("one", "two"):
+        if message == "two":
+            git("commit", "-q", "--allow-empty", "-m", "two")
+        subprocess.run(["bash", "-c", command], env=env, check=True, capture_output=True, timeout=60)
+        assert git("log", "-1", "--format=%s", cwd=clone) == message
+    assert (tmp_path / "pip.log").read_text().splitlines() == [f"{clone} install -q -e .[tpu]"] * 2
 
 
 @pytest.mark.parametrize("args,message", [
