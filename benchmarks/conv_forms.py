@@ -13,9 +13,9 @@ the input and the parameters, a train step's work.
   `SubpixelConvTranspose` (`subpixel`, what the model uses).
 - up_global: the global generator's last upsampling, 128 → 64 channels, 256² → 512², the same two forms.
 - disc: the discriminator's 4×4 stride-1 convolution, 256 → 512 channels at 129² (its fourth layer at full
-  resolution): padding 2 in the convolution (`padded`, what the model does) against an explicit pad and a VALID
-  convolution (`valid`); on the H100 that layer's kernel gradient ran as a forward convolution over a 129×129
-  window.
+  resolution): padding 2 in the convolution (`padded`, what the model did) against an explicit pad and a VALID
+  convolution (`valid`, what `NLayerDiscriminator` does now); on the H100 the padded layer's kernel gradient ran as
+  a forward convolution over a 129×129 window.
 - disc_s2: the discriminator's second layer, 4×4 stride 2, 64 → 128 channels at 513², the same two forms.
 Before the timing, each pair's outputs and gradients are compared (relative L2 under 1e-2 in bfloat16, 1e-5 in
 float32); a mismatch stops the run with one error line.
