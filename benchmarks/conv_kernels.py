@@ -28,7 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.layer_timing import forward_backward, median_ms  # noqa: E402
+from benchmarks.layer_timing import forward_backward, median_ms, positive_int  # noqa: E402
 from maginet_jax.errors import UserError  # noqa: E402
 from maginet_jax.training import compiler  # noqa: E402
 
@@ -75,9 +75,9 @@ def timings(batch: int, size: int, cin: int, cout: int, kernel: int, rounds: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=positive_int, default=8)
     parser.add_argument("--shapes", default=DEMO_SHAPES, help="SIZE:CIN:COUT:KERNEL, comma-separated")
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=positive_int, default=20)
     parser.add_argument("--ynn", action="append", help="a config.xla_cpu_ynn_fusions value to compile JAX with "
                         f"(repeatable; default: {compiler.DEFAULT} and {compiler.XLA_DEFAULT})")
     args = parser.parse_args()

@@ -78,5 +78,10 @@ if __name__ == "__main__":
     if not any(a.split("=")[0] == "--config" for a in sys.argv):
         sys.argv.insert(1, "--config=configs/passes.py")  # before any --config.key override
     argv = train.parse_flags(sys.argv, prog="dry_run_table.py")
+    unknown = [r for r in _ROWS.value if r not in ROWS]
+    if unknown:
+        sys.exit(f"dry_run_table.py: error: --rows: {','.join(unknown)} unknown; choose from {','.join(ROWS)}")
+    if _DEVICES.value < 1 or not all(v.isdigit() and int(v) > 0 for v in _SIZES.value):
+        sys.exit("dry_run_table.py: error: --devices and --sizes must be positive integers")
     dry_runs.use_virtual_devices(_DEVICES.value, True)
     app.run(main, argv=argv, flags_parser=lambda a: a)

@@ -1,8 +1,10 @@
 """What the one-layer benchmarks (conv_kernels.py, conv_forms.py, norm_kernels.py) share: a layer's forward and
-backward pass as one jitted call, how far two forms of a layer may differ, and interleaved timing."""
+backward pass as one jitted call, how far two forms of a layer may differ, interleaved timing, and the argparse type
+of their counts (relight_speed.py's too)."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Callable
 
@@ -42,3 +44,21 @@ def median_ms(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, 
             call()
             times[name].append(time.perf_counter() - t)
     return {name: 1e3 * float(np.median(v)) for name, v in times.items()}
+
+
+def positive_ints(text: str) -> list[int]:
+    """argparse type: comma-separated positive integers, else argparse's one-line error."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: want positive integers, comma-separated")
+    return values
+
+
+def positive_int(text: str) -> int:
+    """argparse type: one positive integer."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: want a positive integer")
+    return int(text)

@@ -31,7 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks.layer_timing import forward_backward, median_ms, relative_l2, tolerance  # noqa: E402
+from benchmarks.layer_timing import forward_backward, median_ms, positive_int, relative_l2, tolerance  # noqa: E402
 from maginet_jax.models.layers import GroupNorm, make_norm  # noqa: E402
 
 PAPER_SHAPES = "512:64,256:128,128:256,64:512"
@@ -96,10 +96,10 @@ def timings(batch: int, size: int, channels: int, dtype, rounds: int) -> dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=positive_int, default=16)
     parser.add_argument("--shapes", default=PAPER_SHAPES, help="SIZE:CHANNELS, comma-separated")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=positive_int, default=20)
     args = parser.parse_args()
     try:
         shapes = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]

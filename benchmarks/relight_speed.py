@@ -19,6 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.layer_timing import positive_int, positive_ints  # noqa: E402
 from data_pipeline import synthetic  # noqa: E402
 from maginet_jax import relighting  # noqa: E402
 
@@ -29,12 +30,12 @@ RIG = relighting.Rig(lights=((-30, 20, 0.8, 0.8, 0.8), (50, 0, 0.3, 0.3, 0.4), (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="512,1024")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--sizes", type=positive_ints, default="512,1024")
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--rounds", type=positive_int, default=10)
     args = parser.parse_args()
     cases = {}
-    for size in map(int, args.sizes.split(",")):
+    for size in args.sizes:
         sample = synthetic.generate(0, 0, size, split="test")
         passes = {k: jnp.asarray(sample[k]) for k in relighting.PASSES}
         cases[f"{size}² x1"] = (passes, RIG.arrays(), 1)

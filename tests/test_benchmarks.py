@@ -144,6 +144,22 @@ def test_conv_kernels_bad_shape_is_one_line():
         "odd kernel"]
 
 
+@pytest.mark.parametrize("script, args, error", [
+    ("conv_kernels.py", ["--rounds=0"], "argument --rounds: '0': want a positive integer"),
+    ("norm_kernels.py", ["--batch=0"], "argument --batch: '0': want a positive integer"),
+    ("relight_speed.py", ["--sizes=512,abc"], "argument --sizes: '512,abc': want positive integers, comma-separated"),
+    ("dry_run_table.py", ["--rows=data,bogus"], "--rows: bogus unknown; choose from " + ",".join([
+        "data", "fsdp", "spatial", "spatial_remat", "bf16", "fsdp_bf16_remat"])),
+    ("dry_run_table.py", ["--sizes=1024,0"], "--devices and --sizes must be positive integers"),
+])
+def test_bad_counts_are_one_error_line(script, args, error):
+    """Before any work: these were tracebacks (a KeyError, int('abc'), a zero batch in XLA) or a table of NaN."""
+    r = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode in (1, 2) and r.stdout == "" and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"{script}: error: {error}"
+
+
 def test_conv_forms(monkeypatch):
     # the run checks that each case's two forms give the same output and gradients before timing them
     out = _run(sys.executable, "benchmarks/conv_forms.py", "--scale=64", "--rounds=1", "--dtype=float32")
