@@ -24,8 +24,11 @@ cost analysis leaves out: on an H100 the compiled count of the albedo step was 3
 (on a CPU the two agree to 1%).
 
 Peak memory of the train step: JAX's is XLA's buffer assignment for it (arguments + outputs + temporaries −
-donated), exact for the program on any device; PyTorch's, on a GPU, is the allocator's peak over the variant's
-warm-up steps (`torch.cuda.max_memory_allocated`, reset before them); on a CPU, where PyTorch keeps no allocator
+donated), exact for the program on any device; PyTorch's, on a GPU, is what the variant holds (its networks, loss
+networks and batch, as allocated when it was built) plus how far the allocator's peak over its warm-up steps rose
+above what was allocated when they began (`torch.cuda.max_memory_allocated`, reset before them): the other variants'
+networks and optimizer states, live beside it, are left out (committed reports before 2026-11-28 counted them); on
+a CPU, where PyTorch keeps no allocator
 statistics, the most bytes of tensors live at once over one more train step, by its memory profiler. Both
 frameworks share the GPU (the rounds interleave in one process), so a run whose JAX train step alone needs more
 than 45% of its memory stops with one error line before any PyTorch work. Progress lines with their times go to
@@ -71,7 +74,7 @@ import torch  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks import compare_report, provenance  # noqa: E402
+from benchmarks import compare_report, datasheets, provenance  # noqa: E402
 from benchmarks.torch_twin import steps, transfer  # noqa: E402
 from data_pipeline import loader  # noqa: E402
 from maginet_jax import train  # noqa: E402
@@ -91,9 +94,6 @@ _OUT_DIR = flags.DEFINE_string("out_dir", None, "Table and chart go to <out_dir>
                                "benchmarks/results is where the committed ones are.")
 
 VARIANTS = ("jax", "torch_eager", "torch_eager_channels_last", "torch_compile", "torch_compile_channels_last")
-# Dense peak FLOP/s by device kind and dtype, for MFU (NVIDIA's data sheets, SXM parts); float32 runs in TF32.
-_HOPPER = {"float32": 494.7e12, "bfloat16": 989.4e12}
-PEAK_FLOPS = {"H100": _HOPPER, "H200": _HOPPER}
 GPU_SHARE = 0.45  # of the GPU's memory JAX's train step may need (PyTorch's twin takes about as much beside it)
 
 
@@ -240,6 +240,7 @@ class TorchVariant:
         self.name, self.config = name, config
         self.layout = "channels_last" if name.endswith("channels_last") else "NCHW"
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        before = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
         fmt = torch.channels_last if self.layout == "channels_last" else torch.contiguous_format
         self.nets = steps.build(config)
         for key, module in jax_networks.items():
@@ -253,6 +254,9 @@ class TorchVariant:
             device=device, memory_format=fmt) for k, v in batch.items() if np.ndim(v) == 4}
         self.generator = torch.Generator(device=device).manual_seed(0)
         self.step = 0
+        # What this variant keeps on the GPU (networks, loss networks, batch): its share of what is allocated when
+        # its warm-up begins, beside the other variants' networks and optimizer states.
+        self.state_bytes = torch.cuda.memory_allocated() - before if torch.cuda.is_available() else 0
 
     def train_step(self):
         self.step += 1
@@ -265,7 +269,8 @@ class TorchVariant:
         if warmup_peak is None:  # a CPU: one more train step under the memory profiler
             return {"peak_memory_bytes": profiled_peak_bytes(self.train_step),
                     "memory_source": "memory profiler, live tensors"}
-        return {"peak_memory_bytes": warmup_peak, "memory_source": "allocator peak"}
+        return {"peak_memory_bytes": self.state_bytes + warmup_peak,
+                "memory_source": "allocator peak, less the other variants' state"}
 
 
 def profiled_peak_bytes(step) -> int:
@@ -285,17 +290,20 @@ def profiled_peak_bytes(step) -> int:
 
 
 def time_interleaved(variants: list, method: str, warmup: int, rounds: int) -> dict[str, dict]:
-    """{variant: {warmup_s, warmup_peak, times}}: `warmup` untimed calls each (on a GPU, PyTorch's allocator
-    peak over them), then `rounds` rounds of one call per variant."""
+    """{variant: {warmup_s, warmup_peak, times}}: `warmup` untimed calls each (on a GPU, `warmup_peak` is how far
+    PyTorch's allocator peak over them rose above what was allocated when they began), then `rounds` rounds of one
+    call per variant."""
     runs, out = {v.name: synced(getattr(v, method)) for v in variants}, {}
     for v in variants:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+            start = torch.cuda.memory_allocated()
         t = time.perf_counter()
         for _ in range(warmup):
             runs[v.name]()
         out[v.name] = {"warmup_s": time.perf_counter() - t, "times": [],
-                       "warmup_peak": int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None}
+                       "warmup_peak": (int(torch.cuda.max_memory_allocated() - start) if torch.cuda.is_available()
+                                       else None)}
         progress(f"{v.name}: {method} warm-up {out[v.name]['warmup_s']:.1f} s")
     for _ in range(rounds):
         for v in variants:
@@ -352,7 +360,8 @@ def make_report(config, runners: list, timings: dict, memory: dict, flops: dict,
                 warmup: int) -> dict:
     """The JSON report of the modes timed so far (`timings`: {"train"[, "infer"]: `time_interleaved`'s result};
     `memory`: {variant: its `memory()`})."""
-    peak = PEAK_FLOPS.get(next((k for k in PEAK_FLOPS if k in jax.devices()[0].device_kind), ""), {})
+    spec = datasheets.lookup(jax.devices()[0].device_kind)
+    peak = spec.flops if spec else {}
     results = []
     for v in runners:
         row = {"framework": v.name.replace("_channels_last", ""), "variant": v.name, "layout": v.layout,

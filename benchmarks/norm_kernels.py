@@ -31,11 +31,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks import datasheets  # noqa: E402
 from benchmarks.layer_timing import forward_backward, median_ms, positive_int, relative_l2, tolerance  # noqa: E402
 from maginet_jax.models.layers import GroupNorm, make_norm  # noqa: E402
 
 PAPER_SHAPES = "512:64,256:128,128:256,64:512"
-BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # bytes/s, NVIDIA's data sheets (SXM)
 
 
 def dot_group_norm(x, scale, bias, groups: int, epsilon: float = 1e-6):
@@ -109,7 +109,8 @@ def main() -> None:
         sys.exit(f"norm_kernels.py: error: --shapes={args.shapes!r}: each must be SIZE:CHANNELS, positive integers")
     dtype = jnp.dtype(args.dtype)
     kind = jax.devices()[0].device_kind
-    bandwidth = next((v for k, v in BANDWIDTH.items() if k in kind), None)
+    spec = datasheets.lookup(kind)
+    bandwidth = spec.bandwidth if spec else None
     print(f"batch {args.batch}, {args.dtype}, {args.rounds} interleaved rounds; jax {jax.__version__} on {kind}")
     print("| activation | " + " | ".join(f"{n} ms" for n in VARIANTS) + " | memory floor ms |")
     print("|---" * (len(VARIANTS) + 2) + "|")

@@ -1,6 +1,6 @@
 """How far a GPU train step is from what its program allows: each op's time against its roofline bound.
 
-    python -m benchmarks.roofline --from_trace=DIR [--device=H100] [--top 15]
+    python -m benchmarks.roofline --from_trace=DIR [--device="H100 PCIe"] [--top 15]
 
 DIR is what `python -m benchmarks.step_profile --trace_dir=DIR` kept on a GPU (the trace and the compiled HLO). For
 every op the trace timed, this counts from the HLO what it must do at the least: its FLOPs (convolutions, from the
@@ -25,10 +25,7 @@ import math
 import re
 import sys
 
-from benchmarks import compare, step_profile
-
-# HBM bandwidth by device kind (NVIDIA's data sheets, SXM parts), beside compare.PEAK_FLOPS.
-PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}
+from benchmarks import datasheets, step_profile
 
 _ARRAY = re.compile(r"\b(pred|bf16|f8e\w+|[subf]\d+)\[([\d,]*)\]")
 _LINE = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = ((?:\(.*?\)|\S+)) ([\w\-]+)\(([^)]*)\)(.*)$", re.M)
@@ -109,12 +106,12 @@ def op_costs(hlo: str) -> dict[str, tuple[int, int, bool]]:
     return costs
 
 
-def device_kind(header: str) -> str:
-    """The PEAK_BANDWIDTH key a trace's header line names."""
-    kind = next((k for k in PEAK_BANDWIDTH if k in header), None)
-    if kind is None:
-        raise ValueError(f"the trace's header names no GPU in {sorted(PEAK_BANDWIDTH)}; give --device")
-    return kind
+def device_spec(header: str) -> datasheets.Spec:
+    """The data sheet of the GPU a trace's header line names."""
+    spec = datasheets.lookup(header)
+    if spec is None:
+        raise ValueError(f"the trace's header names no GPU of {[s.name for s in datasheets.SPECS]}; give --device")
+    return spec
 
 
 def summarize(trace_dir: str, top: int, device: str | None = None) -> str:
@@ -123,13 +120,11 @@ def summarize(trace_dir: str, top: int, device: str | None = None) -> str:
     hlo, meta, trace = step_profile.read_kept(trace_dir)
     if not meta["on_gpu"]:
         raise ValueError("the trace is from a CPU; a roofline needs a GPU's trace (its kernels timed alone)")
-    device = device or device_kind(meta["header"])
-    if device not in PEAK_BANDWIDTH:
-        raise ValueError(f"--device={device!r}: expected one of {sorted(PEAK_BANDWIDTH)}")
+    spec = datasheets.by_name(device) if device else device_spec(meta["header"])
     kinds = step_profile.op_kinds(hlo)
     times, kind_of, _ = step_profile.op_times(trace, kinds)
     costs = op_costs(hlo)
-    peak, bandwidth = compare.PEAK_FLOPS[device], PEAK_BANDWIDTH[device]
+    peak, bandwidth, device = spec.flops, spec.bandwidth, spec.name
     rows = []  # (name, kind, measured ms, bound ms, GFLOP, MB, bound by)
     for name, us in times.items():
         flops, moved, fp32 = costs.get(name, (0, 0, False))
@@ -185,8 +180,8 @@ def summarize(trace_dir: str, top: int, device: str | None = None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="benchmarks.roofline", description=__doc__.splitlines()[0])
     parser.add_argument("--from_trace", required=True, help="what step_profile --trace_dir kept, on a GPU")
-    parser.add_argument("--device", help=f"the GPU's kind, one of {sorted(PEAK_BANDWIDTH)} (default: from the "
-                        "trace's header)")
+    parser.add_argument("--device", help=f"the GPU, one of {[s.name for s in datasheets.SPECS]} (default: from "
+                        "the trace's header)")
     parser.add_argument("--top", type=int, default=15, help="how many single ops to list")
     args = parser.parse_args()
     try:

@@ -41,7 +41,7 @@ def test_every_script_has_a_tiny_run():
                             "conv_forms.py", "conv_kernels.py", "cpu_options.py", "dry_run_table.py", "layer_timing.py",
                             "flat_pass_baseline.py", "kill_resume.py", "lighting_invariance.py",
                             "perceptual_cost.py", "relight_speed.py", "step_profile.py", "norm_kernels.py",
-                            "joint_vs_separate.sh", "roofline.py", "provenance.py"}, \
+                            "joint_vs_separate.sh", "roofline.py", "provenance.py", "datasheets.py"}, \
         "add a tiny run of the new script to this file (joint_vs_separate.sh's is in test_joint.py: it needs the " \
         "chained runs)"
 
@@ -309,10 +309,25 @@ def test_report_of_train_steps_alone(tmp_path):
     assert os.path.getsize(png) > 0
 
 
+def test_datasheets_tell_the_parts_apart():
+    """JAX's device kinds of Hopper parts get their own data sheet: the PCIe and NVL cards used to get the SXM
+    part's peaks. An unknown GPU gets none (and compare no MFU)."""
+    from benchmarks import datasheets
+    names = {kind: getattr(datasheets.lookup(kind), "name", None) for kind in (
+        "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H200", "NVIDIA H200 NVL",
+        "NVIDIA A100-SXM4-80GB")}
+    assert names == {"NVIDIA H100 80GB HBM3": "H100 SXM", "NVIDIA H100 PCIe": "H100 PCIe",
+                     "NVIDIA H100 NVL": "H100 NVL", "NVIDIA H200": "H200 SXM", "NVIDIA H200 NVL": "H200 NVL",
+                     "NVIDIA A100-SXM4-80GB": None}
+    assert datasheets.lookup("NVIDIA H100 PCIe").flops["bfloat16"] == 756.5e12
+    with pytest.raises(ValueError, match="expected one of"):
+        datasheets.by_name("H100")
+
+
 def test_committed_gpu_reports_are_consistent():
     """Each committed GPU report: its MFU is its FLOPs over its median step time and the card's peak, and its table
     is what compare_report makes of it, so a hand edit of one without the other fails here."""
-    from benchmarks import compare, compare_report
+    from benchmarks import compare_report, datasheets
 
     root = os.path.join(REPO, "benchmarks", "results")
     paths = [os.path.join(root, d, f) for d in sorted(os.listdir(root)) if d.startswith("nvidia")
@@ -321,7 +336,7 @@ def test_committed_gpu_reports_are_consistent():
     for path in paths:
         with open(path) as f:
             report = json.load(f)
-        peak = next(v for k, v in compare.PEAK_FLOPS.items() if k in report["device_kind"])
+        peak = datasheets.lookup(report["device_kind"]).flops
         for r in report["results"]:
             for mode in ("train", "infer") if "infer_step_s" in r else ("train",):  # inference may be untimed
                 mfu = report["flops_per_step"][mode] / r[f"{mode}_step_s"] / peak[r["dtype"]]
@@ -506,6 +521,38 @@ def test_committed_profile_reads_back():
         committed = f.read()
     assert out.strip() == committed[committed.index("albedo train step"):].strip()
     assert "| maginet_jax/models/layers.py:" in out and "| convolution, weight gradient |" in out
+
+
+def test_gpu_warmup_peak_leaves_out_what_was_live(monkeypatch):
+    """On a GPU a variant's warm-up peak is its rise above what was allocated when it began, not the allocator's
+    peak, which counted the variants built or warmed before it. A stand-in allocator: the first variant keeps 100
+    bytes after its steps (optimizer state) and peaks 50 above that; the second peaks 70 above where it began."""
+    from benchmarks import compare
+
+    class Allocator:
+        allocated = peak = 1000  # every variant's networks, built before any warm-up
+
+        def alloc(self, keep, transient):
+            self.peak = max(self.peak, self.allocated + keep + transient)
+            self.allocated += keep
+
+    a = Allocator()
+    monkeypatch.setattr(compare.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(compare.torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(compare.torch.cuda, "memory_allocated", lambda: a.allocated)
+    monkeypatch.setattr(compare.torch.cuda, "max_memory_allocated", lambda: a.peak)
+    monkeypatch.setattr(compare.torch.cuda, "reset_peak_memory_stats", lambda: setattr(a, "peak", a.allocated))
+
+    class Variant:
+        def __init__(self, name, keep, transient):
+            self.name, self.keep, self.transient, self.steps = name, keep, transient, 0
+
+        def train_step(self):
+            a.alloc(self.keep if not self.steps else 0, self.transient)
+            self.steps += 1
+
+    out = compare.time_interleaved([Variant("one", 100, 50), Variant("two", 0, 70)], "train_step", 2, 1)
+    assert {k: v["warmup_peak"] for k, v in out.items()} == {"one": 150, "two": 70}
 
 
 def test_pytorch_cpu_peak_memory():
