@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import signal
+import struct
 
 import jax
 import numpy as np
@@ -243,6 +244,34 @@ def test_mesh_errors():
     # as config.json has it; axes not named have size 1
     assert dict(sharding.make_mesh([["fsdp", 2]], jax.devices()[:2]).shape) == {"data": 1, "fsdp": 2, "spatial": 1}
     assert dict(sharding.make_mesh((("spatial", 2), ("data", -1))).shape) == {"data": 4, "fsdp": 1, "spatial": 2}
+
+
+def _events(path) -> list:
+    """The events of a TensorBoard event file (records: length, its CRC, the Event, its CRC)."""
+    from tensorboardX.proto.event_pb2 import Event
+    data, events, at = path.read_bytes(), [], 0
+    while at < len(data):
+        (n,) = struct.unpack("<Q", data[at:at + 8])
+        events.append(Event.FromString(data[at + 12:at + 12 + n]))
+        at += 12 + n + 4
+    return events
+
+
+def test_tensorboard_marks_the_steps_a_resumed_run_writes_again(tmp_path):
+    """A resumed run's event file opens with TensorBoard's purge marker at its first step, so the steps the crashed
+    run logged past its checkpoint are not drawn twice; a run that starts over marks step 0."""
+    from tensorboardX.proto.event_pb2 import SessionLog
+    from maginet_jax.training.writers import create_writer
+    for resume_step in (0, 40):
+        d = tmp_path / str(resume_step)
+        w = create_writer(str(d), resume_step=resume_step, is_main=True)
+        w.write_scalars(resume_step + 1, {"train/loss": 0.5})
+        w.close()
+        (events_file,) = d.glob("events.out.tfevents*")
+        events = _events(events_file)
+        starts = [e.step for e in events if e.HasField("session_log") and e.session_log.status == SessionLog.START]
+        assert starts == [resume_step + 1 if resume_step else 0]
+        assert [e.step for e in events if e.HasField("summary")] == [resume_step + 1]
 
 
 def test_metrics_of_a_run_killed_before_its_first_checkpoint_start_over(tmp_path):

@@ -47,9 +47,14 @@ class _EpathEventFiles:
 
 
 class TensorboardXWriter:
-    """clu MetricWriter look-alike on tensorboardX (no TensorFlow needed)."""
+    """clu MetricWriter look-alike on tensorboardX (no TensorFlow needed).
 
-    def __init__(self, logdir: str):
+    `purge_step`: the first step this run writes. The new event file starts with TensorBoard's purge marker (a
+    SessionLog START at that step), so TensorBoard drops what earlier files hold from that step on: the steps a
+    crashed run logged after its last checkpoint, which the resumed run logs again (metrics.jsonl drops them too).
+    """
+
+    def __init__(self, logdir: str, purge_step: int | None = None):
         # Imported here, and with torch hidden: tensorboardX imports torch when it is installed (~2-3 s on a
         # CPU, every training start) only to accept torch tensors, and this writer passes numpy.
         hide_torch = "torch" not in sys.modules
@@ -63,7 +68,7 @@ class TensorboardXWriter:
                 del sys.modules["torch"]
         if "://" in logdir:  # replaces tensorboardX's own gs:// writer, which needs google-cloud-storage
             record_writer.register_writer_factory(logdir.split("://")[0], _EpathEventFiles())
-        self._w = tensorboardX.SummaryWriter(logdir)
+        self._w = tensorboardX.SummaryWriter(logdir, purge_step=purge_step)
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         for k, v in scalars.items():
@@ -131,7 +136,9 @@ class MultiWriter:
 
 
 def create_writer(workdir: str, *, resume_step: int, is_main: bool) -> MultiWriter:
-    """TensorBoard (clu's writer if TensorFlow is installed) + metrics.jsonl on process 0; nothing elsewhere."""
+    """TensorBoard (clu's writer if TensorFlow is installed) + metrics.jsonl on process 0; nothing elsewhere. Steps
+    past `resume_step` that an earlier run logged are dropped from both (clu's writer cannot mark them for
+    TensorBoard: with TensorFlow installed, its curves keep them)."""
     if not is_main:
         return MultiWriter([])
     logdir = str(run_path(workdir))
@@ -139,7 +146,8 @@ def create_writer(workdir: str, *, resume_step: int, is_main: bool) -> MultiWrit
         from clu import metric_writers  # imports TensorFlow: only when it is installed
         tb = metric_writers.SummaryWriter(logdir)
     else:
-        tb = TensorboardXWriter(logdir)
+        # A resumed run's first row is step resume_step + 1; a run that starts over writes its step 0 again.
+        tb = TensorboardXWriter(logdir, purge_step=resume_step + 1 if resume_step else 0)
     return MultiWriter([tb, JsonlWriter(run_path(workdir) / "metrics.jsonl", resume_step)])
 
 
