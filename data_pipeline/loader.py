@@ -116,15 +116,16 @@ class GlobalBatchSampler:
 def make_loader(source, *, batch_size: int, crop_size: int, train: bool, seed: int, worker_count: int = 0,
                 flip: bool = True, worker_buffer_size: int = 2,
                 shard_options: grain.sharding.ShardOptions | None = None, read_threads: int = 16,
-                read_buffer_size: int = 500) -> grain.DataLoader:
+                read_buffer_size: int = 32) -> grain.DataLoader:
     """A DataLoader over this process's share of `source`, yielding dicts of (batch_size, ...) arrays.
 
     `batch_size` is per process. Training shuffles with `seed`, repeats forever, augments and drops the last
     partial batch; each process reads its slice of every global batch (`GlobalBatchSampler`). Evaluation
     reads one ordered pass, centre-cropped, each process (or `shard_options` shard) a contiguous block of
     records, and keeps the last partial batch (the caller pads it; shards differ by at most one record).
-    `read_threads` / `read_buffer_size` bound how far each worker reads ahead: grain's defaults suit file I/O,
-    but a CPU-bound source such as the synthetic generator then competes with the train step for cores.
+    `read_threads` / `read_buffer_size` bound how far each worker reads ahead (records): grain's 500 suits small
+    records, but at 1024² with every pass it held gigabytes per worker; and a CPU-bound source such as the synthetic
+    generator competes with the train step for cores.
     """
     if train:
         p, n = ((shard_options.shard_index, shard_options.shard_count) if shard_options

@@ -96,7 +96,8 @@ def evaluate(predict, params, frozen_nets, config, mesh: Mesh, *, full: bool = F
     source = loader.make_source(config.data, "test", config.eval.num_examples, passes)
     local_batch = config.eval.batch_size // jax.process_count()
     batches = loader.make_loader(source, batch_size=local_batch, crop_size=config.data.crop_size, train=False,
-                                 seed=config.seed, worker_count=config.eval.worker_count)
+                                 seed=config.seed, worker_count=config.eval.worker_count,
+                                 read_threads=config.data.read_threads, read_buffer_size=config.data.read_buffer_size)
     run = jit_eval_batch(tuple(sorted(compiler.options(config).items())))
     lpips_net = jax.device_put(nnx.split(LPIPS("alex")), sharding.replicated(mesh)) if full else None
     # Shards differ by up to one record, so one process may run out a batch early: it then joins the

@@ -241,3 +241,34 @@ def test_workers_leave_a_stop_signal_to_the_main_process(tmp_path, signum):
     finally:
         main.kill()
     assert main.returncode == 0 and out.strip() == "read", out
+
+
+@pytest.mark.parametrize("stage", ["albedo", "refine", "passes", "joint"])
+def test_paper_configs_read_ahead_within_a_few_gib(stage):
+    """What the training workers may hold read ahead at the paper configs, in records as the synthetic source
+    codes them (a prepared dataset's are the same arrays): under 4 GiB. grain's default read-ahead, 500 records a
+    worker, was 35 GiB at 1024² with every pass (8.8 GiB a worker, measured)."""
+    import importlib
+    config = importlib.import_module(f"configs.{stage}").get_config("")
+    d = config.data
+    record = synthetic.SyntheticSource(num_records=1, resolution=32, passes=("albedo", *config.get("passes", ())))[0]
+    record_bytes = sum(np.asarray(v).nbytes for v in record.values()) * (d.resolution / 32) ** 2
+    held = d.read_buffer_size * max(d.worker_count, 1) * record_bytes
+    assert held < 4 * 2**30, f"{held / 2**30:.1f} GiB"
+
+
+def test_held_out_pass_reads_ahead_as_configured(monkeypatch, smoke_config):
+    """The evaluation's loader takes data.read_threads and data.read_buffer_size (it took grain's 16 threads and
+    500 records, in the training process, whatever the config said)."""
+    import jax
+    from maginet_jax import evaluator
+    seen = {}
+
+    def fake(source, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop")
+    monkeypatch.setattr(loader, "make_loader", fake)
+    smoke_config.data.read_threads, smoke_config.data.read_buffer_size = 3, 7
+    with pytest.raises(RuntimeError, match="stop"):
+        evaluator.evaluate(None, None, None, smoke_config, jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)))
+    assert (seen["read_threads"], seen["read_buffer_size"]) == (3, 7)
