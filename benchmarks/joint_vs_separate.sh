@@ -31,10 +31,12 @@ for run in albedo refine passes; do
   src=$(eval echo \$${run^^}); rm -rf "$OUT/$run"; cp -r "$src" "$OUT/$run"
 done
 train albedo "$OUT/albedo" $(schedule $(( $(steps_of "$ALBEDO") + STEPS )) $A_LR)
+# A resumed run keeps the upstream steps it started from (its config.json): name the continued ones.
 train refine "$OUT/refine" $(schedule $(( $(steps_of "$REFINE") + STEPS )) $R_LR) \
-  --config.init.albedo_workdir="$OUT/albedo"
+  --config.init.albedo_workdir="$OUT/albedo" --config.init.albedo_step=$(steps_of "$OUT/albedo")
 train passes "$OUT/passes" $(schedule $(( $(steps_of "$PASSES") + STEPS )) $G_LR) \
-  --config.init.albedo_workdir="$OUT/albedo" --config.init.refine_workdir="$OUT/refine"
+  --config.init.albedo_workdir="$OUT/albedo" --config.init.refine_workdir="$OUT/refine" \
+  --config.init.albedo_step=$(steps_of "$OUT/albedo") --config.init.refine_step=$(steps_of "$OUT/refine")
 
 rm -rf "$OUT/start"; cp -r "$PASSES" "$OUT/start"  # its config.json still names the runs it started from
 python -m maginet_jax.evaluate --workdir="$OUT/start"

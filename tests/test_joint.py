@@ -143,3 +143,7 @@ def test_joint_vs_separate_script(chain, joint_run, tmp_path):
     assert results["joint"]["stage"] == "joint" and results["passes"]["rows"]["model"].keys() == \
         results["joint"]["rows"]["model"].keys()
     assert str(tmp_path / "joint") in r.stdout and str(tmp_path / "passes") in r.stdout  # the side-by-side table
+    # The separate arm's later stages sit on the continued earlier ones (resumed, a run kept its first upstream step).
+    init = lambda run: json.load(open(tmp_path / run / "config.json"))["init"]
+    assert init("refine")["albedo_step"] == 24
+    assert (init("passes")["albedo_step"], init("passes")["refine_step"]) == (24, 24)
