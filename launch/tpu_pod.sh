@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A MAGINet run on a Cloud TPU VM pod slice, end to end. Every parameter is explicit (nothing is taken from
-# gcloud's defaults); --dry_run prints the gcloud commands instead of running them.
+# gcloud's defaults); --dry_run (before any --, after which it is the training's own) prints the gcloud
+# commands instead of running them.
 #
 #   launch/tpu_pod.sh create --project=P --zone=Z --name=N --accelerator_type=v5litepod-16 \
 #       --version=v2-alpha-tpuv5-lite [--spot]
