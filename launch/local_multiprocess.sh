@@ -3,35 +3,55 @@
 # miniature, for tests and for trying the multi-process code paths before paying for a pod.
 #   launch/local_multiprocess.sh N -- --config=configs/albedo.py:smoke --workdir=runs/mp [--config.key=value ...]
 # Each process gets CPU devices of its own (LOCAL_DEVICES each, default 1) and the same arguments plus
-# --coordinator_address/--num_processes/--process_id. Process 0 logs to the terminal; process i > 0 to
-# <workdir>/process_<i>.log only when LOG_ALL=1 (else its output is dropped: it repeats process 0's).
+# --coordinator_address/--num_processes/--process_id; the coordinator takes COORDINATOR_PORT, or a port the
+# system reports free. Process 0 logs to this script's output (its stderr with its stdout); process i > 0 to
+# <workdir>/process_<i>.log when LOG_ALL=1, else to a temporary file whose last lines are printed if it fails
+# (it repeats process 0's log otherwise).
 # If one process fails, the others are killed (the run cannot go on without it; a SIGTERM would only reach
 # JAX's preemption service while they wait for it in a collective); the exit status is the first failure's (0
 # when all succeed).
-# Ctrl-C or SIGTERM to this script is passed on to every process (a terminal's Ctrl-C may reach them twice,
-# which is harmless), and they checkpoint and exit as a single run would.
+# Ctrl-C, SIGTERM or SIGHUP to this script is passed on to every process as SIGTERM (a terminal's Ctrl-C may reach
+# them too, which is harmless), and they checkpoint at their next step and exit as a single run would; a second
+# one kills them at once (before the first step, while compiling or preparing data, they have nothing to save).
 set -uo pipefail
 usage="usage: $0 N -- <maginet_jax.train arguments>"
 [[ $# -ge 2 && "$1" =~ ^[1-9][0-9]*$ && "$2" == "--" ]] || { echo "$usage" >&2; exit 2; }
 n=$1
 shift 2
-port="${COORDINATOR_PORT:-$((20000 + RANDOM % 20000))}"
+port="${COORDINATOR_PORT:-$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 workdir=""
-for arg in "$@"; do [[ "$arg" == --workdir=* ]] && workdir="${arg#--workdir=}"; done
+previous=""
+for arg in "$@"; do
+  [[ "$arg" == --workdir=* ]] && workdir="${arg#--workdir=}"
+  [[ "$previous" == --workdir ]] && workdir="$arg"
+  previous="$arg"
+done
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
 
 pids=()
+signals=0
 stop_all() { for pid in "${pids[@]}"; do [[ -n "$pid" ]] && kill "-$1" "$pid" 2>/dev/null; done; }
-trap 'stop_all TERM' TERM INT
+on_signal() { signals=$((signals + 1)); if ((signals == 1)); then stop_all TERM; else stop_all KILL; fi; }
+trap on_signal TERM INT HUP
+log_of=()
 for ((i = 0; i < n; i++)); do
-  out=/dev/null
-  if [[ $i -eq 0 ]]; then out=/dev/stdout
-  elif [[ "${LOG_ALL:-0}" == 1 && -n "$workdir" ]]; then mkdir -p "$workdir"; out="$workdir/process_$i.log"; fi
-  JAX_PLATFORMS=cpu JAX_NUM_CPU_DEVICES="${LOCAL_DEVICES:-1}" python -m maginet_jax.train "$@" \
-    --coordinator_address="127.0.0.1:$port" --num_processes="$n" --process_id="$i" > "$out" 2>&1 &
+  out="$logs/process_$i.log"
+  if [[ "${LOG_ALL:-0}" == 1 && -n "$workdir" ]]; then mkdir -p "$workdir"; out="$workdir/process_$i.log"; fi
+  log_of+=("$out")
+  cmd=(python -m maginet_jax.train "$@" --coordinator_address="127.0.0.1:$port" --num_processes="$n"
+       --process_id="$i")
+  if [[ $i -eq 0 ]]; then
+    JAX_PLATFORMS=cpu JAX_NUM_CPU_DEVICES="${LOCAL_DEVICES:-1}" "${cmd[@]}" 2>&1 &
+  else
+    JAX_PLATFORMS=cpu JAX_NUM_CPU_DEVICES="${LOCAL_DEVICES:-1}" "${cmd[@]}" > "$out" 2>&1 &
+  fi
   pids+=($!)
 done
 
-# Poll rather than `wait`: a trapped signal must be forwarded at once, and a failure must stop the rest.
+# Poll rather than `wait`: a trapped signal must be forwarded at once, and a failure must stop the rest. Bash's
+# notices of the processes it killed (each with its whole command line) go nowhere; this script's own to fd 3.
+exec 3>&2
 status=0
 while :; do
   running=0
@@ -42,9 +62,16 @@ while :; do
     wait "$pid"
     rc=$?
     pids[$i]=""
-    if [[ $rc -ne 0 && $status -eq 0 ]]; then status=$rc; stop_all KILL; fi
+    if [[ $rc -ne 0 && $status -eq 0 ]]; then
+      status=$rc
+      stop_all KILL
+      if ((i > 0 && signals == 0)); then
+        echo "local_multiprocess.sh: process $i exited with status $rc; the end of its log:" >&3
+        tail -n 20 "${log_of[$i]}" >&3
+      fi
+    fi
   done
   [[ $running -eq 0 ]] && break
   sleep 0.5
-done
+done 2>/dev/null
 exit "$status"

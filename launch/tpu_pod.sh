@@ -22,15 +22,22 @@ die() { echo "tpu_pod.sh: error: $*" >&2; exit 2; }
 [[ $# -ge 1 ]] || die "usage: tpu_pod.sh create|setup|run|logs|stop|delete --project=P --zone=Z --name=N ... [--dry_run]"
 command=$1
 shift
+# The options each command reads; any other is a mistake (a typo would otherwise be dropped without a word).
+declare -A options=([create]="project zone name accelerator_type version spot" [setup]="project zone name repo ref"
+                    [run]="project zone name workdir" [logs]="project zone name worker" [stop]="project zone name"
+                    [delete]="project zone name")
+[[ -n "${options[$command]:-}" ]] || die "unknown command '$command'; expected create, setup, run, logs, stop or delete"
 declare -A opt=()
 train_args=()
 dry_run=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry_run) dry_run=1 ;;
-    --spot) opt[spot]=1 ;;
+    --spot) [[ $command == create ]] || die "--spot is for create"; opt[spot]=1 ;;
     --) shift; train_args=("$@"); break ;;
-    --*=*) key=${1%%=*}; opt[${key#--}]=${1#*=} ;;
+    --*=*) key=${1%%=*}; key=${key#--}
+      [[ " ${options[$command]} " == *" $key "* ]] || die "$command takes no --$key (it takes: ${options[$command]})"
+      opt[$key]=${1#*=} ;;
     *) die "unexpected argument '$1' (options are --key=value; training arguments go after --)" ;;
   esac
   shift

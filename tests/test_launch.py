@@ -2,7 +2,10 @@
 
 import os
 import shlex
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -74,6 +77,9 @@ def test_tpu_pod_setup_checks_out_the_ref_as_the_repo_has_it(tmp_path):
     (["run", "--project=proj", "--name=pod", "--workdir=/w", "--", "--config=c"], "run needs --zone"),
     (["run", *WHERE, "--workdir=/w"], "run needs the training arguments after --"),
     (["reboot", *WHERE], "unknown command 'reboot'"),
+    (["bogus"], "unknown command 'bogus'"),  # not "bogus needs --project"
+    (["stop", *WHERE, "--worker=3"], "stop takes no --worker (it takes: project zone name)"),  # was ignored
+    (["run", *WHERE, "--workdri=/w", "--", "--config=c"], "run takes no --workdri"),
     (["stop", *WHERE, "pod2"], "unexpected argument 'pod2'"),
 ])
 def test_tpu_pod_bad_arguments_are_one_line(args, message):
@@ -86,3 +92,94 @@ def test_local_multiprocess_usage():
     r = subprocess.run(["bash", "launch/local_multiprocess.sh", "two", "--", "--config=x"], cwd=REPO,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and r.stderr.startswith("usage: ")
+
+
+_STUB = """#!/bin/bash
+# `python` for launch/local_multiprocess.sh: -c goes to the real one (the free port); a training process
+# behaves as $STUB says.
+if [[ "$1" == -c ]]; then exec {python} "$@"; fi
+for a in "$@"; do [[ "$a" == --process_id=* ]] && id=${{a#--process_id=}}; done
+case "$STUB" in
+  fail1) if [[ $id == 1 ]]; then echo "process 1: disk full" >&2; exit 3; fi; exec sleep 30 ;;
+  hello) echo "process $id says hello"; exit 0 ;;
+  stubborn) trap '' TERM; exec sleep 30 ;;  # ignores SIGTERM, as a process does before its first step
+  polite) trap 'echo "process $id stops"; exit 0' TERM; while :; do sleep 0.1; done ;;
+esac
+"""
+
+
+def _local(tmp_path, stub, *, stdout=subprocess.PIPE):
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    (tmp_path / "bin" / "python").write_text(_STUB.format(python=sys.executable))
+    (tmp_path / "bin" / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}/bin:{os.environ['PATH']}", "STUB": stub}
+    return subprocess.Popen(["bash", "launch/local_multiprocess.sh", "2", "--", f"--workdir={tmp_path}/run"],
+                            cwd=REPO, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def test_local_multiprocess_shows_why_another_process_failed(tmp_path):
+    """Process 1's last lines when it fails (its output used to be dropped unless LOG_ALL=1); its status is the
+    launcher's, and process 0 is stopped."""
+    p = _local(tmp_path, "fail1")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 3
+    assert err.splitlines()[-2:] == ["local_multiprocess.sh: process 1 exited with status 3; the end of its log:",
+                                     "process 1: disk full"]
+
+
+def test_local_multiprocess_appends_to_its_output(tmp_path):
+    """Process 0 writes to the launcher's own output: appended to a log, it used to reopen /dev/stdout and write
+    over the file from its start."""
+    log = tmp_path / "run.log"
+    log.write_text("earlier\n")
+    with open(log, "a") as f:
+        p = _local(tmp_path, "hello", stdout=f)
+        p.communicate(timeout=60)
+    assert p.returncode == 0 and log.read_text() == "earlier\nprocess 0 says hello\n"
+
+
+@pytest.mark.parametrize("stub, signals, status, said", [
+    ("polite", [signal.SIGHUP], 0, "process 0 stops"),  # SIGHUP used to leave them running
+    ("stubborn", [signal.SIGINT, signal.SIGINT], 128 + signal.SIGKILL, ""),  # a second one kills them
+])
+def test_local_multiprocess_signals(tmp_path, stub, signals, status, said):
+    p = _local(tmp_path, stub)
+    time.sleep(2)  # both started
+    for s in signals:
+        os.kill(p.pid, s)
+        time.sleep(1)
+    out, _ = p.communicate(timeout=20)
+    assert p.returncode == status and out.strip() == said
+    left = subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True, text=True).stdout.split()
+    assert left == []  # nothing of the session left running
+
+
+_SRUN = """#!/bin/bash
+# srun for launch/slurm_gpu.sbatch: one task here, on this machine's CPU, which says what JAX made of it.
+exec {python} -c '
+import os
+from jax._src import config
+from maginet_jax.training import processes
+processes.initialize_distributed(True, None, None, None)
+print(config._read("jax_cuda_visible_devices"), os.environ["SRUN_CPUS_PER_TASK"])'
+"""
+
+
+def test_slurm_process_drives_every_gpu_of_its_node(tmp_path):
+    """launch/slurm_gpu.sbatch under a stand-in srun and SLURM's variables for one node of 8 GPUs: JAX, detecting
+    SLURM, gives the node's one process all 8 (it gave it the GPU of its local task id, 0 alone), and srun gets
+    the job's CPUs a task."""
+    (tmp_path / "srun").write_text(_SRUN.format(python=sys.executable))
+    (tmp_path / "srun").chmod(0o755)
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_GPUS_ON_NODE": "8", "SLURM_CPUS_PER_TASK": "32"}
+    env = {**os.environ, **slurm, "PATH": f"{tmp_path}:{os.environ['PATH']}", "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run(["bash", "launch/slurm_gpu.sbatch", "--config=c", "--workdir=w"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["0,1,2,3,4,5,6,7", "32"]
+    del env["SLURM_GPUS_ON_NODE"]
+    r = subprocess.run(["bash", "launch/slurm_gpu.sbatch", "--config=c", "--workdir=w"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "ask for GPUs with --gpus-per-node" in r.stderr.strip().splitlines()[-1]
