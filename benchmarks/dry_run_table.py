@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 from maginet_jax import train  # noqa: E402
-from maginet_jax.training import dry_runs, sharding  # noqa: E402
+from maginet_jax.training import checks, dry_runs, sharding  # noqa: E402
 
 _DEVICES = flags.DEFINE_integer("devices", 8, "Virtual CPU devices (the mesh size).")
 _SIZES = flags.DEFINE_list("sizes", ["1024", "2048"], "Crop sizes (data.crop_size = data.resolution).")
@@ -62,7 +62,7 @@ def main(argv) -> None:
         for row in _ROWS.value:
             c = row_config(base, size, n, row)
             train.validate(c, read_data=False)
-            train.validate_mesh(c, 1, sharding.make_mesh(c.mesh))
+            checks.check_mesh(c, 1, sharding.make_mesh(c.mesh))
             with tempfile.TemporaryDirectory() as workdir:
                 t = time.time()
                 r = train.dry_run(c, workdir)

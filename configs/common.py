@@ -52,7 +52,7 @@ def base_config(stage: str, *, resolution: int) -> ml_collections.ConfigDict:
     c.data.lenient = False  # preparing: skip subjects with bad files (recorded in the dataset info) instead of stopping
     c.data.input_file = "uv_map"  # ffhq_uv_intrinsics input: 'uv_map' (FFHQ-UV texture) or a pass file, e.g. 'diffuse'
     c.data.uv_maps_dir = ""  # FFHQ-UV's uv-maps/ directory (default: <root>/uv-maps)
-    # ffhq_uv_intrinsics targets whose file is not the default (albedo=light_normalized, raw_diffuse=diffuse,
+    # ffhq_uv_intrinsics(_raw) targets whose file is not the default (albedo=light_normalized, raw_diffuse=diffuse,
     # the others by name), e.g. "albedo=diffuse"
     c.data.pass_files = ""
     c.data.test_fraction = 0.05  # ffhq_uv_intrinsics: held-out share, split by subject-ID hash

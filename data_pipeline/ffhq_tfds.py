@@ -26,7 +26,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from data_pipeline.ffhq_uv_intrinsics import (CHANNELS, PASS_FILES, BadSubjectData, fit, is_test_subject, layout,
-                                              read_codes, subject_files)
+                                              parse_pass_files, read_codes, subject_files)
 
 RESOLUTIONS = (512, 1024)  # the predefined configs; any size >= 16 works (tests use small ones)
 
@@ -47,18 +47,6 @@ def read_checked(path, subject: str, channels: int, size: int, dtype=np.uint8) -
         return arr
     scale = np.iinfo(dtype).max / np.iinfo(arr.dtype).max  # 8 → 16 bits is ×257, exact
     return np.round(arr.astype(np.float64) * scale).astype(dtype)
-
-
-def parse_pass_files(spec: str) -> dict[str, str]:
-    """"albedo=diffuse,raw_diffuse=light_normalized" → PASS_FILES with those targets replaced ("" = default)."""
-    files = dict(PASS_FILES)
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, _, stem = item.partition("=")
-        if name not in PASS_FILES or not stem:
-            raise ValueError(f"pass_files entry {item!r}: expected <pass>=<file stem> with a pass from "
-                             f"{tuple(PASS_FILES)}")
-        files[name] = stem
-    return files
 
 
 def config_name(resolution: int, input_file: str, test_fraction: float, pass_files: str = "") -> str:
@@ -204,15 +192,19 @@ def prepare(root: str, *, tfds_dir: str = "", resolution: int = 512, input_file:
     # a config object named like a listed one, and a grain worker rebuilds the builder from what it was given.
     if config.name in {c.name for c in FfhqUvIntrinsics.BUILDER_CONFIGS}:
         config = config.name
-    builder = FfhqUvIntrinsics(config=config, data_dir=tfds_dir or None,
-                               file_format="array_record", uv_maps_dir=uv_maps_dir, lenient=lenient)
-    # In a multi-process run process 0 builds and the others wait for it at a barrier (never two builders);
-    # all of them read the finished dataset afterwards. `tfds_dir` must then be storage every host sees.
-    if builder.is_prepared():  # every process checks, so a stale dataset stops them all alike
-        check_not_stale(builder, root, uv_maps_dir)
-    elif jax.process_index() == 0:
-        layout(root, input_file, uv_maps_dir)  # TFDS's own check of a missing root is an AssertionError
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
+    try:  # (an unwritable tfds_dir fails in the constructor, which creates it)
+        builder = FfhqUvIntrinsics(config=config, data_dir=tfds_dir or None,
+                                   file_format="array_record", uv_maps_dir=uv_maps_dir, lenient=lenient)
+        # In a multi-process run process 0 builds and the others wait for it at a barrier (never two builders);
+        # all of them read the finished dataset afterwards. `tfds_dir` must then be storage every host sees.
+        if builder.is_prepared():  # every process checks, so a stale dataset stops them all alike
+            check_not_stale(builder, root, uv_maps_dir)
+        elif jax.process_index() == 0:
+            layout(root, input_file, uv_maps_dir)  # TFDS's own check of a missing root is an AssertionError
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root))
+    except OSError as e:
+        raise ValueError(f"cannot prepare the dataset under data.tfds_dir={tfds_dir or '(TFDS default)'!r}: "
+                         f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}") from None
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"prepared {builder.data_dir}")
         builder = FfhqUvIntrinsics(config=config, data_dir=tfds_dir or None,

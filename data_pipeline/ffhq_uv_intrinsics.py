@@ -93,18 +93,32 @@ def subject_files(data: epath.Path, uv_dir: epath.Path, subject: str, stems: dic
             for k, stem in stems.items()}
 
 
+def parse_pass_files(spec: str) -> dict[str, str]:
+    """"albedo=diffuse,raw_diffuse=light_normalized" → PASS_FILES with those targets replaced ("" = default)."""
+    files = dict(PASS_FILES)
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, stem = item.partition("=")
+        if name not in PASS_FILES or not stem:
+            raise ValueError(f"pass_files entry {item!r}: expected <pass>=<file stem> with a pass from "
+                             f"{tuple(PASS_FILES)}")
+        files[name] = stem
+    return files
+
+
 class FFHQUVIntrinsicsSource:
     """Random access to one split of a raw FFHQ-UV-Intrinsics copy, records like `SyntheticSource`'s."""
 
     def __init__(self, root: str, *, split: str, resolution: int, passes: Sequence[str] = ("albedo",),
-                 input_file: str = "uv_map", uv_maps_dir: str = "", test_fraction: float = 0.05):
+                 input_file: str = "uv_map", uv_maps_dir: str = "", test_fraction: float = 0.05,
+                 pass_files: str = ""):
         data_dir, self._uv_dir, ids = layout(root, input_file, uv_maps_dir)
         self._ids = [i for i in ids if is_test_subject(i, test_fraction) == (split == "test")]
         if not self._ids:
             raise ValueError(f"no {split} subjects under {str(data_dir)!r}")
         self._data_dir, self._res, self._passes, self._input = data_dir, int(resolution), tuple(passes), input_file
         self._split = split
-        self._stems = {"image": input_file, **{p: PASS_FILES[p] for p in set(self._passes) | {"albedo"}}}
+        files = parse_pass_files(pass_files)
+        self._stems = {"image": input_file, **{p: files[p] for p in set(self._passes) | {"albedo"}}}
 
     def __len__(self) -> int:
         return len(self._ids)

@@ -77,7 +77,7 @@ def make_source(data_config, split: str, num_records: int, passes: Sequence[str]
     if d.source == "ffhq_uv_intrinsics_raw":
         return FFHQUVIntrinsicsSource(d.root, split=split, resolution=d.resolution, passes=passes,
                                       input_file=d.input_file, uv_maps_dir=d.uv_maps_dir,
-                                      test_fraction=d.test_fraction)
+                                      test_fraction=d.test_fraction, pass_files=d.pass_files)
     builder = ffhq_tfds.prepare(d.root, tfds_dir=d.tfds_dir, resolution=d.resolution, input_file=d.input_file,
                                 pass_files=d.pass_files, uv_maps_dir=d.uv_maps_dir,
                                 test_fraction=d.test_fraction, lenient=d.lenient)

@@ -28,6 +28,7 @@ from absl import app, flags, logging
 from maginet_jax import evaluator, train
 from maginet_jax.errors import UserError
 from maginet_jax.evaluator import METRICS, ROWS
+from maginet_jax.perceptual.lpips import MIN_SIZE
 from maginet_jax.training import runs, sharding
 
 _COMPARE = flags.DEFINE_string("compare", "", "Another workdir holding eval/results.json, printed side by side.")
@@ -44,6 +45,9 @@ def test_set(config) -> dict:
 
 def evaluate_run(config, workdir: str) -> dict:
     """Scores the latest checkpoint in `workdir` (its parameters only); writes and returns the results."""
+    if config.data.crop_size < MIN_SIZE["alex"]:  # AlexNet's feature maps would be empty, its LPIPS NaN
+        raise UserError(f"data.crop_size {config.data.crop_size} is below {MIN_SIZE['alex']}, the smallest image "
+                        f"the LPIPS metric (AlexNet) scores")
     mesh = sharding.make_mesh(config.mesh)
     stage = train.STAGES[config.stage]
     runs.pin_upstream(config, workdir, resumed=True)  # the upstream checkpoints it was trained against

@@ -87,7 +87,8 @@ def jit_eval_batch(options: tuple[tuple[str, str], ...]):
 
 def evaluate(predict, params, frozen_nets, config, mesh: Mesh, *, full: bool = False,
              num_shown: int = 0) -> Evaluation:
-    """The means over the held-out split, and the first `num_shown` examples of every image `eval_batch` shows.
+    """The means over the held-out split, and the first `num_shown` examples of every image `eval_batch` shows
+    (from as many batches as that takes).
 
     `predict` must be the same object from one call to the next (a jit static argument: a new one compiles
     again). The last partial batch is padded; the padding is left out of every mean.
@@ -118,6 +119,9 @@ def evaluate(predict, params, frozen_nets, config, mesh: Mesh, *, full: bool = F
         batch_sums = jax.tree.map(lambda v: float(np.sum(np.asarray(v, np.float64)[keep])), got["scores"])
         sums = batch_sums if sums is None else jax.tree.map(lambda a, b: a + b, sums, batch_sums)
         count += int(keep.sum())
-        if shown is None and num_shown:  # every process joins the gather; the caller writes on process 0
-            shown = {k: v[:num_shown] for k, v in multihost_utils.process_allgather(images, tiled=True).items()}
+        # Every process joins the gathers (their counts agree); the caller writes on process 0.
+        if num_shown and (shown is None or len(shown["image"]) < num_shown):
+            got = {k: np.asarray(v)[keep] for k, v in multihost_utils.process_allgather(images, tiled=True).items()}
+            shown = got if shown is None else {k: np.concatenate([shown[k], got[k]]) for k in shown}
+    shown = None if shown is None else {k: v[:num_shown] for k, v in shown.items()}
     return Evaluation(jax.tree.map(lambda s: s / count, sums), shown, count)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from maginet_jax.errors import UserError
+from maginet_jax.errors import UserError, check_number
 
 _EPS = 1e-8
 
@@ -97,8 +96,8 @@ def active_weights(loss_weights, terms: tuple[str, ...], *, allow_none: bool = F
     unknown = sorted(set(weights) - set(terms))
     if unknown:
         raise UserError(f"unknown loss terms {unknown}; this stage has {terms}")
-    if any(w < 0 for w in weights.values()):
-        raise UserError(f"loss weights must be >= 0, got {weights}")
+    for name, w in weights.items():
+        check_number(f"losses.{name}", w, at_least=0)
     active = {k: float(w) for k, w in weights.items() if w > 0}
     if not active and not allow_none:
         raise UserError("every loss weight is 0: nothing to train")

@@ -32,12 +32,11 @@ from orbax.checkpoint._src.metadata import array_metadata_store  # (as orbax's d
 
 from data_pipeline import loader
 from maginet_jax import cli, evaluator, image_io
-from maginet_jax.errors import UserError, check_choices, check_divisible, first_line
-from maginet_jax.models import layers
+from maginet_jax.errors import UserError, check_choices, first_line
 from maginet_jax.perceptual import weights as pretrained
 from maginet_jax.stages import joint, passes, supervised
-from maginet_jax.training import compiler, dry_runs, images, processes, runs, sharding
-from maginet_jax.training.state import SCHEDULES, TrainState, abstract_state
+from maginet_jax.training import checks, compiler, dry_runs, images, processes, runs, sharding
+from maginet_jax.training.state import TrainState, abstract_state
 from maginet_jax.training.writers import create_writer
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file, e.g. configs/albedo.py:demo.",
@@ -101,50 +100,10 @@ def validate(config, *, read_data: bool = True) -> None:
     stage shares, then the stage's own `validate`. UserError on the first problem. `read_data=False` (a dry
     run) leaves the data source unopened."""
     check_choices({"stage": (config.stage, tuple(STAGES))})
-    d, o = config.data, config.optim
-    if d.crop_size > d.resolution:
-        raise UserError(f"data.crop_size {d.crop_size} exceeds data.resolution {d.resolution}")
-    check_choices({"optim.schedule": (o.schedule, SCHEDULES), "data.source": (d.source, loader.SOURCES),
-                   "model.dtype": (config.model.dtype, ("float32", "bfloat16", "float16")),
-                   "model.remat": (config.model.get("remat", "none"), layers.REMATS)})
-    sharding.check_rules(config.sharding.rules)
-    compiler.ynn_fusion_types(compiler.setting(config))
-    at_least = {1: ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-                    "eval.batch_size", "eval.num_examples", "data.num_train_examples", "max_checkpoints_to_keep",
-                    "data.read_threads", "data.worker_buffer_size", "data.read_buffer_size"),
-                0: ("num_sample_images", "data.worker_count", "eval.worker_count", "optim.warmup_steps")}
-    for least, keys in at_least.items():
-        for key in keys:
-            section, _, name = key.rpartition(".")
-            value = (config[section] if section else config).get(name)  # None in configs saved by older versions
-            if value is not None and value < least:
-                raise UserError(f"{key} must be >= {least}, got {value}")
-    after_warmup = max(config.num_train_steps - min(o.warmup_steps, config.num_train_steps), 1)
-    if o.schedule == "constant_then_linear" and not 0 <= o.decay_steps <= after_warmup:
-        raise UserError(f"optim.decay_steps={o.decay_steps} must be in [0, {after_warmup}] (the steps after warm-up)")
-    if d.source == "synthetic" and d.root:
-        raise UserError("data.root is set but data.source='synthetic' reads no files; "
-                        "did you mean --config.data.source=ffhq_uv_intrinsics?")
-    for split, n in (("train", d.num_train_examples), ("test", config.eval.num_examples)) if read_data else ():
-        try:
-            loader.make_source(d, split, n, ("albedo",))
-        except ValueError as e:
-            raise UserError(str(e)) from None
+    checks.check_shared(config, read_data=read_data)
     STAGES[config.stage].validate(config)
     if config.losses.get("vgg", 0) > 0 and config.perceptual.vgg_backbone == "vgg19":  # a bad file fails now
         pretrained.torchvision_vgg19_weights(config.perceptual.vgg19_weights)
-
-
-def validate_mesh(config, num_processes: int, mesh) -> None:
-    """Global batches must split evenly over processes and over the mesh's data × fsdp devices, and images
-    over its spatial axis."""
-    shards = sharding.batch_size_divisor(mesh)
-    for key, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
-        if size % num_processes or size % shards:
-            raise UserError(f"{key}={size} must be divisible by the {num_processes} processes and by the "
-                            f"{shards} shards of the mesh's data × fsdp axes")
-    check_divisible("data.crop_size", config.data.crop_size, mesh.shape[sharding.SPATIAL_AXIS],
-                    "the mesh's spatial axis splits the image height")
 
 
 # Orbax writes a replicated array from all of its replicas in parallel (its default unless JAX_PLATFORMS names a
@@ -285,8 +244,10 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                 for name, params in state.params.items():
                     logging.info("%s parameters:\n%s", name,
                                  parameter_overview.get_parameter_overview(nnx.to_pure_dict(params)))
-            if is_main:
-                (runs.run_path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+            # config.json describes the checkpoints: a resumed run keeps the one it resumed from until its own
+            # first checkpoint (a resume with a config that fails in its first steps leaves the run as it was).
+            if is_main and not start:
+                runs.write_config(config, workdir)
             writer = create_writer(workdir, resume_step=start, is_main=is_main)
             if start == 0:  # the first eval row is the untrained model
                 writer.write_scalars(0, evaluate_and_show(0, predict, state.params, frozen_nets, config, mesh, writer,
@@ -322,6 +283,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                 if scalars:
                     writer.write_scalars(step, scalars)
                 if save:
+                    if is_main:
+                        runs.write_config(config, workdir)
                     save_checkpoint(checkpoints, step, state, train_iter)
                     saved = step
                 if stop:
@@ -352,7 +315,7 @@ def run(config, workdir: str, *, dry: bool = False) -> None:
     """Validates everything cheap first, then trains (or with `dry`, only compiles: `dry_run`); raises
     UserError for bad input. A multi-process run calls `processes.initialize_distributed` before this."""
     validate(config, read_data=not dry)
-    validate_mesh(config, jax.process_count(), sharding.make_mesh(config.mesh))
+    checks.check_mesh(config, jax.process_count(), sharding.make_mesh(config.mesh))
     runs.prepare_workdir(workdir)
     if dry:
         dry_run(config, workdir)

@@ -52,9 +52,9 @@ def existing_workdir(tmp_path):
     (["--config.data.source=ffhq_uv_intrinsics"], "needs data.root"),
     (["--config.data.root=/tmp"], "data.source='synthetic' reads no files"),
     (["--config.model.norm=batch"], "model.norm='batch' is not one of"),
-    (["--config.batch_size=0"], "batch_size must be >= 1"),
-    (["--config.data.worker_count=-1"], "data.worker_count must be >= 0, got -1"),  # was grain's traceback
-    (["--config.optim.warmup_steps=-3"], "optim.warmup_steps must be >= 0, got -3"),  # was accepted
+    (["--config.batch_size=0"], "batch_size must be an integer >= 1, got 0"),
+    (["--config.data.worker_count=-1"], "data.worker_count must be an integer >= 0, got -1"),  # was grain's traceback
+    (["--config.optim.warmup_steps=-3"], "optim.warmup_steps must be an integer >= 0, got -3"),  # was accepted
     (["--config.losses.style=1.0"], "unknown config key 'style'"),
     (["--config.mesh=(('data',-1),('model',2))"], "mesh axis 'model' is not used by maginet_jax"),
     (["--config.mesh.data=3"], "--config.mesh.data: tuple indices must be integers"),  # names the flag
@@ -74,6 +74,14 @@ def test_unwritable_workdir(tmp_path):
     r = _train("--config=configs/albedo.py:smoke", f"--workdir={blocker}/run")
     _assert_one_line(r, f"cannot write to workdir '{blocker}/run': Not a directory")
     assert blocker.read_text() == "not a directory"
+
+
+def test_empty_workdir_is_refused():
+    """`--workdir=` (an unset shell variable) wrote dry_run.json and the run into the current directory."""
+    from maginet_jax.errors import UserError
+    from maginet_jax.training import runs
+    with pytest.raises(UserError, match="--workdir is empty"):
+        runs.prepare_workdir("")
 
 
 @pytest.mark.parametrize("config,message", [

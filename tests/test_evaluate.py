@@ -62,6 +62,27 @@ def test_albedo_results_agree_with_training_eval(chain):
     assert "| albedo | copy the input |" in md
 
 
+def test_sample_grids_take_as_many_batches_as_they_need(chain):
+    """num_sample_images above eval.batch_size: the grids gather later batches (they were cut to the first), and
+    leave out the padding of a last partial batch; the means do not depend on the batch size."""
+    import functools
+    from maginet_jax import evaluator, train
+    from maginet_jax.training import runs, sharding
+    stage = train.STAGES["albedo"]
+    mesh = sharding.make_mesh((("data", -1),))
+    _, graphdefs, params = runs.load_params(chain["albedo"], stage.networks, stage="albedo", what="w", mesh=mesh)
+    got = {}
+    for batch_size in (8, 16):  # 12 held-out examples: a full and a half-padded batch, or one padded batch
+        config = smoke("albedo", **{"eval.batch_size": batch_size})
+        predict = functools.partial(stage.predict, config=config, graphdefs=graphdefs)
+        got[batch_size] = evaluator.evaluate(predict, params, stage.frozen_nets(config, mesh), config, mesh,
+                                             num_shown=11)
+    for k, v in got[16].shown.items():
+        assert v.shape[0] == 11, k
+        np.testing.assert_allclose(got[8].shown[k], v, atol=1e-6, err_msg=k)
+    assert got[8].means["model"]["albedo"]["mse"] == pytest.approx(got[16].means["model"]["albedo"]["mse"], rel=1e-5)
+
+
 def test_chained_pipeline_scores_all_six_passes(chain):
     c = smoke("passes", **{"init.albedo_workdir": chain["albedo"], "init.refine_workdir": chain["refine"]})
     results = evaluate.evaluate_run(c, chain["passes"])
@@ -131,6 +152,11 @@ def test_compare_warns_when_the_held_out_sets_differ(chain, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--config.data.seed=3"], "--config.KEY=VALUE overrides need --config=FILE"),
     (["--workdir=/nonexistent/run"], "--workdir='/nonexistent/run' is not a maginet_jax run directory"),
+    # was LPIPS NaN in the table
+    (["--config=configs/albedo.py:smoke", "--config.data.crop_size=28"], "data.crop_size 28 is below 31"),
+    # blamed config.json, which --config replaces, and printed PosixGPath(...)
+    (["--config=configs/albedo.py:smoke", "--config.model.widths=(8,16,32)"],
+     "/checkpoints/12/state' does not fit the model configured for it: params/model/"),
 ])
 def test_bad_evaluate_input_is_one_line(chain, args, message):
     args = args if any(a.startswith("--workdir") for a in args) else [f"--workdir={chain['albedo']}", *args]

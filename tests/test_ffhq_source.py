@@ -66,6 +66,18 @@ def test_resize_on_read_and_other_input(fixture_root):
     assert batch["image"].shape == (4, 16, 16, 3) and batch["mask"].max() == 1.0
 
 
+def test_target_files_are_an_option(fixture_root):
+    """data.pass_files, as the prepared dataset has it (was ignored by this reader: albedo=diffuse trained on
+    light_normalized all the same)."""
+    default = FFHQUVIntrinsicsSource(fixture_root, split="train", resolution=32, passes=("albedo", "raw_diffuse"))
+    swapped = FFHQUVIntrinsicsSource(fixture_root, split="train", resolution=32, passes=("albedo",),
+                                     pass_files="albedo=diffuse")
+    np.testing.assert_array_equal(swapped[0]["albedo"], default[0]["raw_diffuse"])
+    assert np.any(default[0]["albedo"] != default[0]["raw_diffuse"])
+    with pytest.raises(ValueError, match="expected <pass>=<file stem>"):
+        FFHQUVIntrinsicsSource(fixture_root, split="train", resolution=32, pass_files="albdo=diffuse")
+
+
 def test_errors(fixture_root, tmp_path):
     with pytest.raises(ValueError, match="no Data/ directory"):
         FFHQUVIntrinsicsSource(str(tmp_path), split="train", resolution=32)

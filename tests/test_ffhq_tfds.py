@@ -166,6 +166,13 @@ def test_target_files_are_an_option(built, raw):
         prepare(raw, tfds_dir=tfds_dir, resolution=32, test_fraction=0.25, pass_files="albdo=diffuse")
 
 
+def test_an_unwritable_tfds_dir_is_one_error(raw, tmp_path):
+    (tmp_path / "file").write_text("")  # (a directory without write permission is writable by root)
+    with pytest.raises(ValueError, match=f"cannot prepare the dataset under data.tfds_dir='{tmp_path}/file/tfds': "
+                                         "Not a directory"):
+        prepare(raw, tfds_dir=str(tmp_path / "file" / "tfds"), resolution=32, test_fraction=0.25)
+
+
 def test_prepared_data_from_another_root_is_refused(built, raw, tmp_path):
     _, tfds_dir = built
     copy = str(tmp_path / "copy")

@@ -114,7 +114,11 @@ def test_evaluate_and_predict_take_a_joint_run(joint_run, chain, tmp_path):
     ({"init.passes_workdir": ""}, "init.passes_workdir is required"),
     ({"albedo.model.widths": (8, 16, 32)}, "another architecture than the config: albedo.model.widths: (8, 16, 16) "
                                             "there, (8, 16, 32) here"),
-    ({"refine.learning_rate": -1.0}, "learning rates must be >= 0"),
+    ({"refine.learning_rate": -1.0}, "refine.learning_rate must be a finite number >= 0, got -1.0"),
+    ({"refine.learning_rate": float("nan")}, "refine.learning_rate must be a finite number >= 0, got nan"),  # was a
+    ({"refine.model.remat": "yes"}, "refine.model.remat='yes' is not one of"),  # KeyError after init; so this
+    ({"albedo.model.dtype": "int8"}, "albedo.model.dtype='int8' is not one of"),  # was not checked
+    ({"albedo.model.widths": (8, 0, 16)}, "in the albedo section: model.widths[1] must be an integer >= 1"),
     ({"model.ngf": 8}, "init.passes_workdir="),
 ])
 def test_bad_joint_config_is_one_error(chain, overrides, message):

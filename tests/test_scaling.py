@@ -20,7 +20,7 @@ from data_pipeline import loader
 from maginet_jax import train
 from maginet_jax.errors import UserError
 from maginet_jax.stages import passes, supervised
-from maginet_jax.training import dry_runs, sharding
+from maginet_jax.training import checks, dry_runs, sharding
 from maginet_jax.training.state import abstract_state
 
 FSDP_MIN_SIZE = 64  # the smoke networks are tiny: shard all but their biases and norm scales
@@ -153,10 +153,10 @@ def test_bad_rules_are_one_line(rules, message):
 def test_batch_and_crop_must_fit_the_mesh():
     c = smoke("albedo", mesh=(("fsdp", 4), ("spatial", 2)), batch_size=6)
     with pytest.raises(UserError, match=r"batch_size=6 must be divisible .* 4 shards of the mesh's data × fsdp"):
-        train.validate_mesh(c, 1, sharding.make_mesh(c.mesh))
+        checks.check_mesh(c, 1, sharding.make_mesh(c.mesh))
     c = smoke("albedo", mesh=(("spatial", 8),), **{"data.crop_size": 36, "data.resolution": 40})
     with pytest.raises(UserError, match="data.crop_size 36 is not divisible by 8"):
-        train.validate_mesh(c, 1, sharding.make_mesh(c.mesh))
+        checks.check_mesh(c, 1, sharding.make_mesh(c.mesh))
 
 
 def test_activations_split_over_the_spatial_axis_unless_too_small():

@@ -97,6 +97,41 @@ def test_a_resumed_run_keeps_the_upstream_checkpoint_it_started_from(chain, tmp_
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_a_run_resumed_against_another_upstream_run_takes_its_latest_step(chain, tmp_path):
+    """The step pinned at the start belongs to the run it started against: resumed against another (here the
+    chain's albedo run, at step 12), the new one's latest is taken (it took the old step, 6, of the other run).
+    The same run, moved, keeps the pinned step."""
+    import shutil
+    refine, other = str(tmp_path / "refine"), str(tmp_path / "other")
+    os.makedirs(refine)
+    shutil.copytree(chain["albedo"], other)
+    started = smoke("refine", **{"init.albedo_workdir": other, "init.albedo_step": 6})
+    runs.write_config(started, refine)
+    resumed = lambda upstream: smoke("refine", **{"init.albedo_workdir": upstream})
+    for upstream, want in ((chain["albedo"], 12), (other, 6)):
+        c = resumed(upstream)
+        runs.pin_upstream(c, refine, resumed=True)
+        assert c.init.albedo_step == want, upstream
+    moved = str(tmp_path / "moved")
+    shutil.move(other, moved)
+    c = resumed(moved)
+    runs.pin_upstream(c, refine, resumed=True)
+    assert c.init.albedo_step == 6
+
+
+def test_a_missing_upstream_step_lists_the_kept_ones(chain):
+    with pytest.raises(UserError, match=r"has no checkpoint of step 5 \(it has 6, 12; "):
+        runs.params_dir(chain["albedo"], what="init.albedo_workdir", step=5)
+
+
+def test_a_passes_run_of_other_passes_is_refused_as_init(chain):
+    """The same channel count, other meanings: the chain's run predicts ambient occlusion in channel 0."""
+    reordered = ("normal", "ambient_occlusion", "specular", "translucency", "raw_diffuse")
+    c = smoke("passes", passes=reordered, **{"init.pix2pixhd": chain["passes"]})
+    with pytest.raises(UserError, match=r"init.pix2pixhd=.* predicts \('ambient_occlusion'"):
+        passes.validate(c)
+
+
 def test_wrong_stage_as_input_is_a_clear_error(chain, tmp_path):
     with pytest.raises(UserError, match="holds a 'refine' run, not 'albedo'"):
         train.train_and_evaluate(smoke("passes", **{"init.albedo_workdir": chain["refine"]}), str(tmp_path))

@@ -94,6 +94,24 @@ def test_checkpoint_of_another_model_is_a_clear_error(uninterrupted, tmp_path):
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "4", "8"]
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # the 1e39 weight, as intended
+def test_a_resume_that_fails_in_its_first_steps_leaves_config_json(uninterrupted, tmp_path):
+    """config.json describes the checkpoints: a resumed run's config replaces it only with its first checkpoint
+    (it was written before the first step, so a resume that then failed left a config no checkpoint was made with)."""
+    import shutil
+    workdir = str(tmp_path / "run")
+    shutil.copytree(uninterrupted[0], workdir)
+    before = open(os.path.join(workdir, "config.json")).read()
+    c = _config()
+    c.num_train_steps, c.losses.mse = 16, 1e39  # inf in float32: the loss of step 13 is not finite
+    with pytest.raises(UserError, match="non-finite training scalars at step 13"):
+        train.train_and_evaluate(c, workdir)
+    assert open(os.path.join(workdir, "config.json")).read() == before
+    c.losses.mse = _config().losses.mse
+    train.train_and_evaluate(c, workdir)
+    assert json.load(open(os.path.join(workdir, "config.json")))["num_train_steps"] == 16
+
+
 def _send(signum):
     def action(batch):
         os.kill(os.getpid(), signum)  # delivered to the main thread before the step runs

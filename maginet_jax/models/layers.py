@@ -260,6 +260,8 @@ def encode(h: jax.Array, levels, downsamples, remat: str = "none") -> tuple[jax.
     return h, skips
 
 
+DTYPES = ("float32", "bfloat16", "float16")  # compute dtypes (config.model.dtype; parameters stay float32)
+
 # How a block's activations are kept for the backward pass (config.model.remat): "blocks" keeps the conv
 # outputs and recomputes norms, activations and gates; "full" keeps only the block's input.
 REMATS = ("none", "blocks", "full")

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maginet_jax.errors import UserError, check_choices
+from maginet_jax.errors import UserError, check_choices, check_number, check_numbers
 from maginet_jax.perceptual import lpips as lpips_lib
 from maginet_jax.perceptual import networks, weights
 from maginet_jax.perceptual.lpips import LPIPS
@@ -124,12 +124,15 @@ def check_config(perceptual_config, crop_size: int, *, lpips: bool = True) -> No
     check_choices({"perceptual.vgg_backbone": (p.vgg_backbone, VGG_BACKBONES),
                    "perceptual.lpips_net": (p.lpips_net, lpips_lib.NETS),
                    "perceptual.precision": (precision_of(p), tuple(networks.PRECISIONS))})
+    check_numbers("perceptual.vgg_layer_weights", p.vgg_layer_weights, at_least=0)
+    if len(p.vgg_layer_weights) != 5:
+        raise UserError(f"perceptual.vgg_layer_weights needs 5 values, got {tuple(p.vgg_layer_weights)}")
+    check_number("perceptual.num_patches", p.num_patches, integer=True, at_least=1)
     smallest = lpips_lib.MIN_SIZE[p.lpips_net]
+    check_number("perceptual.patch_size", p.patch_size, integer=True)
     if lpips and not smallest <= p.patch_size <= crop_size:
         raise UserError(f"perceptual.patch_size {p.patch_size} must be in [{smallest}, data.crop_size={crop_size}] "
                         f"for lpips_net={p.lpips_net}")
-    if p.num_patches < 1:
-        raise UserError(f"perceptual.num_patches must be >= 1, got {p.num_patches}")
 
 
 def perceptual_nets(perceptual_config, *, vgg: bool, lpips: bool) -> dict[str, tuple[nnx.GraphDef, nnx.State]]:

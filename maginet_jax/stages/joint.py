@@ -27,7 +27,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from maginet_jax import losses
-from maginet_jax.errors import UserError, check_divisible
+from maginet_jax.errors import UserError, check_choices, check_divisible, check_number
+from maginet_jax.models import layers
 from maginet_jax.models.albedo_net import build_albedo_net, size_multiple
 from maginet_jax.models.refinement_net import build_refinement_net
 from maginet_jax.perceptual.losses import perceptual_nets
@@ -161,14 +162,20 @@ def validate(config) -> None:
     if missing:
         raise UserError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required: the joint "
                         f"stage fine-tunes finished albedo, refine and passes runs")
-    if any(rate < 0 for rate in learning_rates(config).values()):
-        raise UserError(f"learning rates must be >= 0 (0 holds a network fixed), got {learning_rates(config)}")
+    for run in ("albedo", "refine"):  # (optim.learning_rate, G's and D's, is checked with the shared keys)
+        check_number(f"{run}.learning_rate", config[run].learning_rate, at_least=0)
+        check_choices({f"{run}.model.dtype": (config[run].model.dtype, layers.DTYPES),
+                       f"{run}.model.remat": (config[run].model.get("remat", "none"), layers.REMATS)})
     passes.validate_model(config)
     check_divisible("data.crop_size", config.data.crop_size, 2, "stage 1 runs at half of it")
     check_divisible("half of data.crop_size", config.data.crop_size // 2, size_multiple(config.albedo.model),
                     "AlbedoNet (albedo.model) runs at it")
-    supervised.validate_albedo(stage_view(config, "albedo"), allow_no_loss=True)
-    supervised.validate_refinement_net(stage_view(config, "refine"), allow_no_loss=True)
+    # The stage checks read the sections as stage configs (stage_view): their messages get the section's name.
+    for run, check in (("albedo", supervised.validate_albedo), ("refine", supervised.validate_refinement_net)):
+        try:
+            check(stage_view(config, run), allow_no_loss=True)
+        except UserError as e:
+            raise UserError(f"in the {run} section: {e}") from None
     for run in ("albedo", "refine"):
         saved = runs.read_config(config.init[f"{run}_workdir"], expect_stage=run, what=INIT_KEYS[run])
         check_same_model(saved.model, config[run].model, INIT_KEYS[run], config.init[f"{run}_workdir"],

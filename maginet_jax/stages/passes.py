@@ -21,9 +21,9 @@ from jax.sharding import Mesh
 
 from data_pipeline import shading
 from maginet_jax import gan_losses, losses
-from maginet_jax.errors import UserError, check_choices, check_divisible
+from maginet_jax.errors import UserError, check_choices, check_divisible, check_number
 from maginet_jax.models import pix2pixhd
-from maginet_jax.perceptual.losses import VGG_BACKBONES, perceptual_nets, to_rgb
+from maginet_jax.perceptual.losses import check_config, perceptual_nets, to_rgb
 from maginet_jax.stages import supervised
 from maginet_jax.training import runs
 from maginet_jax.training.state import TrainState, init_state, make_optimizer, make_schedule
@@ -234,6 +234,9 @@ def validate(config) -> None:
     if config.init.pix2pixhd:
         source = runs.read_config(config.init.pix2pixhd, expect_stage=(IMPORT_STAGE, "passes"), what="init.pix2pixhd")
         check_same_architecture(source, config, "init.pix2pixhd", config.init.pix2pixhd)
+        if source.stage == "passes" and tuple(source.passes) != tuple(config.passes):  # its output channels' meaning
+            raise UserError(f"init.pix2pixhd={config.init.pix2pixhd!r} predicts {tuple(source.passes)}, the config "
+                            f"{tuple(config.passes)}")
 
 
 def validate_model(config) -> None:
@@ -241,13 +244,18 @@ def validate_model(config) -> None:
     unknown = sorted(set(config.passes) - set(shading.PASS_NAMES[1:]))
     if unknown or not config.passes:
         raise UserError(f"passes {tuple(config.passes)}: choose from {shading.PASS_NAMES[1:]}")
+    if len(set(config.passes)) < len(config.passes):
+        raise UserError(f"passes {tuple(config.passes)} names a pass twice")
     bad = {p: config.pass_channels.get(p) for p in config.passes if config.pass_channels.get(p) not in (1, 3)}
     if bad:
         raise UserError(f"pass_channels must be 1 or 3 for every pass, got {bad}")
-    bad = {p: config.pass_mse_weights.get(p) for p in config.passes if not config.pass_mse_weights.get(p, -1) >= 0}
-    if bad:
-        raise UserError(f"pass_mse_weights must be >= 0 for every pass, got {bad}")
+    for p in config.passes:
+        check_number(f"pass_mse_weights.{p}", config.pass_mse_weights.get(p), at_least=0)
     m = config.model
+    for key, least in (("ngf", 1), ("ndf", 1), ("n_downsample_global", 0), ("n_blocks_global", 0),
+                       ("n_local_enhancers", 1 if m.netG == "local" else 0), ("n_blocks_local", 0),
+                       ("n_layers_D", 1), ("num_D", 1)):
+        check_number(f"model.{key}", m[key], integer=True, at_least=least)
     check_choices({"model.netG": (m.netG, pix2pixhd.GENERATORS), "gan.mode": (config.gan.mode, gan_losses.GAN_MODES),
                    "model.upsample": (m.upsample, pix2pixhd.UPSAMPLES),
                    "model.resize_method": (m.resize_method, pix2pixhd.RESIZE_METHODS)})
@@ -262,5 +270,4 @@ def validate_model(config) -> None:
     if config.losses.fm > 0 and not m.getIntermFeat:
         raise UserError("losses.fm > 0 (feature matching) needs model.getIntermFeat=True, as in pix2pixHD")
     losses.active_weights(config.losses, TERMS, allow_none=True)
-    if config.losses.vgg > 0:
-        check_choices({"perceptual.vgg_backbone": (config.perceptual.vgg_backbone, VGG_BACKBONES)})
+    check_config(config.perceptual, config.data.crop_size, lpips=False)

@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from maginet_jax import losses
-from maginet_jax.errors import UserError, check_choices, check_divisible
+from maginet_jax.errors import UserError, check_choices, check_divisible, check_number, check_numbers
 from maginet_jax.models import attention, layers
 from maginet_jax.models.albedo_net import ARCHS, FUSIONS, build_albedo_net, size_multiple
 from maginet_jax.models.layers import resize_to
@@ -121,11 +121,19 @@ def samples(config) -> dict[str, tuple[str, ...]]:
 def validate_albedo(config, *, allow_no_loss: bool = False) -> None:
     """Checks stage 1's model against the crop size, and its losses (all zero only with `allow_no_loss`: the
     joint stage trains AlbedoNet through later losses too)."""
-    m, levels = config.model, len(config.model.widths)
+    m = config.model
+    check_numbers("model.widths", m.widths, integer=True, at_least=1)
+    levels = len(m.widths)
     if levels < 2:
         raise UserError(f"model.widths needs at least 2 levels, got {tuple(m.widths)}")
+    for key, least in (("blocks_per_level", 0), ("bottleneck_blocks", 0), ("decoder_blocks", 0),
+                       ("attention_reduction", 1), ("spatial_kernel", 1)):
+        check_number(f"model.{key}", m[key], integer=True, at_least=least)
+    if m.spatial_kernel % 2 == 0:  # as CBAM and the PyTorch twin: an even kernel would shift the gate by a pixel
+        raise UserError(f"model.spatial_kernel must be odd, got {m.spatial_kernel}")
     check_divisible("data.crop_size", config.data.crop_size, size_multiple(m),
-                    f"a {levels}-level AlbedoNet halves the image {levels - 1} times")
+                    f"a {levels}-level {'U-Net' if m.get('arch') == 'unet' else 'AlbedoNet'} halves the image "
+                    f"{levels - 1} times")
     check_choices({"model.arch": (m.get("arch", "maginet"), ARCHS), "model.norm": (m.norm, layers.NORMS),
                    "model.attention": (m.attention, attention.ATTENTIONS), "model.fusion": (m.fusion, FUSIONS),
                    "model.activation": (m.activation, layers.ACTIVATIONS)})
@@ -147,6 +155,7 @@ def validate_refine(config) -> None:
 
 def validate_refinement_net(config, *, allow_no_loss: bool = False) -> None:
     """Checks RefinementNet's settings and its losses (as `validate_albedo`)."""
+    check_numbers("model.widths", config.model.widths, integer=True, at_least=1)
     if len(config.model.widths) != 2:
         raise UserError(f"model.widths of RefinementNet are its two hidden widths, got {tuple(config.model.widths)}")
     check_choices({"model.activation": (config.model.activation, layers.ACTIVATIONS)})

@@ -2,7 +2,7 @@
 parameters, for later stages, evaluation and prediction).
 
 Workdirs may be any path `etils.epath` understands (local, `gs://`, ...); `run_path` turns one into an
-`epath.Path`. A run's workdir holds `config.json` (written when training starts) and `checkpoints/<step>/state`, whose
+`epath.Path`. A run's workdir holds `config.json` (`write_config`) and `checkpoints/<step>/state`, whose
 `params` subtree maps network names to parameters. Only that subtree is read (orbax partial restore), so the
 optimizer state never reaches memory. `tools.import_pix2pixhd` writes the same two things (`params/` instead of
 checkpoints) for imported weights.
@@ -19,6 +19,7 @@ from typing import Callable
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
@@ -32,6 +33,11 @@ def run_path(path: str) -> epath.Path:
     """`path` as an epath.Path: local paths made absolute (orbax needs them so), URLs such as gs://b/x as given
     (os.path would turn them into <cwd>/gs:/b/x)."""
     return epath.Path(path if "://" in str(path) else os.path.abspath(path))
+
+
+def write_config(config, workdir: str) -> None:
+    """Saves the config a run trains with as `<workdir>/config.json` (what `read_config` reads)."""
+    (run_path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
 
 
 def read_config(workdir: str, *, expect_stage: str | tuple[str, ...], what: str) -> ml_collections.ConfigDict:
@@ -92,8 +98,10 @@ def params_dir(workdir: str, *, what: str, step: int = 0) -> epath.Path:
     root = run_path(workdir) / "checkpoints"
     if step:
         if not (root / str(step) / "state").is_dir():
-            raise UserError(f"{what}={workdir!r} has no checkpoint of step {step} (the step this run was started "
-                            f"from; its max_checkpoints_to_keep may have deleted it)")
+            kept = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+            raise UserError(f"{what}={workdir!r} has no checkpoint of step {step} (it has "
+                            f"{', '.join(map(str, kept)) or 'none'}; a run trained against it keeps the step it "
+                            f"started from, which max_checkpoints_to_keep may have deleted since)")
         return root / str(step) / "state"
     step = latest_step(root)
     if step is None:
@@ -105,14 +113,30 @@ def pin_upstream(config, workdir: str, resumed: bool) -> None:
     """Sets each `init.<stage>_step` of a run trained against a finished upstream run (`init.<stage>_workdir`)
     that is 0 ("the latest"): a resumed run to the step its start used (from its config.json), a new one to the
     upstream's latest step. The loop then saves them in config.json, so a resumed run, its evaluation and later
-    stages use the network it trained against, even after the upstream run has trained on."""
+    stages use the network it trained against, even after the upstream run has trained on. A run resumed against
+    another upstream run (not the same one moved) is pinned to the new one's latest step."""
     keys = [k for k in config.get("init", {}) if k.endswith("_step")]
     saved = read_config(workdir, expect_stage=config.stage, what="--workdir").init if resumed and keys else {}
     for key in keys:
-        upstream = config.init.get(key[:-len("_step")] + "_workdir")
+        upstream_key = key[:-len("_step")] + "_workdir"
+        upstream = config.init.get(upstream_key)
         if config.init[key] or not upstream or (run_path(upstream) / "params").is_dir():
             continue
-        config.init[key] = saved.get(key) or latest_step(run_path(upstream) / "checkpoints") or 0
+        pinned, before = saved.get(key), saved.get(upstream_key) or ""
+        if pinned and before and run_path(before).exists() and not _same_path(before, upstream):
+            logging.warning("init.%s=%r is not %r, the run this one was started against: going on against the "
+                            "latest checkpoint of the new one", upstream_key, upstream, before)
+            pinned = 0  # the step of another run
+        config.init[key] = pinned or latest_step(run_path(upstream) / "checkpoints") or 0
+
+
+def _same_path(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return bool(a and b) and os.path.samefile(a, b)
+    except OSError:  # a missing or non-local path
+        return False
 
 
 def _key(path) -> str:
@@ -142,7 +166,7 @@ def check_saved_shapes(directory: str, like, describe: str) -> None:
 def restore_params(directory: str, like: dict[str, nnx.State], *, what: str) -> dict[str, nnx.State]:
     """The saved parameters of the networks named in `like`, shaped, typed and sharded like `like` (arrays or
     ShapeDtypeStructs)."""
-    describe = f"{what}: the checkpoint in {directory!r} does not fit the model its config.json describes"
+    describe = f"{what}: the checkpoint in '{directory}' does not fit the model configured for it"
     check_saved_shapes(directory, {"params": like}, describe)
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), like)
     try:
@@ -192,6 +216,8 @@ def model_differences(saved, ours, keys, *, prefix: str = "model.", defaults=Non
 
 def prepare_workdir(workdir: str) -> None:
     """Creates `workdir` and proves it writable, or raises UserError; touches nothing already there."""
+    if not str(workdir).strip():  # os.path.abspath("") is the current directory
+        raise UserError("--workdir is empty: give the run's directory")
     try:
         path = run_path(workdir)
         path.mkdir(parents=True, exist_ok=True)
