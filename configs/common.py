@@ -24,7 +24,7 @@ def base_config(stage: str, *, resolution: int) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 5_000
     c.max_checkpoints_to_keep = 3
     c.async_checkpointing = True
-    c.num_sample_images = 4  # rows in the sample grids
+    c.num_sample_images = 4  # rows in the sample grids (at most 32)
 
     # The device mesh as (axis, size) pairs; -1 takes the devices left over; axes not named have size 1.
     #   data: the batch is split, parameters and optimizer state replicated;

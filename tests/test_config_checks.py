@@ -31,6 +31,7 @@ NAN, INF = math.nan, math.inf
     ("albedo", {"optim.weight_decay": -0.01}, "optim.weight_decay must be a finite number >= 0"),
     ("albedo", {"optim.grad_clip_norm": NAN}, "optim.grad_clip_norm must be a finite number >= 0, got nan"),
     ("albedo", {"data.test_fraction": 1.0}, "data.test_fraction must be a finite number > 0 and < 1"),
+    ("albedo", {"num_sample_images": 33}, "num_sample_images must be an integer >= 0 and <= 32, got 33"),
     ("albedo", {"sharding.fsdp_min_size": -5}, "sharding.fsdp_min_size must be an integer >= 0, got -5"),
     # loss and perceptual weights
     ("albedo", {"losses.mse": NAN}, "losses.mse must be a finite number >= 0, got nan"),

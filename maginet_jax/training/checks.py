@@ -17,8 +17,10 @@ SHARED_RANGES = {
         "data.resolution", "data.crop_size", "data.read_threads", "data.worker_buffer_size",
         "data.read_buffer_size")},
     **{key: dict(integer=True, at_least=0) for key in (
-        "num_sample_images", "data.worker_count", "eval.worker_count", "optim.warmup_steps", "optim.decay_steps",
-        "sharding.fsdp_min_size")},
+        "data.worker_count", "eval.worker_count", "optim.warmup_steps", "optim.decay_steps", "sharding.fsdp_min_size")},
+    # Rows of one grid image, gathered on the host with every image the evaluator shows (at 1024² with every pass,
+    # about 0.2 GB a row).
+    "num_sample_images": dict(integer=True, at_least=0, at_most=32),
     # grain's shuffle takes a 32-bit seed, the synthetic generator's numpy one a non-negative one.
     **{key: dict(integer=True, at_least=0, below=2**32) for key in ("seed", "data.seed")},
     # 0 holds a network fixed (the joint stage) or switches clipping or weight decay off.
