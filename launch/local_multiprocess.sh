@@ -13,6 +13,8 @@
 # Ctrl-C, SIGTERM or SIGHUP to this script is passed on to every process as SIGTERM (a terminal's Ctrl-C may reach
 # them too, which is harmless), and they checkpoint at their next step and exit as a single run would; a second
 # one kills them at once (before the first step, while compiling or preparing data, they have nothing to save).
+# Killed itself (SIGKILL, which it cannot pass on), the processes get SIGTERM from the kernel instead (util-linux's
+# setpriv --pdeathsig, where there is one): they stop as above rather than train on unsupervised.
 set -uo pipefail
 usage="usage: $0 N -- <maginet_jax.train arguments>"
 [[ $# -ge 2 && "$1" =~ ^[1-9][0-9]*$ && "$2" == "--" ]] || { echo "$usage" >&2; exit 2; }
@@ -34,12 +36,14 @@ signals=0
 stop_all() { for pid in "${pids[@]}"; do [[ -n "$pid" ]] && kill "-$1" "$pid" 2>/dev/null; done; }
 on_signal() { signals=$((signals + 1)); if ((signals == 1)); then stop_all TERM; else stop_all KILL; fi; }
 trap on_signal TERM INT HUP
+on_our_death=()
+command -v setpriv > /dev/null && on_our_death=(setpriv --pdeathsig TERM)
 log_of=()
 for ((i = 0; i < n; i++)); do
   out="$logs/process_$i.log"
   if [[ "${LOG_ALL:-0}" == 1 && -n "$workdir" ]]; then mkdir -p "$workdir"; out="$workdir/process_$i.log"; fi
   log_of+=("$out")
-  cmd=(python -m maginet_jax.train "$@" --coordinator_address="127.0.0.1:$port" --num_processes="$n"
+  cmd=("${on_our_death[@]}" python -m maginet_jax.train "$@" --coordinator_address="127.0.0.1:$port" --num_processes="$n"
        --process_id="$i")
   if [[ $i -eq 0 ]]; then
     JAX_PLATFORMS=cpu JAX_NUM_CPU_DEVICES="${LOCAL_DEVICES:-1}" "${cmd[@]}" 2>&1 &

@@ -2,6 +2,7 @@
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -153,6 +154,23 @@ def test_local_multiprocess_signals(tmp_path, stub, signals, status, said):
     assert p.returncode == status and out.strip() == said
     left = subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True, text=True).stdout.split()
     assert left == []  # nothing of the session left running
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="util-linux's setpriv is not installed")
+def test_local_multiprocess_killed_stops_its_processes(tmp_path):
+    """SIGKILL to the launcher (an OOM killer, a scheduler's hard kill) left its processes training, orphaned;
+    they now get SIGTERM and stop as on a forwarded one."""
+    p = _local(tmp_path, "polite")
+    time.sleep(2)  # both started
+    os.kill(p.pid, signal.SIGKILL)
+    out, _ = p.communicate(timeout=20)
+    for _ in range(50):  # the orphans' exits (not zombies, which only wait for init to reap them)
+        ps = subprocess.run(["ps", "-o", "stat=", "--sid", str(p.pid)], capture_output=True, text=True).stdout
+        running = [stat for stat in ps.split() if not stat.startswith("Z")]
+        if not running:
+            break
+        time.sleep(0.2)
+    assert p.returncode == -signal.SIGKILL and running == [] and out.strip() == "process 0 stops"
 
 
 _SRUN = """#!/bin/bash
