@@ -55,6 +55,8 @@ def evaluate_run(config, workdir: str) -> dict:
     if directory.name != "state":
         raise UserError(f"--workdir {workdir!r} holds imported weights, not a trained run")
     step = int(directory.parent.name)
+    if jax.process_index() == 0:  # where the results go, before the work that makes them
+        runs.prepare_workdir(str(runs.run_path(workdir) / "eval"), what="the results directory")
     graphdefs, like = runs.abstract_networks(stage.networks(config), mesh)
     params = runs.restore_params(directory, like, what="--workdir")
     frozen_nets = jax.device_put(stage.frozen_nets(config, mesh), sharding.replicated(mesh))
@@ -70,7 +72,6 @@ def evaluate_run(config, workdir: str) -> dict:
                "num_examples": count, "test_set": test_set(config), "passes": passes, "rows": rows}
     if jax.process_index() == 0:
         out = runs.run_path(workdir) / "eval"
-        out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=2))
         (out / "results.md").write_text(markdown(results))
     return results
@@ -113,10 +114,18 @@ def test_set_difference(a: dict, b: dict) -> str:
 
 
 def read_results(workdir: str) -> dict:
+    """The results.json an earlier evaluation wrote in `workdir` (for --compare); UserError unless it holds what
+    `side_by_side` reads, so a bad one is refused before this run's evaluation, not after it."""
     path = runs.run_path(workdir) / "eval" / "results.json"
     if not path.is_file():
         raise UserError(f"--compare {workdir!r} has no eval/results.json: evaluate that run first")
-    return json.loads(path.read_text())
+    try:
+        results = json.loads(path.read_text())
+        side_by_side(results, results)  # reads every field the comparison will
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise UserError(f"--compare {workdir!r}: its eval/results.json is not an evaluation's results "
+                        f"({type(e).__name__}: {e}); evaluate that run again") from None
+    return results
 
 
 def main(argv) -> None:

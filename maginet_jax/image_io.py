@@ -54,7 +54,10 @@ def _pillow_codes(data: bytes) -> tuple[np.ndarray, bool]:
     if im.mode.startswith("I;16") or im.mode == "I":
         return np.clip(np.asarray(im, np.int64), 0, 65535).astype(np.uint16)[..., None], False
     if im.mode == "F":  # float images (TIFF) are taken to span [0, 1]
-        return np.round(np.clip(np.asarray(im, np.float64), 0.0, 1.0) * 65535.0).astype(np.uint16)[..., None], False
+        values = np.asarray(im, np.float64)
+        if not np.isfinite(values).all():  # a cast would turn NaN into some code without a word
+            raise ValueError("its float pixels include NaN or infinity")
+        return np.round(np.clip(values, 0.0, 1.0) * 65535.0).astype(np.uint16)[..., None], False
     alpha = im.mode in _ALPHA_MODES or "transparency" in im.info
     grey = im.mode in _GREY_MODES
     codes = np.asarray(im.convert(("LA" if alpha else "L") if grey else ("RGBA" if alpha else "RGB")))

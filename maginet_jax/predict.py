@@ -86,12 +86,21 @@ def unit_normals(encoded: np.ndarray) -> np.ndarray:
     return (n + 1.0) / 2.0
 
 
+# Limits that turn an out-of-memory crash into one error line. An input is padded to a square of its longer side
+# and every output is mapped back through one (float32: 0.8 GB each at 8192², so a 1 × 40000 strip needed 19 GB);
+# the working size is the networks' image side, 4× the paper's largest at 4096.
+MAX_SIDE = 8192
+MAX_SIZE = 4096
+
+
 class Predictor:
     """The chained networks of three finished runs, or of one joint run (`stages.passes.predict`), jitted at one
     working size."""
 
     def __init__(self, albedo_workdir: str, refine_workdir: str, passes_workdir: str, size: int = 0, *,
                  joint_workdir: str = ""):
+        if not 0 <= size <= MAX_SIZE:
+            raise UserError(f"working size {size} must be in [1, {MAX_SIZE}] (0: the passes run's crop size)")
         given = [f"--{n}_workdir" for n, w in (("albedo", albedo_workdir), ("refine", refine_workdir),
                                                 ("passes", passes_workdir)) if w]
         if joint_workdir and given:
@@ -113,8 +122,6 @@ class Predictor:
             config, graphdefs, params = runs.load_params(passes_workdir, passes.networks, stage="passes",
                                                          what="--passes_workdir", mesh=mesh, names=("generator",))
         self.passes = tuple(config.passes)
-        if size < 0:
-            raise UserError(f"working size {size} must be positive (0: the passes run's crop size)")
         self.size = size or config.data.crop_size
         multiple = int(np.lcm(2 * size_multiple(albedo_model), pix2pixhd.generator_multiple(config.model)))
         if self.size % multiple:
@@ -143,6 +150,15 @@ class Predictor:
         if mask is not None:
             outputs = {k: v * mask for k, v in outputs.items()}
         return outputs
+
+
+def read_input(path: str) -> np.ndarray:
+    """`image_io.read_image`, and UserError for an image whose longer side exceeds MAX_SIDE."""
+    image = image_io.read_image(path)
+    if max(image.shape[:2]) > MAX_SIDE:
+        raise UserError(f"{path!r} is {image.shape[1]}×{image.shape[0]}: its longer side exceeds {MAX_SIDE} pixels "
+                        f"(it is padded to a square of that side); resize or crop it first")
+    return image
 
 
 def list_inputs(path: str) -> list[str]:
@@ -189,7 +205,7 @@ def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input
         raise UserError("--mask and --no_mask contradict each other: give one")
     files = list_inputs(input_path)
     single = len(files) == 1 and os.path.isfile(input_path)
-    first = image_io.read_image(files[0]) if single else None  # a single unreadable file is the error itself
+    first = read_input(files[0]) if single else None  # a single unreadable file is the error itself
     mask_image = image_io.read_image(mask) if mask else None
     predictor = Predictor(albedo_workdir, refine_workdir, passes_workdir, size, joint_workdir=joint_workdir)
     written = {os.path.realpath(output_file(output_dir, f, name)) for f in files
@@ -197,7 +213,8 @@ def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input
     overwritten = [f for f in files if os.path.realpath(f) in written]
     if overwritten:  # e.g. --output is the input directory, which holds a.png and a_normal.png
         raise UserError(f"--output {output_dir!r} would overwrite the input {overwritten[0]!r}: write elsewhere")
-    runs.prepare_workdir(output_dir)  # only once every input has been checked
+    created = not os.path.exists(output_dir)
+    runs.prepare_workdir(output_dir, what="--output")  # only once every input has been checked
 
     def one(path: str, image: np.ndarray) -> None:
         h, w = image.shape[:2]
@@ -210,12 +227,14 @@ def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input
     skipped = []
     for path in tqdm(files, desc="predict", unit="image", file=sys.stderr):
         try:
-            image = image_io.read_image(path)
+            image = read_input(path)
         except UserError as e:
             tqdm.write(f"skipped: {e}", file=sys.stderr)
             skipped.append(str(e))
             continue
         one(path, image)
+    if created and len(skipped) == len(files):  # leave no empty --output behind when nothing could be read
+        os.rmdir(output_dir)
     return skipped
 
 

@@ -72,7 +72,7 @@ def test_unwritable_workdir(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     r = _train("--config=configs/albedo.py:smoke", f"--workdir={blocker}/run")
-    _assert_one_line(r, f"cannot write to workdir '{blocker}/run': Not a directory")
+    _assert_one_line(r, f"cannot write to --workdir='{blocker}/run': Not a directory")
     assert blocker.read_text() == "not a directory"
 
 

@@ -12,6 +12,7 @@ from skimage.metrics import structural_similarity
 
 from conftest import REPO, smoke, train_evals
 from maginet_jax import evaluate
+from maginet_jax.errors import UserError
 from maginet_jax.image_metrics import ssim
 
 
@@ -164,3 +165,31 @@ def test_bad_evaluate_input_is_one_line(chain, args, message):
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("maginet_jax.evaluate: error: ") and message in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("content", ["{not json", "{}", "[]", '{"rows": {"model": {"albedo": {"mse": 1}}}}'])
+def test_bad_compare_results_are_refused_up_front(tmp_path, content):
+    """A results.json it cannot compare with: one error before this run is evaluated (it was a traceback, for `{}`
+    only after the evaluation had overwritten this run's results)."""
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "results.json").write_text(content)
+    with pytest.raises(UserError, match=r"its eval/results.json is not an evaluation's results \("):
+        evaluate.read_results(str(tmp_path))
+
+
+def test_unwritable_results_directory_is_refused_before_the_evaluation(chain, tmp_path, monkeypatch):
+    import shutil
+    from maginet_jax import evaluator
+    workdir = tmp_path / "run"
+    shutil.copytree(chain["albedo"], workdir, ignore=shutil.ignore_patterns("eval"))
+    (workdir / "eval").write_text("a file where the results directory goes")
+    monkeypatch.setattr(evaluator, "evaluate", lambda *a, **k: pytest.fail("evaluated"))
+    with pytest.raises(UserError, match="cannot write to the results directory="):
+        evaluate.evaluate_run(smoke("albedo"), str(workdir))
+
+
+def test_a_config_json_that_is_not_a_config_is_one_error(tmp_path):
+    from maginet_jax.training import runs
+    (tmp_path / "config.json").write_text("[]")
+    with pytest.raises(UserError, match="its config.json holds a list, not a config"):
+        runs.read_config(str(tmp_path), expect_stage="albedo", what="--workdir")

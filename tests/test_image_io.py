@@ -96,6 +96,15 @@ def test_float_tiff_spans_zero_to_one(tmp_path):
     assert np.allclose(image_io.read_image(path), 0.25, atol=1e-4)
 
 
+def test_float_tiff_with_nan_is_refused(tmp_path):
+    """NaN pixels were cast to some code without a word (to 0 here)."""
+    pixels = np.full((4, 4), 0.25, np.float32)
+    pixels[1, 2] = np.nan
+    path = _write(tmp_path / "nan.tif", _pillow(Image.fromarray(pixels), "TIFF"))
+    with pytest.raises(UserError, match="its float pixels include NaN or infinity"):
+        image_io.read_image(path)
+
+
 def test_colour_to_one_channel_is_pillows_luma(tmp_path):
     """A 1-channel pass stored in colour reads as ITU-R 601 luma, as Pillow's convert("L") (to a code)."""
     rgb = np.random.default_rng(2).integers(0, 256, (8, 8, 3), dtype=np.uint8)

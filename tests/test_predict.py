@@ -138,7 +138,10 @@ def test_outputs_never_overwrite_an_input(chain, odd_image, tmp_path):
     ("wrong_stage", "--passes_workdir="),
     ("mask_and_no_mask", "--mask and --no_mask contradict"),
     ("missing_mask", "cannot read"),
-    ("negative_size", "working size -32 must be positive"),
+    ("negative_size", "working size -32 must be in [1, 4096]"),
+    ("huge_size", "working size 1000000000 must be in [1, 4096]"),  # was a MemoryError after creating --output
+    ("thin", "is 9000×1: its longer side exceeds 8192 pixels"),  # padded to 9000², 1 GB (40000: 19 GB)
+    ("output_is_file", "cannot write to --output="),  # said --workdir
 ])
 def test_bad_input_is_one_line(chain, tmp_path, case, message):
     passes, source, extra = chain["passes"], tmp_path / "in", []
@@ -157,11 +160,29 @@ def test_bad_input_is_one_line(chain, tmp_path, case, message):
         extra = [f"--mask={tmp_path / 'nowhere.png'}"]
     if case == "negative_size":  # -32 % 8 == 0: it passed the multiple check
         extra = ["--size=-32"]
-    r = _predict_cli(chain, f"--passes_workdir={passes}", f"--input={source}", f"--output={tmp_path / 'out'}", *extra)
+    if case == "huge_size":
+        extra = ["--size=1000000000"]
+    if case == "thin":
+        image_io.write_png(str(source), np.full((1, 9000, 1), 0.5, np.float32))
+    output = tmp_path / "out"
+    if case == "output_is_file":
+        output = tmp_path / "a_file"
+        output.write_text("keep me")
+    r = _predict_cli(chain, f"--passes_workdir={passes}", f"--input={source}", f"--output={output}", *extra)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("maginet_jax.predict: error: ") and message in lines[0], r.stderr
     assert not (tmp_path / "out").exists()  # nothing written
+    assert case != "output_is_file" or output.read_text() == "keep me"
+
+
+def test_a_directory_of_unreadable_files_leaves_no_output(chain, tmp_path):
+    """Every file skipped: the --output directory that predict made for them is removed again."""
+    (tmp_path / "in").mkdir()
+    for name in ("a.txt", "b.png"):
+        (tmp_path / "in" / name).write_text("not an image")
+    skipped = predict.predict(chain["albedo"], "", chain["passes"], str(tmp_path / "in"), str(tmp_path / "out"))
+    assert len(skipped) == 2 and not (tmp_path / "out").exists()
 
 
 def _framed_texture(size=(40, 48), border=6, seed=4) -> np.ndarray:

@@ -50,9 +50,12 @@ def read_config(workdir: str, *, expect_stage: str | tuple[str, ...], what: str)
     if not path.is_file():
         raise UserError(f"{what}={workdir!r} is not a maginet_jax run directory: it has no config.json")
     try:
-        config = ml_collections.ConfigDict(json.loads(path.read_text()))
+        saved = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{what}={workdir!r}: cannot read config.json ({e})") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{what}={workdir!r}: its config.json holds a {type(saved).__name__}, not a config")
+    config = ml_collections.ConfigDict(saved)
     stage = config.get("stage")
     if stage not in expected:
         raise UserError(f"{what}={workdir!r} holds a {stage!r} run, not {' or '.join(map(repr, expected))}")
@@ -214,10 +217,11 @@ def model_differences(saved, ours, keys, *, prefix: str = "model.", defaults=Non
     return out
 
 
-def prepare_workdir(workdir: str) -> None:
-    """Creates `workdir` and proves it writable, or raises UserError; touches nothing already there."""
+def prepare_workdir(workdir: str, *, what: str = "--workdir") -> None:
+    """Creates `workdir` and proves it writable, or raises UserError naming the flag `what`; touches nothing
+    already there."""
     if not str(workdir).strip():  # os.path.abspath("") is the current directory
-        raise UserError("--workdir is empty: give the run's directory")
+        raise UserError(f"{what} is empty: give a directory")
     try:
         path = run_path(workdir)
         path.mkdir(parents=True, exist_ok=True)
@@ -225,4 +229,4 @@ def prepare_workdir(workdir: str) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"cannot write to workdir {workdir!r}: {e.strerror or e}") from None
+        raise UserError(f"cannot write to {what}={workdir!r}: {e.strerror or e}") from None
