@@ -11,9 +11,9 @@ Writes, for each input `<stem>`: `<stem>_albedo.png` (the refined albedo), `<ste
 the passes run predicts (ambient_occlusion, normal, specular, translucency, raw_diffuse), and a labelled
 contact sheet `<stem>_sheet.png`.
 
-Sizes: an input of any size and aspect is padded to a square (edge pixels repeated), resized to the working
-size S (the passes run's training crop size, or --size; stage 1 runs at S/2), and every output is mapped back
-to the input's exact size. --native keeps the S×S outputs (of the padded square) instead.
+Sizes: an input of any aspect, up to 8192 pixels on its longer side, is padded to a square (edge pixels repeated),
+resized to the working size S (the passes run's training crop size, or --size up to 4096; stage 1 runs at S/2),
+and every output is mapped back to the input's exact size. --native keeps the S×S outputs (of the padded square) instead.
 
 Normals: 16-bit RGB PNGs, renormalised to unit length after resizing, encoded as code = round((n + 1) / 2 ·
 65535) per component in the texture's tangent frame (x right, y up, z out of the skin), like the training
@@ -58,7 +58,7 @@ _JOINT = flags.DEFINE_string("joint_workdir", "", "A finished joint fine-tuning 
 _INPUT = flags.DEFINE_string("input", None, "An image file, or a directory of them.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory (created if needed).")
 _NATIVE = flags.DEFINE_bool("native", False, "Keep outputs at the working size S×S instead of the input's size.")
-_SIZE = flags.DEFINE_integer("size", 0, "Working size S (0: the size the passes run was trained at).")
+_SIZE = flags.DEFINE_integer("size", 0, "Working size S, up to 4096 (0: the size the passes run was trained at).")
 _MASK = flags.DEFINE_string("mask", "", "An image whose bright pixels (>= 0.5) mark the valid texture region, resized "
                             "to each input (default: the input's non-black pixels).")
 _NO_MASK = flags.DEFINE_bool("no_mask", False, "Write the raw outputs, also outside the face.")
