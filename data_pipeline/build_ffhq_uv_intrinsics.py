@@ -7,12 +7,13 @@ r"""Prepares a raw FFHQ-UV-Intrinsics copy as the `ffhq_uv_intrinsics` TFDS data
 Training with `--config.data.source=ffhq_uv_intrinsics --config.data.root=DIR` does the same on first use;
 run this ahead of a multi-host job, so that hosts do not all build it. Bad data (a missing pass, a corrupt or
 truncated PNG, a wrong size or channel count) stops the build with one line naming the subject and file;
-`--lenient` skips such subjects instead and records which, and why, in the dataset info. Nothing half-built
-is ever taken for the dataset.
+`--lenient` skips such subjects instead and records which, and why, in the dataset info (a split left without
+subjects stops it). Nothing half-built is ever taken for the dataset.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 
 from absl import app, flags
@@ -32,6 +33,13 @@ _LENIENT = flags.DEFINE_bool("lenient", False, "Skip subjects with bad data (rec
 flags.mark_flag_as_required("root")
 
 
+def as_flags(message: str) -> str:
+    """`message` with the training config's keys that are this CLI's flags (`data.tfds_dir`) named as the flags
+    (`--tfds_dir`): `prepare` speaks to training runs too."""
+    names = "|".join(holder.name for holder in (_ROOT, _UV, _RES, _INPUT, _PASS_FILES, _TEST, _DIR, _LENIENT))
+    return re.sub(rf"\bdata\.({names})\b", r"--\1", message)
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         sys.exit(f"build_ffhq_uv_intrinsics: error: unexpected arguments {argv[1:]}")
@@ -41,7 +49,7 @@ def main(argv) -> None:
                           pass_files=_PASS_FILES.value, uv_maps_dir=_UV.value, test_fraction=_TEST.value,
                           lenient=_LENIENT.value)
     except ValueError as e:
-        sys.exit(f"build_ffhq_uv_intrinsics: error: {e}")
+        sys.exit(f"build_ffhq_uv_intrinsics: error: {as_flags(str(e))}")
     meta = builder.info.metadata
     sizes = {name: split.num_examples for name, split in builder.info.splits.items()}
     print(f"{builder.data_dir}: {sizes}; held out {len(meta['held_out_subjects'])} subjects; "

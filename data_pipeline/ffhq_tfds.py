@@ -30,6 +30,11 @@ from data_pipeline.ffhq_uv_intrinsics import (CHANNELS, PASS_FILES, BadSubjectDa
 
 RESOLUTIONS = (512, 1024)  # the predefined configs; any size >= 16 works (tests use small ones)
 
+# TFDS warns at every first build: of a config not in BUILDER_CONFIGS, and that the version directory it is about to
+# make has no dataset_info.json yet. Noise before the progress bars, and before the one line of an error.
+logging.get_absl_logger().addFilter(lambda record: not str(record.msg).startswith(
+    ("Using custom data configuration:", "Variant folder %s has no %s")))
+
 
 def read_checked(path, subject: str, channels: int, size: int, dtype=np.uint8) -> np.ndarray:
     """An (size, size, channels) array of `dtype` from one PNG, or BadSubjectData saying what is wrong.
@@ -119,11 +124,12 @@ class FfhqUvIntrinsics(tfds.core.GeneratorBasedBuilder):
         self.info.metadata.update(held_out_subjects=test, input_file=c.input_file, test_fraction=c.test_fraction,
                                   pass_files=parse_pass_files(c.pass_files), skipped_subjects={},
                                   raw_root=_root(dl_manager.manual_dir), raw_files=fingerprint(files))
-        return {"train": self._generate_examples([(i, files[i]) for i in ids if i not in set(test)]),
-                "test": self._generate_examples([(i, files[i]) for i in test])}
+        return {"train": self._generate_examples("train", [(i, files[i]) for i in ids if i not in set(test)]),
+                "test": self._generate_examples("test", [(i, files[i]) for i in test])}
 
-    def _generate_examples(self, subjects):
+    def _generate_examples(self, split: str, subjects):
         size = self.builder_config.resolution
+        skipped = []
         for subject, paths in subjects:
             try:
                 record = {k: read_checked(path, subject, CHANNELS[k], size, np.uint16 if k == "normal" else np.uint8)
@@ -132,9 +138,13 @@ class FfhqUvIntrinsics(tfds.core.GeneratorBasedBuilder):
                 if not self._lenient:
                     raise
                 self.info.metadata["skipped_subjects"][subject] = f"{e.path}: {e.reason}"
+                skipped.append(e)
                 continue
             record["mask"] = np.where(np.any(record["albedo"] > 0, axis=-1, keepdims=True), 255, 0).astype(np.uint8)
             yield subject, {"subject_id": subject, **record}
+        if len(skipped) == len(subjects):  # (TFDS's own error is an AssertionError that names no subject)
+            raise ValueError(f"no usable subjects remain in the {split} split: all {len(subjects)} have bad files "
+                             f"(skipped as lenient), e.g. {skipped[0]}")
 
 
 def raw_files(root: str, config: FfhqUvIntrinsicsConfig, uv_maps_dir: str = "") -> dict[str, dict[str, epath.Path]]:

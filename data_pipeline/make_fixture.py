@@ -3,7 +3,8 @@ r"""Writes a small tree in the exact FFHQ-UV-Intrinsics (+ FFHQ-UV uv-maps) layo
     python -m data_pipeline.make_fixture --out DIR --num_subjects N [--resolution 64] [--seed 0] [--overwrite]
 
 Gives `DIR/Data/<ID>/{ambient_occlusion, diffuse, normal, specular, translucency, light_normalized}.png` and
-`DIR/uv-maps/<ID>.png` (the lit texture), IDs zero-padded to six digits. Try the real-data path with it:
+`DIR/uv-maps/<ID>.png` (the lit texture), IDs zero-padded to six digits: at most 10**6 subjects, of 16 to 1024
+pixels (the paper's largest size), from a seed in [0, 2**32). Try the real-data path with it:
 `--config.data.source=ffhq_uv_intrinsics --config.data.root=DIR`. A DIR that holds anything is refused unless
 `--overwrite` is given: the tree has the real dataset's file names, and would replace a copy of it.
 """
@@ -36,10 +37,17 @@ def write_fixture(out: str, num_subjects: int, resolution: int = 64, seed: int =
     return ids
 
 
-_OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
-_NUM = flags.DEFINE_integer("num_subjects", 20, "Number of subjects.", lower_bound=1)
-_RES = flags.DEFINE_integer("resolution", 64, "Texture size in pixels.", lower_bound=16)
-_SEED = flags.DEFINE_integer("seed", 0, "Synthetic dataset seed.")
+# The flags' bounds are checked as they are parsed, before anything is written: out of range, the generator failed
+# half-way (a negative seed), or asked for terabytes (a million pixels a side).
+MAX_SUBJECTS = 10**6  # the IDs are six digits
+MAX_RESOLUTION = 1024  # the paper's largest size
+
+_OUT = flags.DEFINE_string("out", None, "Output directory ('.' for the current one).", required=True)
+flags.register_validator(_OUT, bool, "an empty path would write into the current directory: give --out=. for it")
+_NUM = flags.DEFINE_integer("num_subjects", 20, "Number of subjects.", lower_bound=1, upper_bound=MAX_SUBJECTS)
+_RES = flags.DEFINE_integer("resolution", 64, "Texture size in pixels.", lower_bound=16, upper_bound=MAX_RESOLUTION)
+_SEED = flags.DEFINE_integer("seed", 0, "Synthetic dataset seed (32 bits, as the training's data.seed).",
+                             lower_bound=0, upper_bound=2**32 - 1)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Write into a --out that already holds files.")
 
 

@@ -87,24 +87,47 @@ def test_errors(fixture_root, tmp_path):
         FFHQUVIntrinsicsSource(fixture_root, split="train", resolution=32, input_file="albedo_lit")
 
 
+def _make_fixture(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "data_pipeline.make_fixture", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
 def test_make_fixture_cli(tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "data_pipeline.make_fixture", *a], cwd=REPO,
-                                    capture_output=True, text=True, timeout=120)
-    r = run(f"--out={tmp_path / 'raw'}", "--num_subjects=2", "--resolution=16")
+    r = _make_fixture(f"--out={tmp_path / 'raw'}", "--num_subjects=2", "--resolution=16", f"--seed={2**32 - 1}")
     assert r.returncode == 0 and sorted(os.listdir(tmp_path / "raw" / "Data")) == ["000000", "000001"]
     precious = tmp_path / "raw" / "Data" / "000000" / "normal.png"
     precious.write_bytes(b"a real dataset's file")
-    r = run(f"--out={tmp_path / 'raw'}", "--num_subjects=1", "--resolution=16")
+    r = _make_fixture(f"--out={tmp_path / 'raw'}", "--num_subjects=1", "--resolution=16")
     assert r.returncode == 1 and r.stderr.strip().startswith(
         f"make_fixture: error: --out={str(tmp_path / 'raw')!r} is not empty") and len(r.stderr.splitlines()) == 1
     assert precious.read_bytes() == b"a real dataset's file"
-    r = run(f"--out={tmp_path / 'raw'}", "--num_subjects=1", "--resolution=16", "--overwrite")
+    r = _make_fixture(f"--out={tmp_path / 'raw'}", "--num_subjects=1", "--resolution=16", "--overwrite")
     assert r.returncode == 0 and precious.read_bytes()[:4] == b"\x89PNG"
     (tmp_path / "file").write_text("")
-    r = run(f"--out={tmp_path / 'file' / 'raw'}")
+    r = _make_fixture(f"--out={tmp_path / 'file' / 'raw'}")
     assert r.returncode == 1 and r.stderr.strip() == (
         f"make_fixture: error: cannot write under --out={str(tmp_path / 'file' / 'raw')!r}: Not a directory: "
         f"{str(tmp_path / 'file' / 'raw')!r}")
+
+
+@pytest.mark.parametrize("flag, error", [
+    ("--out=", "flag --out=: an empty path would write into the current directory: give --out=. for it"),
+    ("--seed=-1", "flag --seed=-1: -1 is not an integer in the range [0, 4294967295]"),
+    ("--seed=4294967296", "flag --seed=4294967296: 4294967296 is not an integer in the range [0, 4294967295]"),
+    ("--resolution=1025", "flag --resolution=1025: 1025 is not an integer in the range [16, 1024]"),
+    ("--num_subjects=1000001", "flag --num_subjects=1000001: 1000001 is not an integer in the range [1, 1000000]"),
+])
+def test_make_fixture_refuses_bad_flags_before_writing(tmp_path, flag, error):
+    """An empty --out wrote into the current directory, past the guard of a non-empty one; a negative seed was a
+    traceback, and a million pixels a side one of allocating 3.6 TiB, each after uv-maps/ was made. Each is one line
+    now, and nothing is written."""
+    precious = tmp_path / "Data" / "000000" / "normal.png"
+    precious.parent.mkdir(parents=True)
+    precious.write_bytes(b"a real dataset's file")
+    r = _make_fixture(f"--out={tmp_path / 'raw'}", "--num_subjects=1", "--resolution=16", flag, cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.strip() == f"make_fixture: error: {error}"
+    assert os.listdir(tmp_path) == ["Data"] and os.listdir(precious.parent) == ["normal.png"]
+    assert precious.read_bytes() == b"a real dataset's file"
 
 
 @pytest.mark.parametrize("case", ["missing", "truncated"])

@@ -122,6 +122,22 @@ def test_bad_data_strict_then_lenient(raw, tmp_path, case, caplog):
     assert "leaves out 1 subjects with bad files" in caplog.text and f"000005: {skipped['000005']}" in caplog.text
 
 
+def test_a_split_left_without_subjects_is_one_error(raw, tmp_path):
+    """Lenient, with every subject of a split bad, the build ended in TFDS's AssertionError "No examples were
+    yielded" after a traceback. It is one line saying why, and leaves nothing a later run would take for the
+    dataset (the train split was written before the test split failed)."""
+    root, tfds_dir = str(tmp_path / "raw"), str(tmp_path / "tfds")
+    shutil.copytree(raw, root)
+    held_out = [f"{i:06d}" for i in range(24) if is_test_subject(f"{i:06d}", 0.25)]
+    for subject in held_out:
+        os.remove(os.path.join(root, "Data", subject, "specular.png"))
+    with pytest.raises(ValueError, match=rf"^no usable subjects remain in the test split: all {len(held_out)} have "
+                                         rf"bad files \(skipped as lenient\), e\.g\. subject {held_out[0]}: "
+                                         r"\S+/specular\.png: missing$"):
+        prepare(root, tfds_dir=tfds_dir, resolution=32, test_fraction=0.25, lenient=True)
+    assert os.listdir(os.path.join(tfds_dir, "ffhq_uv_intrinsics", "r32-uv_map-test250")) == []
+
+
 def test_build_cli(raw, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     run = lambda *a: subprocess.run([sys.executable, "-m", "data_pipeline.build_ffhq_uv_intrinsics", *a],
@@ -136,9 +152,13 @@ def test_build_cli(raw, tmp_path):
     r = run(*args, "--lenient")
     assert r.returncode == 0 and "skipped 1: ['000007']" in r.stdout
     r = run(f"--root={tmp_path / 'nowhere'}", f"--tfds_dir={tmp_path / 'tfds2'}")  # TFDS's check: a traceback
-    assert r.returncode == 1 and "Traceback" not in r.stderr and not (tmp_path / "tfds2").exists()
-    assert r.stderr.strip().splitlines()[-1] == (f"build_ffhq_uv_intrinsics: error: {str(tmp_path / 'nowhere')!r} "
-                                                 "is not an FFHQ-UV-Intrinsics copy: it has no Data/ directory")
+    assert r.returncode == 1 and not (tmp_path / "tfds2").exists()
+    assert r.stderr.strip() == (f"build_ffhq_uv_intrinsics: error: {str(tmp_path / 'nowhere')!r} "  # no TFDS warning
+                                "is not an FFHQ-UV-Intrinsics copy: it has no Data/ directory")
+    r = run(*args, f"--uv_maps_dir={tmp_path / 'none'}")  # the error names the flags, not the training config's keys
+    assert r.returncode == 1 and r.stderr.strip() == (
+        f"build_ffhq_uv_intrinsics: error: FFHQ-UV textures not found at {str(tmp_path / 'none')!r}: set "
+        "--uv_maps_dir, or --input_file=diffuse to learn from the raw diffuse pass")
     r = run()
     assert r.returncode == 1 and r.stderr.strip() == ("build_ffhq_uv_intrinsics: error: flag --root=None: "
                                                       "Flag --root must have a value other than None.")
