@@ -16,20 +16,22 @@ self-contained interactive page (WebGL, no network) of one stem.
 Lights: `--light AZ,EL,R,G,B` (repeatable) is a distant light at azimuth AZ and elevation EL in degrees, direction
 (cos EL sin AZ, sin EL, cos EL cos AZ) in the texture frame (0,0 is straight in front, +AZ to the right, +EL up), of
 colour × intensity R,G,B. Without --light, --sh and --match, one key light (`DEFAULT_LIGHT`) is used. --sh takes a
-preset name (`PRESETS`) or a text file of 9 rows of R G B irradiance coefficients. Bad input (a missing pass, passes
-of different sizes, a malformed spec) is one error line, exit status 1, and nothing written.
+preset name (`PRESETS`) or a text file of 9 rows of R G B irradiance coefficients. Every number of a light, colour,
+SH file, intensity or edit lies within ±`MAX_MAGNITUDE` (1e6; float32 rendering overflows far beyond it), a sweep
+has at most `MAX_SWEEP_FRAMES` frames and `MAX_SWEEP_PIXELS` pixels of frames, and no file written may be one read.
+Bad input (a missing pass, passes of different sizes, a malformed spec) is one error line, exit status 1, and nothing
+written.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 
 from absl import app, flags, logging
 
 from maginet_jax import cli
 from maginet_jax.errors import UserError
-from maginet_jax.relighting import DEFAULT_LIGHT, MAX_LIGHTS, PRESETS, Rig, read_sh, relight
+from maginet_jax.relighting import DEFAULT_LIGHT, MAX_LIGHTS, MAX_MAGNITUDE, PRESETS, Rig, read_sh, relight
 
 _PASSES = flags.DEFINE_string("passes", None, "A prefix of predicted passes (<prefix>_albedo.png, ...) or a "
                               "directory of them.")
@@ -54,13 +56,15 @@ _HTML = flags.DEFINE_string("html", "", "Write an interactive WebGL page of the 
 
 
 def parse_numbers(flag: str, text: str, count: int, nonnegative_from: int = 0) -> tuple[float, ...]:
-    """`count` comma-separated numbers, those from index `nonnegative_from` on >= 0; UserError otherwise."""
+    """`count` comma-separated numbers within ±MAX_MAGNITUDE, those from index `nonnegative_from` on >= 0;
+    UserError otherwise."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != count or not all(map(math.isfinite, values)) or min(values[nonnegative_from:], default=0) < 0:
-        raise UserError(f"--{flag}={text!r}: expected {count} comma-separated numbers"
+    if (len(values) != count or not all(abs(v) <= MAX_MAGNITUDE for v in values)  # NaN too
+            or min(values[nonnegative_from:], default=0) < 0):
+        raise UserError(f"--{flag}={text!r}: expected {count} comma-separated numbers within ±{MAX_MAGNITUDE:g}"
                         + (" (colours >= 0)" if nonnegative_from < count else ""))
     return values
 
@@ -75,8 +79,8 @@ def rig_from_flags() -> Rig:
     for name, value in (("sh_intensity", _SH_INTENSITY.value), ("shininess", _SHININESS.value),
                         ("saturation", _SATURATION.value), ("specular_scale", _SPECULAR.value),
                         ("translucency_scale", _TRANSLUCENCY.value), ("ao_strength", _AO.value)):
-        if not (math.isfinite(value) and value >= 0):
-            raise UserError(f"--{name}={value}: expected a number >= 0")
+        if not 0 <= value <= MAX_MAGNITUDE:  # NaN too
+            raise UserError(f"--{name}={value}: expected a number from 0 to {MAX_MAGNITUDE:g}")
     environment = bool(_SH.value or _MATCH.value)
     ambient = _AMBIENT.value or ("0,0,0" if environment else "0.1,0.1,0.1")
     return Rig(lights=lights, ambient=parse_numbers("ambient", ambient, 3),
@@ -91,8 +95,9 @@ def main(argv) -> None:
     if len(argv) > 1:
         sys.exit(f"maginet_jax.relight: error: unexpected arguments {argv[1:]}")
     try:
+        sh_file = () if _SH.value in PRESETS else (_SH.value,)  # what read_sh read: never to be written over
         relight(_PASSES.value, _OUTPUT.value, rig_from_flags(), _SWEEP.value, _SWEEP_FORMAT.value, _MATCH.value,
-                _HTML.value)
+                _HTML.value, also_read=sh_file)
     except UserError as e:
         sys.exit(f"maginet_jax.relight: error: {e}")
     except OSError as e:  # writing (permissions, a full disk): what the checks before it cannot foresee

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,16 @@ from maginet_jax.errors import UserError
 PASSES = ("albedo", "ambient_occlusion", "normal", "specular", "translucency")
 DEFAULT_LIGHT = (-30.0, 20.0, 0.9, 0.9, 0.9)
 MAX_LIGHTS = 8  # the page's shader has a fixed light array; the CLI keeps to it so both render alike
+# Every number the CLI takes into a rig (angles, colours, SH coefficients, intensities, edits) lies within this. A light
+# of 1e6 already saturates nearly every lit pixel of the darkest albedo, and the renderer's float32 holds the worst
+# products of such numbers (scale × scatter × 8 lights ~ 1e19, SH coefficient × intensity ~ 1e12) with room to spare,
+# where 1e300 becomes inf, and the NaN pixels it makes were written as black.
+MAX_MAGNITUDE = 1e6
+# A sweep's frames are held in memory together (the float32 batch, their 8-bit copies, the strip: ~44 bytes a pixel),
+# so their count is bounded twice, before anything is written: one a degree of the light's circle (29 s of animation),
+# and 2^26 pixels of frames in all (~3 GB: 64 frames of 1024x1024).
+MAX_SWEEP_FRAMES = 360
+MAX_SWEEP_PIXELS = 1 << 26
 
 
 def direction(azimuth: float, elevation: float) -> np.ndarray:
@@ -165,11 +176,17 @@ def read_sh(text: str) -> tuple:
     if not os.path.isfile(text):
         raise UserError(f"--sh={text!r} is neither a preset {tuple(sorted(PRESETS))} nor a file")
     try:
-        sh = np.loadtxt(text, dtype=np.float64, ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # an empty file's: the shape check says it in the one line
+            sh = np.loadtxt(text, dtype=np.float64, ndmin=2)
     except ValueError as e:
         raise UserError(f"--sh file {text!r}: {e}") from None
-    if sh.shape != (9, 3) or not np.isfinite(sh).all():
-        raise UserError(f"--sh file {text!r} holds {sh.shape[0]}x{sh.shape[1]} numbers, not 9 rows of R G B")
+    if sh.shape != (9, 3):
+        held = f"{sh.shape[0]}x{sh.shape[1]} numbers" if sh.size else "no numbers"
+        raise UserError(f"--sh file {text!r} holds {held}, not 9 rows of R G B")
+    bad = sh[~(np.abs(sh) <= MAX_MAGNITUDE)]  # NaN too
+    if bad.size:
+        raise UserError(f"--sh file {text!r} holds {bad[0]:g}: expected finite numbers within ±{MAX_MAGNITUDE:g}")
     return tuple(map(tuple, sh.tolist()))
 
 
@@ -212,20 +229,44 @@ def check_target(path: str, flag: str, directory: bool) -> None:
         raise UserError(f"{flag}={path!r} cannot be made: {parent!r} is a file")
 
 
+def check_sweep(frames: int, sizes: list[tuple[int, int]]) -> None:
+    """UserError unless a sweep of `frames` of passes of these (width, height) keeps to MAX_SWEEP_FRAMES and
+    MAX_SWEEP_PIXELS."""
+    width, height = max(sizes, key=lambda size: size[0] * size[1])
+    limit = min(MAX_SWEEP_FRAMES, MAX_SWEEP_PIXELS // (width * height))
+    if not 0 <= frames <= limit:
+        raise UserError(f"--sweep={frames}: expected 0 to {limit} frames of {width}x{height} (at most "
+                        f"{MAX_SWEEP_FRAMES}; the frames are held in memory, {MAX_SWEEP_PIXELS >> 20} M pixels in all)")
+
+
+def check_overwrites(inputs: list[str], output: str, outputs: list[str], html: str) -> None:
+    """UserError if a file to write (`outputs` in `output`, then `html`) is an input or was written before it,
+    by resolved path (so a link or another spelling of it counts)."""
+    taken = {os.path.realpath(f): f"the input {f!r}" for f in inputs}
+    for flag, given, files in (("--output", output, outputs), ("--html", html, [html] if html else [])):
+        for file in files:
+            if os.path.realpath(file) in taken:
+                raise UserError(f"{flag}={given!r} would overwrite {taken[os.path.realpath(file)]}: write elsewhere")
+        taken.update({os.path.realpath(file): f"the output {file!r}" for file in files})
+
+
 def relight(passes_path: str, output: str, rig: Rig, sweep: int = 0, sweep_format: str = "gif",
-            match: str = "", html: str = "") -> None:
-    """Everything the command does; all input is checked before the first file is written."""
+            match: str = "", html: str = "", also_read: tuple[str, ...] = ()) -> None:
+    """Everything the command does; all input is checked before the first file is written. `also_read` are the
+    files the caller built `rig` from (an --sh file): like the passes and `match`, none may be written over."""
     if not output and not html:
         raise UserError("nothing to write: give --output (relit images) and/or --html (interactive page)")
-    if sweep < 0:
-        raise UserError(f"--sweep={sweep}: expected a number of frames >= 0")
     stems = find_stems(passes_path)
-    for stem in stems:
-        check_stem(stem)
+    sizes = [check_stem(stem) for stem in stems]
+    check_sweep(sweep, sizes)
     if (match or html) and len(stems) > 1:
         raise UserError(f"--match and --html take one stem; --passes {passes_path!r} holds {len(stems)}")
     check_target(output, "--output", directory=True)
     check_target(html, "--html", directory=False)
+    inputs = [f"{stem}_{name}.png" for stem in stems for name in PASSES] + [f for f in (match, *also_read) if f]
+    suffixes = ["relit.png", *([f"sweep.{sweep_format}", "sweep.png"] if sweep else []), *(["sh.txt"] if match else [])]
+    outputs = [os.path.join(output, f"{os.path.basename(stem)}_{suffix}") for stem in stems for suffix in suffixes]
+    check_overwrites(inputs, output, outputs if output else [], html)
     reference = image_io.read_image(match) if match else None
     first = read_passes(stems[0])
     if reference is not None:

@@ -80,23 +80,74 @@ def test_wrong_architecture_is_one_line_and_writes_nothing(torch_files, tmp_path
     r = _cli("--generator", str(torch_files[0] / "G.pth"), "--netG", "global", "--out", str(out), *ARCH)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("import_pix2pixhd: error: state dict does not fit GlobalGenerator")
+    assert len(lines) == 1 and lines[0].startswith(
+        "maginet_jax.tools.import_pix2pixhd: error: state dict does not fit GlobalGenerator")
     assert "unexpected keys ['model1_1.1.bias'" in lines[0]
     assert not out.exists()
 
 
+def _main_error(*args) -> str:
+    """import_pix2pixhd.main's error line for `args` (the architecture of `torch_files`' weights unless given)."""
+    with pytest.raises(SystemExit) as e:
+        import_pix2pixhd.main([*ARCH, "--netG", "local", *args])
+    return str(e.value)
+
+
 @pytest.mark.parametrize("case,message", [("not_torch", "is not a PyTorch state-dict file"),
-                                          ("existing_out", "already exists and is not an empty directory")])
+                                          ("existing_out", "already exists and is not an empty directory"),
+                                          ("out_is_a_file", "already exists and is not an empty directory"),
+                                          ("empty_out", "--out is empty"),
+                                          ("out_under_a_file", "cannot write to --out")])
 def test_bad_files(torch_files, tmp_path, case, message):
     generator, out = torch_files[0] / "G.pth", tmp_path / "imported"
     if case == "not_torch":
         generator = tmp_path / "G.pth"
         generator.write_text("hello")
     else:
-        out.mkdir()
-        (out / "keep.txt").write_text("mine")
-    with pytest.raises(SystemExit) as e:
-        import_pix2pixhd.main(["--generator", str(generator), "--netG", "local", "--out", str(out), *ARCH])
-    assert message in str(e.value)
+        generator = tmp_path / "missing.pth"  # --out is checked before any weights are read
+        (tmp_path / "mine.txt").write_text("mine")
+        out = {"existing_out": out, "out_is_a_file": tmp_path / "mine.txt", "empty_out": "",
+               "out_under_a_file": tmp_path / "mine.txt" / "imported"}[case]
+        if case == "existing_out":
+            out.mkdir()
+            (out / "keep.txt").write_text("mine")
+    error = _main_error("--generator", str(generator), "--out", str(out))
+    assert error.startswith("maginet_jax.tools.import_pix2pixhd: error: ") and message in error
+    if case != "not_torch":
+        made = {"mine.txt", "imported"} if case == "existing_out" else {"mine.txt"}
+        assert {p.name for p in tmp_path.iterdir()} == made  # nothing written, no probe left
+        assert (tmp_path / "mine.txt").read_text() == "mine"
     if case == "existing_out":
         assert os.listdir(out) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("flag,value,message", [("--ngf", "-4", "--ngf must be an integer >= 1, got -4"),
+                                                ("--ndf", "0", "--ndf must be an integer >= 1"),
+                                                ("--n_downsample_global", "-1", "--n_downsample_global must be"),
+                                                ("--n_blocks_local", "-1", "--n_blocks_local must be"),
+                                                ("--n_local_enhancers", "0", "--n_local_enhancers must be"),
+                                                ("--n_layers_D", "-1", "--n_layers_D must be"),
+                                                ("--num_D", "0", "--num_D must be"),
+                                                ("--output_nc", "0", "--output_nc must be")])
+def test_bad_architecture_is_refused_before_reading(tmp_path, flag, value, message):
+    """Even the discriminator's options, without --discriminator: they are written into config.json."""
+    out = tmp_path / "imported"
+    error = _main_error("--generator", str(tmp_path / "missing.pth"), "--out", str(out), flag, value)
+    assert error.startswith(f"maginet_jax.tools.import_pix2pixhd: error: {message}")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("which,bad", [("generator", float("nan")), ("discriminator", float("inf"))])
+def test_non_finite_weights_are_refused(torch_files, tmp_path, which, bad):
+    root, g, d = torch_files
+    state = (g if which == "generator" else d).state_dict()
+    key = list(state)[2]
+    state[key] = state[key].clone()
+    state[key].view(-1)[-1] = bad
+    torch.save(state, tmp_path / "bad.pth")
+    files = {"generator": root / "G.pth", "discriminator": root / "D.pth", which: tmp_path / "bad.pth"}
+    out = tmp_path / "imported"
+    error = _main_error("--generator", str(files["generator"]), "--discriminator", str(files["discriminator"]),
+                        "--out", str(out))
+    assert error.endswith(f"bad.pth': {key} holds NaN or infinite values")
+    assert not out.exists()

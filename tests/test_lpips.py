@@ -16,12 +16,15 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from PIL import Image
 
 from benchmarks.torch_twin import perceptual as ref
 from data_pipeline import synthetic
+from maginet_jax import image_io
 from maginet_jax.errors import UserError
 from maginet_jax.perceptual import networks, weights
 from maginet_jax.perceptual.lpips import LPIPS, unit_normalize
+from maginet_jax.tools import lpips as lpips_tool
 
 pytestmark = pytest.mark.usefixtures("highest_precision")
 torch.set_num_threads(2)
@@ -458,3 +461,40 @@ def test_unit_normalize_is_the_reference_with_a_finite_gradient_at_zero():
     want.backward(torch.tensor(np.broadcast_to(np.arange(3.0, dtype=np.float32), f.shape)))
     np.testing.assert_allclose(grad[0], t.grad.numpy()[0], rtol=1e-5)
     assert np.isnan(t.grad.numpy()[1]).all()  # what the reference formula does at zero
+
+
+# ------------------------------------------------------------------------------------------ two-image tool
+
+
+@pytest.mark.parametrize("case", ["16-bit grey", "EXIF orientation", "alpha"])
+def test_lpips_tool_reads_images_as_image_io_does(tmp_path, case):
+    """A picture and its other encoding are the same image to the tool (Pillow's convert("RGB") saturated 16-bit
+    grey, kept the stored orientation and dropped alpha): distance 0."""
+    codes = np.round((synthetic_faces(64, 48, indices=(0,))[0] + 1.0) * 127.5).astype(np.uint8)
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    if case == "16-bit grey":
+        Image.fromarray(codes[..., 0]).save(a)
+        b.write_bytes(image_io.png16_bytes(codes[..., :1] / 255.0))
+    elif case == "EXIF orientation":
+        Image.fromarray(codes).save(a)
+        exif = Image.Exif()
+        exif[0x0112] = 6  # stored turned a quarter left: viewers turn it right
+        Image.fromarray(np.ascontiguousarray(np.rot90(codes))).save(b, exif=exif)
+    else:
+        opaque = np.broadcast_to(np.arange(64)[:, None, None] >= 32, (64, 48, 1))  # transparent top half: black
+        Image.fromarray(np.where(opaque, codes, 0).astype(np.uint8)).save(a)
+        Image.fromarray(np.concatenate([codes, np.where(opaque, 255, 0).astype(np.uint8)], -1)).save(b)
+    assert lpips_tool.distance(str(a), str(b)) < 1e-6
+
+
+TRUNCATED_PNG16 = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x40\x00\x00\x00\x40\x10"  # pypng's error
+
+
+@pytest.mark.parametrize("content", [b"not an image", TRUNCATED_PNG16])
+def test_lpips_tool_unreadable_image_is_one_line_naming_the_file(tmp_path, content):
+    (tmp_path / "x.png").write_bytes(content)
+    with pytest.raises(UserError) as e:
+        lpips_tool.read_rgb(str(tmp_path / "x.png"))
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / 'x.png'}: not a readable image (") and "\n" not in message
+    assert "BytesIO" not in message  # decode reads from memory: Pillow's message would name the buffer

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import urllib.parse
+import warnings
 
 import numpy as np
 import pytest
@@ -36,6 +37,18 @@ def stem(sample, tmp_path_factory):
     for name in relighting.PASSES:
         image_io.write_png(f"{stem}_{name}.png", sample[name], bits=16 if name == "normal" else 8)
     return stem
+
+
+def _copy_passes(stem: str, directory, name: str = "face") -> str:
+    """The stem's passes copied into `directory` as `<name>_<pass>.png`; the new stem."""
+    for p in relighting.PASSES:
+        shutil.copy(f"{stem}_{p}.png", directory / f"{name}_{p}.png")
+    return str(directory / name)
+
+
+def _files(root) -> dict:
+    """Every file under `root` and its bytes: what a refused command must leave as it found it."""
+    return {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
 
 
 def _rig_of(lights: shading.Lights, **kwargs) -> relighting.Rig:
@@ -128,8 +141,7 @@ def test_directory_of_stems(stem, tmp_path):
     src = tmp_path / "passes"
     src.mkdir()
     for other in ("a", "b"):
-        for name in relighting.PASSES:
-            shutil.copy(f"{stem}_{name}.png", src / f"{other}_{name}.png")
+        _copy_passes(stem, src, other)
     relighting.relight(str(src), str(tmp_path / "out"), relighting.Rig())
     assert sorted(os.listdir(tmp_path / "out")) == ["a_relit.png", "b_relit.png"]
 
@@ -155,7 +167,7 @@ def test_bad_input_is_one_line_and_writes_nothing(stem, tmp_path, case):
                         f"--light={light}"], cwd=REPO, capture_output=True, text=True, timeout=120)
     expected = {"missing": r"missing pass 'specular': .*bad_specular.png' does not exist",
                 "sizes": r"passes of '.*bad' differ in size: .*translucency 48x50",
-                "light": r"--light=.30,20,1,1.: expected 5 comma-separated numbers \(colours >= 0\)",
+                "light": r"--light=.30,20,1,1.: expected 5 comma-separated numbers within ±1e\+06 \(colours >= 0\)",
                 "truncated": r"cannot read '.*z_normal.png': .*"}[case]
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stdout == "", r.stderr
     assert re.fullmatch(r"maginet_jax\.relight: error: " + expected + "\n", r.stderr), r.stderr
@@ -181,12 +193,82 @@ def test_a_target_of_the_wrong_kind_is_one_line(stem, tmp_path, flag, make, mess
     assert not out.exists() and (target.is_dir() or target.read_text() == "keep")
 
 
-def test_bad_sh_file(stem, tmp_path):
-    (tmp_path / "sh.txt").write_text("1 2 3\n4 5 6\n")
-    with pytest.raises(UserError, match=r"holds 2x3 numbers, not 9 rows of R G B"):
-        relighting.read_sh(str(tmp_path / "sh.txt"))
+@pytest.mark.parametrize("text,message", [
+    ("1 2 3\n4 5 6\n", r"holds 2x3 numbers, not 9 rows of R G B"),
+    ("", r"holds no numbers, not 9 rows of R G B"),
+    ("1 1 1\n" * 8 + "1 nan 1\n", r"holds nan: expected finite numbers within ±1e\+06"),
+    ("1 1 1\n" * 8 + "1 1e300 1\n", r"holds 1e\+300: expected finite numbers within ±1e\+06"),
+], ids=["2x3", "empty", "nan", "huge"])
+def test_bad_sh_file(tmp_path, text, message):
+    """The error says what is wrong (a NaN was "9x3 numbers, not 9 rows") and is all that is printed (numpy's
+    warning of an empty file came on a line before it)."""
+    (tmp_path / "sh.txt").write_text(text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserError, match=message):
+            relighting.read_sh(str(tmp_path / "sh.txt"))
+
+
+def test_unknown_sh_preset():
     with pytest.raises(UserError, match=r"neither a preset .* nor a file"):
         relighting.read_sh("sunrise")
+
+
+@pytest.mark.parametrize("case", ["html-over-a-pass", "html-over-an-output", "output-over-match", "html-over-sh"])
+def test_a_file_to_write_that_is_one_read_is_refused(stem, tmp_path, case):
+    """By resolved path, before anything is written: --html=<a pass> used to replace the pass with the page."""
+    (tmp_path / "passes").mkdir()
+    face = _copy_passes(stem, tmp_path / "passes")
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(f"{face}_albedo.png", out / "face_relit.png")  # a relit image of an earlier run
+    (tmp_path / "sh.txt").write_text("0.1 0.1 0.1\n" * 9)
+    (tmp_path / "link.html").symlink_to(f"{face}_albedo.png")
+    kwargs, message = {
+        "html-over-a-pass": (dict(html=str(tmp_path / "link.html")), r"--html='.*link.html' would overwrite the "
+                             r"input '.*passes/face_albedo.png': write elsewhere"),
+        "html-over-an-output": (dict(html=str(out / "face_relit.png")), r"--html='.*out/face_relit.png' would "
+                                r"overwrite the output '.*out/face_relit.png': write elsewhere"),
+        "output-over-match": (dict(match=str(tmp_path / "out" / ".." / "out" / "face_relit.png")),
+                              r"--output='.*out' would overwrite the input '.*out/../out/face_relit.png': write "
+                              r"elsewhere"),
+        "html-over-sh": (dict(html=str(tmp_path / "sh.txt"), also_read=(str(tmp_path / "sh.txt"),)),
+                         r"--html='.*sh.txt' would overwrite the input '.*sh.txt': write elsewhere"),
+    }[case]
+    before = _files(tmp_path)
+    with pytest.raises(UserError, match=message):
+        relighting.relight(face, str(out), relighting.Rig(), **kwargs)
+    assert _files(tmp_path) == before
+
+
+def test_a_sweep_too_large_for_memory_is_refused_before_writing(stem, tmp_path, monkeypatch):
+    """--sweep=1000000 used to write the relit image, then run out of memory (~49 GB) rendering the frames."""
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"--sweep=361: expected 0 to 360 frames of 48x48 \(at most 360; "):
+        relighting.relight(stem, str(out), relighting.Rig(), sweep=361)
+    monkeypatch.setattr(relighting, "MAX_SWEEP_PIXELS", 10 * SIZE * SIZE)
+    with pytest.raises(UserError, match=r"--sweep=11: expected 0 to 10 frames of 48x48"):
+        relighting.relight(stem, str(out), relighting.Rig(), sweep=11)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--light=0,0,1e300,1,1"], r"--light='0,0,1e300,1,1': expected 5 comma-separated numbers within ±1e\+06 "
+                                r"\(colours >= 0\)"),
+    (["--sh=studio", "--sh_intensity=1e300"], r"--sh_intensity=1e\+300: expected a number from 0 to 1e\+06"),
+    (["--sh={tmp}/sh.txt", "--html={tmp}/sh.txt"], r"--html='.*sh.txt' would overwrite the input '.*sh.txt': "
+                                                   r"write elsewhere"),
+], ids=["light", "sh-intensity", "html-over-sh-file"])
+def test_bad_flags_are_one_line_and_write_nothing(stem, tmp_path, args, message):
+    """Lights and intensities that float32 cannot render (they exited 0 with NaN pixels written as black), and an
+    --sh file the page would have replaced."""
+    (tmp_path / "sh.txt").write_text("0.1 0.1 0.1\n" * 9)
+    before = _files(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "maginet_jax.relight", f"--passes={stem}", f"--output={tmp_path}/out",
+                        *(arg.format(tmp=tmp_path) for arg in args)], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and re.fullmatch(r"maginet_jax\.relight: error: " + message + "\n", r.stderr), r.stderr
+    assert _files(tmp_path) == before
 
 
 def _chromium() -> str | None:

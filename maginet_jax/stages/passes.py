@@ -239,6 +239,15 @@ def validate(config) -> None:
                             f"{tuple(config.passes)}")
 
 
+def check_counts(model_config, prefix: str) -> None:
+    """UserError naming (`prefix` + key) the first of G's and D's widths, depths and counts out of range."""
+    m = model_config
+    for key, least in (("ngf", 1), ("ndf", 1), ("n_downsample_global", 0), ("n_blocks_global", 0),
+                       ("n_local_enhancers", 1 if m.netG == "local" else 0), ("n_blocks_local", 0),
+                       ("n_layers_D", 1), ("num_D", 1)):
+        check_number(f"{prefix}{key}", m[key], integer=True, at_least=least)
+
+
 def validate_model(config) -> None:
     """Checks the passes, G and D, and their losses."""
     unknown = sorted(set(config.passes) - set(shading.PASS_NAMES[1:]))
@@ -252,10 +261,7 @@ def validate_model(config) -> None:
     for p in config.passes:
         check_number(f"pass_mse_weights.{p}", config.pass_mse_weights.get(p), at_least=0)
     m = config.model
-    for key, least in (("ngf", 1), ("ndf", 1), ("n_downsample_global", 0), ("n_blocks_global", 0),
-                       ("n_local_enhancers", 1 if m.netG == "local" else 0), ("n_blocks_local", 0),
-                       ("n_layers_D", 1), ("num_D", 1)):
-        check_number(f"model.{key}", m[key], integer=True, at_least=least)
+    check_counts(m, "model.")
     check_choices({"model.netG": (m.netG, pix2pixhd.GENERATORS), "gan.mode": (config.gan.mode, gan_losses.GAN_MODES),
                    "model.upsample": (m.upsample, pix2pixhd.UPSAMPLES),
                    "model.resize_method": (m.resize_method, pix2pixhd.RESIZE_METHODS)})

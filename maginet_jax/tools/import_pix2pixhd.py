@@ -11,8 +11,9 @@ then train from it:
 The options mean what they mean in pix2pixHD (`--input_nc` is the condition's channels, 3 for the refined
 albedo; `--output_nc` the passes' channels together, 9 for the default five passes). DIR receives
 `config.json` (the architecture) and `params/` (an orbax tree {"params": {"generator": ...}}, with
-"discriminator" too when one is given, as in a passes run's checkpoint). A state dict that does not fit the architecture is one error line listing the
-missing, unexpected and mismatched keys; an existing DIR is never overwritten.
+"discriminator" too when one is given, as in a passes run's checkpoint). A state dict that does not fit the
+architecture is one error line listing the missing, unexpected and mismatched keys, and one with a NaN or infinite
+weight is refused. The options and DIR are checked before any file is read: an existing DIR is never overwritten.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from maginet_jax.errors import UserError
+from maginet_jax.errors import UserError, check_number
 from maginet_jax.models import pix2pixhd
-from maginet_jax.stages.passes import IMPORT_STAGE
+from maginet_jax.stages.passes import IMPORT_STAGE, check_counts
 from maginet_jax.torch_interop import read_state_dict
 
 
@@ -54,24 +57,57 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+
+
+def check_out(out: str) -> None:
+    """UserError unless `out` can become the import: a new or empty directory, in one we may write to.
+
+    Proved by making and removing a temporary directory where `out`'s first missing part would go: os.access
+    says yes to root for anything, /proc included."""
+    if not out.strip():  # os.path.abspath("") is the current directory
+        raise UserError("--out is empty: give a directory")
+    try:
+        if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+            raise UserError(f"--out {out!r} already exists and is not an empty directory")
+        parent = os.path.abspath(out)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        os.rmdir(tempfile.mkdtemp(prefix=".write_test_", dir=parent))
+    except OSError as e:
+        raise UserError(f"cannot write to --out {out!r}: {e.strerror or e}") from None
+
+
+def read_weights(path: str) -> dict[str, np.ndarray]:
+    """`read_state_dict`, refusing a NaN or infinite weight (a diverged run's), which training would only spread."""
+    state = read_state_dict(path)
+    bad = next((key for key, value in state.items() if not np.isfinite(value).all()), None)
+    if bad is not None:
+        raise UserError(f"{path!r}: {bad} holds NaN or infinite values")
+    return state
+
+
 def import_weights(args: argparse.Namespace) -> str:
-    """Reads, checks and writes the weights; returns the output directory. UserError on bad input."""
-    if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
-        raise UserError(f"--out {args.out!r} already exists and is not an empty directory")
+    """Checks the options, reads and checks the weights, writes them; returns the output directory. UserError on
+    bad input, before anything is written."""
     model = ml_collections.ConfigDict(dict(
         netG=args.netG, ngf=args.ngf, n_downsample_global=args.n_downsample_global,
         n_blocks_global=args.n_blocks_global, n_local_enhancers=args.n_local_enhancers,
         n_blocks_local=args.n_blocks_local, ndf=args.ndf, n_layers_D=args.n_layers_D, num_D=args.num_D,
         getIntermFeat=not args.no_ganFeat_loss, dtype="float32"))
+    # The bounds a passes run puts on its config.model, so that one can start from the import.
+    for key in ("input_nc", "output_nc"):
+        check_number(f"--{key}", getattr(args, key), integer=True, at_least=1)
+    check_counts(model, "--")
+    check_out(args.out)
     # Built abstractly: every weight comes from the file (a strict import), so none is initialised for nothing.
     generator = nnx.eval_shape(lambda: pix2pixhd.build_generator(model, args.input_nc, args.output_nc,
                                                                  rngs=nnx.Rngs(0)))
-    pix2pixhd.import_torch_state_dict(generator, read_state_dict(args.generator))
+    pix2pixhd.import_torch_state_dict(generator, read_weights(args.generator))
     params = {"generator": nnx.split(generator, nnx.Param)[1]}
     if args.discriminator:
         discriminator = nnx.eval_shape(lambda: pix2pixhd.build_discriminator(model, args.input_nc + args.output_nc,
                                                                              rngs=nnx.Rngs(0)))
-        pix2pixhd.import_torch_state_dict(discriminator, read_state_dict(args.discriminator))
+        pix2pixhd.import_torch_state_dict(discriminator, read_weights(args.discriminator))
         params["discriminator"] = nnx.split(discriminator, nnx.Param)[1]
     os.makedirs(args.out, exist_ok=True)
     with ocp.PyTreeCheckpointer() as checkpointer:  # writes to a temporary name, renamed when complete
@@ -90,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         out = import_weights(args)
     except UserError as e:
-        sys.exit(f"import_pix2pixhd: error: {e}")
+        sys.exit(f"maginet_jax.tools.import_pix2pixhd: error: {e}")
     print(f"wrote {out}: start a passes run from it with --config.init.pix2pixhd={out}")
 
 

@@ -2,9 +2,10 @@ r"""LPIPS distance between two images, like the reference's two-image script.
 
     python -m maginet_jax.tools.lpips IMG0 IMG1 [--net alex|vgg]
 
-Both images are read as RGB and mapped from [0, 255] to [-1, 1] by x/127.5 - 1, as the reference does; the
-distance is printed as the last line. Unreadable files, non-images and images of different sizes give one
-error line and exit status 1.
+Both images are read as RGB by `image_io.decode`, as prediction reads its inputs (16-bit at full precision, EXIF
+orientation applied, alpha multiplied in, grey repeated), and mapped from [0, largest code] to [-1, 1]: x/127.5 - 1
+for 8-bit images, as the reference does. The distance is printed as the last line. Unreadable files, non-images
+and images of different sizes give one error line and exit status 1.
 """
 
 from __future__ import annotations
@@ -13,26 +14,30 @@ import argparse
 import sys
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-from maginet_jax.errors import UserError
+from maginet_jax import image_io
+from maginet_jax.errors import UserError, first_line
 from maginet_jax.perceptual.lpips import LPIPS, MIN_SIZE
 
 
 def read_rgb(path: str) -> np.ndarray:
-    """(H, W, 3) float32 in [-1, 1]."""
+    """(H, W, 3) float32 in [-1, 1], decoded as everywhere else (`image_io.decode`). UserError if unreadable."""
     try:
-        with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"), np.float32)
+        with open(path, "rb") as f:
+            codes = image_io.decode(f.read())
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a directory, not an image") from None
     except PermissionError:
         raise UserError(f"{path}: permission denied") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{path}: not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    return rgb / 127.5 - 1.0
+    except (OSError, SyntaxError, ValueError) as e:
+        # Pillow's UnidentifiedImageError names the in-memory buffer decode reads from, not the file
+        reason = "not a format Pillow knows" if isinstance(e, UnidentifiedImageError) else first_line(e)
+        raise UserError(f"{path}: not a readable image ({reason})") from None
+    rgb = codes.astype(np.float32) / (np.iinfo(codes.dtype).max / 2.0) - 1.0  # /127.5 for 8-bit, as the reference
+    return np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
 
 
 def distance(path0: str, path1: str, net: str = "alex") -> float:
