@@ -74,6 +74,9 @@ def rig_from_flags() -> Rig:
     lights = tuple(parse_numbers("light", text, 5, nonnegative_from=2) for text in _LIGHT.value)
     if len(lights) > MAX_LIGHTS:
         raise UserError(f"{len(lights)} --light flags: at most {MAX_LIGHTS}")
+    given = [f"--{name}" for name in ("sh", "sh_intensity") if flags.FLAGS[name].present]
+    if _MATCH.value and given:  # the fitted environment replaces both: they would be ignored without a word
+        raise UserError(f"--match fits the environment itself: give it without {' and '.join(given)}")
     if not lights and not _SH.value and not _MATCH.value:
         lights = (DEFAULT_LIGHT,)
     for name, value in (("sh_intensity", _SH_INTENSITY.value), ("shininess", _SHININESS.value),

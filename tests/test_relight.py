@@ -258,14 +258,16 @@ def test_a_sweep_too_large_for_memory_is_refused_before_writing(stem, tmp_path, 
     (["--sh=studio", "--sh_intensity=1e300"], r"--sh_intensity=1e\+300: expected a number from 0 to 1e\+06"),
     (["--sh={tmp}/sh.txt", "--html={tmp}/sh.txt"], r"--html='.*sh.txt' would overwrite the input '.*sh.txt': "
                                                    r"write elsewhere"),
-], ids=["light", "sh-intensity", "html-over-sh-file"])
+    (["--match={stem}_albedo.png", "--sh=studio", "--sh_intensity=2"],  # were ignored without a word
+     r"--match fits the environment itself: give it without --sh and --sh_intensity"),
+], ids=["light", "sh-intensity", "html-over-sh-file", "match-and-sh"])
 def test_bad_flags_are_one_line_and_write_nothing(stem, tmp_path, args, message):
     """Lights and intensities that float32 cannot render (they exited 0 with NaN pixels written as black), and an
     --sh file the page would have replaced."""
     (tmp_path / "sh.txt").write_text("0.1 0.1 0.1\n" * 9)
     before = _files(tmp_path)
     r = subprocess.run([sys.executable, "-m", "maginet_jax.relight", f"--passes={stem}", f"--output={tmp_path}/out",
-                        *(arg.format(tmp=tmp_path) for arg in args)], cwd=REPO, capture_output=True, text=True,
+                        *(arg.format(tmp=tmp_path, stem=stem) for arg in args)], cwd=REPO, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 1 and re.fullmatch(r"maginet_jax\.relight: error: " + message + "\n", r.stderr), r.stderr
     assert _files(tmp_path) == before
