@@ -187,8 +187,10 @@ def check_not_stale(builder, root: str, uv_maps_dir: str) -> None:
     added, removed = sorted(set(now) - set(then)), sorted(set(then) - set(now))
     if changed or added or removed:
         example = (changed or added or removed)[0]
-        raise ValueError(f"data.root={root!r} changed since {where} was prepared: files of {len(changed)} subjects "
-                         f"changed, {len(added)} subjects added, {len(removed)} removed (e.g. {example}): {fix}")
+        textures = f" and data.uv_maps_dir={uv_maps_dir!r}" if uv_maps_dir else ""  # either may be what changed
+        raise ValueError(f"data.root={root!r}{textures} changed since {where} was prepared: files of {len(changed)} "
+                         f"subjects changed, {len(added)} subjects added, {len(removed)} removed (e.g. {example}): "
+                         f"{fix}")
 
 
 def prepare(root: str, *, tfds_dir: str = "", resolution: int = 512, input_file: str = "uv_map",

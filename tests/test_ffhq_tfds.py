@@ -214,6 +214,16 @@ def test_prepared_data_whose_files_changed_is_refused(raw, tmp_path):
         prepare(root, tfds_dir=tfds_dir, resolution=32, test_fraction=0.25)
 
 
+def test_prepared_data_from_other_textures_is_refused(raw, tmp_path):
+    """Another --uv_maps_dir of the same subjects: its message used to blame data.root alone."""
+    root, tfds_dir, textures = str(tmp_path / "raw"), str(tmp_path / "tfds"), str(tmp_path / "textures")
+    shutil.copytree(raw, root)
+    prepare(root, tfds_dir=tfds_dir, resolution=32, test_fraction=0.25)
+    shutil.copytree(os.path.join(root, "uv-maps"), textures)
+    with pytest.raises(ValueError, match=rf"^data.root='{root}' and data.uv_maps_dir='{textures}' changed since "):
+        prepare(root, tfds_dir=tfds_dir, resolution=32, test_fraction=0.25, uv_maps_dir=textures)
+
+
 def test_the_paper_resolution_with_default_options(tmp_path):
     """512² with the default input and split is one of the builder's listed configs, which TFDS refuses to take as
     another object of the same name: the paper's own setting failed to prepare until it was asked for as listed."""
