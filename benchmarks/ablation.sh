@@ -16,6 +16,13 @@ seeds=("${@:-0 1 2 3 4}")
 variant="${ABLATION_VARIANT-demo}"  # not :-, for which an empty value is unset
 root="${ABLATION_ROOT:-runs/ablation}"
 read -r -a extra <<< "${ABLATION_ARGS:-}"
+# Every seed checked before the first training, not when its turn comes hours later.
+if [[ -z "${seeds[*]// /}" ]]; then echo "ablation.sh: error: no seeds given" >&2; exit 2; fi
+for seed in ${seeds[@]}; do
+  if [[ ! $seed =~ ^[0-9]+$ ]]; then
+    echo "ablation.sh: error: seed '$seed' is not a non-negative integer" >&2; exit 2
+  fi
+done
 for seed in ${seeds[@]}; do
   for model in albedo unet_baseline; do
     wd="${root}/${model}_seed${seed}"

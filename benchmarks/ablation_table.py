@@ -111,8 +111,29 @@ def _run_record(run_dir: str) -> dict:
             "commit": provenance.commit()}
 
 
+def _read(path: str, read) -> dict:
+    """`read(path)`, a run's record, or one line naming `path` and what is wrong with it."""
+    try:
+        r = read(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # unreadable, not JSON, not evaluate's results
+        raise SystemExit(f"ablation_table.py: error: {path}: not an evaluated run or a record ({e!r})") from None
+    if not isinstance(r, dict) or not {"settings", "step", "albedo"} <= set(r):
+        raise SystemExit(f"ablation_table.py: error: {path}: not a record (settings, step, albedo)")
+    if r["step"] != r["settings"]["num_train_steps"]:
+        raise SystemExit(f"ablation_table.py: error: {path} was evaluated at step {r['step']} of its "
+                         f"{r['settings']['num_train_steps']}: finish its training and evaluate it again")
+    return r
+
+
+def _read_record(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
 def read_runs(root: str) -> dict[str, dict[int, dict]]:
-    """{model: {seed: record}} of every evaluated run, or every record, under root (a record as `_run_record`)."""
+    """{model: {seed: record}} of every evaluated run, or every record, under root (a record as `_run_record`);
+    SystemExit for runs or records that cannot share a table (other settings, lighting measured otherwise, a run
+    evaluated before its last step)."""
     runs = collections.defaultdict(dict)
     for path in sorted(glob.glob(os.path.join(root, "*_seed*"))):
         match = re.fullmatch(r"(.+)_seed(\d+)(\.json)?", os.path.basename(path))
@@ -120,14 +141,17 @@ def read_runs(root: str) -> dict[str, dict[int, dict]]:
             continue
         model, seed, is_record = match.groups()
         if is_record:
-            with open(path) as f:
-                runs[model][int(seed)] = json.load(f)
+            runs[model][int(seed)] = _read(path, _read_record)
         elif os.path.exists(os.path.join(path, "eval", "results.json")):
-            runs[model][int(seed)] = _run_record(path)
-    settings = {json.dumps(r["settings"], sort_keys=True) for by_seed in runs.values() for r in by_seed.values()}
-    if len(settings) > 1:
-        raise SystemExit(f"ablation_table.py: error: the runs under {root} differ in their settings: "
-                         + " vs ".join(sorted(settings)))
+            runs[model][int(seed)] = _read(path, _run_record)
+    for what, key in (("settings", lambda r: r["settings"]),
+                      ("lighting figures' textures and lightings", lambda r: r.get("lighting") and {
+                          k: r["lighting"].get(k) for k in ("num_textures", "num_lights")})):
+        values = {json.dumps(key(r), sort_keys=True) for by_seed in runs.values() for r in by_seed.values()
+                  if key(r)}
+        if len(values) > 1:
+            raise SystemExit(f"ablation_table.py: error: the runs under {root} differ in their {what}: "
+                             + " vs ".join(sorted(values)))
     return runs
 
 
@@ -156,10 +180,15 @@ def main(argv=None) -> None:
     parser.add_argument("root", nargs="?", default="runs/ablation", help="a directory of runs or of records")
     parser.add_argument("--record", metavar="DIR", help="also write each run's record to DIR")
     args = parser.parse_args(argv)
+    if args.record is not None:  # before reading: a record directory that cannot be made is one line
+        try:
+            os.makedirs(args.record, exist_ok=True)
+        except OSError as e:
+            raise SystemExit(f"ablation_table.py: error: --record={args.record}: cannot make it ({e.strerror})")
     runs = read_runs(args.root)
     if not runs:
         raise SystemExit(f"ablation_table.py: error: no evaluated runs or records under {args.root}")
-    if args.record:
+    if args.record is not None:
         for path in record(runs, args.record):
             print(f"recorded {path}")
     metrics = METRICS + (LIGHTING if any(r.get("lighting") for g in runs.values() for r in g.values()) else ())

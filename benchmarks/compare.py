@@ -74,7 +74,7 @@ import torch  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks import compare_report, datasheets, provenance  # noqa: E402
+from benchmarks import compare_report, datasheets, layer_timing, provenance  # noqa: E402
 from benchmarks.torch_twin import steps, transfer  # noqa: E402
 from data_pipeline import loader  # noqa: E402
 from maginet_jax import train  # noqa: E402
@@ -105,9 +105,8 @@ def device_name() -> str:
     return d.device_kind.lower().replace(" ", "-")
 
 
-def check_flags(variants: list[str], steps: int, warmup: int, pipeline_batches: int, json_path: str) -> None:
-    """UserError for flags that leave nothing to time or nowhere to write; creates --json's directory (before any
-    timing, so a report is not lost at the end)."""
+def check_counts(variants: list[str], steps: int, warmup: int, pipeline_batches: int) -> None:
+    """UserError for counts that leave nothing to time (cpu_options.py's --steps and --warmup too)."""
     if variants and steps < 1:
         raise UserError(f"--steps={steps}: time at least one round")
     if variants and warmup < 1:
@@ -115,12 +114,26 @@ def check_flags(variants: list[str], steps: int, warmup: int, pipeline_batches: 
     if pipeline_batches < 0 or not (variants or pipeline_batches):
         raise UserError(f"--pipeline_batches={pipeline_batches}: 0 skips the pipeline, more times it; with no "
                         "--variants, at least 1")
+
+
+def check_flags(variants: list[str], steps: int, warmup: int, pipeline_batches: int, json_path: str,
+                out_dir: str | None = None) -> None:
+    """UserError for flags that leave nothing to time or nowhere to write; creates --json's directory and
+    --out_dir/<device>/ (before any timing, so a report is not lost at the end)."""
+    check_counts(variants, steps, warmup, pipeline_batches)
     try:
         os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
     except OSError as e:
         raise UserError(f"--json={json_path}: cannot make its directory ({e.strerror})") from None
-    if os.path.isdir(json_path):
-        raise UserError(f"--json={json_path} is a directory: name the report's file")
+    layer_timing.check_output_file("--json", json_path)
+    if out_dir is not None:
+        if not out_dir.strip():  # it would be the current directory
+            raise UserError("--out_dir is empty: name a directory, or leave the flag out (beside --json)")
+        tables = os.path.join(out_dir, device_name())
+        try:
+            os.makedirs(tables, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out_dir={out_dir}: cannot make {tables} ({e.strerror})") from None
 
 
 def check(config, stage: str, variants: list[str]) -> None:
@@ -412,11 +425,13 @@ def save(report: dict) -> str | None:
 
 
 def main(argv) -> None:
-    del argv
+    if len(argv) > 1:
+        sys.exit(f"benchmarks.compare: error: unexpected arguments {argv[1:]}")
     config = train.CONFIG.value  # --config and its overrides, as train.py defines them
     try:
         check(config, _STAGE.value, _VARIANTS.value)
-        check_flags(_VARIANTS.value, _STEPS.value, _WARMUP.value, _PIPELINE_BATCHES.value, _JSON.value)
+        check_flags(_VARIANTS.value, _STEPS.value, _WARMUP.value, _PIPELINE_BATCHES.value, _JSON.value,
+                    _OUT_DIR.value)
         runners, flops, devices = build(config, _VARIANTS.value)
     except UserError as e:
         sys.exit(f"benchmarks.compare: error: {e}")

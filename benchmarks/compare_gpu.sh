@@ -27,6 +27,16 @@ suffix=""  # compare_report.stem's, for the JSON beside its table
 if [[ $perceptual == bfloat16 ]]; then suffix=_perceptual-bfloat16; fi
 read -r -a extra <<< "${COMPARE_ARGS:---steps=10 --warmup=2 --pipeline_batches=10 --config.data.worker_count=12}"
 declare -A gpu_batch=([albedo]=8 [refine]=4 [passes]=1)
+# Every value checked before the first run, not when its turn comes after hours of others.
+fail() { echo "compare_gpu.sh: error: $*" >&2; exit 2; }
+for stage in $stages; do
+  [[ -v gpu_batch[$stage] ]] || fail "COMPARE_STAGES: '$stage' is not albedo, refine or passes"
+done
+for dtype in $dtypes; do
+  [[ $dtype == bfloat16 || $dtype == float32 ]] || fail "COMPARE_DTYPES: '$dtype' is not bfloat16 or float32"
+done
+[[ $perceptual == default || $perceptual == bfloat16 ]] || fail "COMPARE_PERCEPTUAL: '$perceptual' is not default or bfloat16"
+[[ -n ${stages// /} && -n ${dtypes// /} ]] || fail "COMPARE_STAGES and COMPARE_DTYPES must name at least one each"
 mkdir -p "$json_dir"
 for dtype in $dtypes; do
   for stage in $stages; do

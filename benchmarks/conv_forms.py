@@ -32,12 +32,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks.layer_timing import forward_backward, median_ms, relative_l2, tolerance  # noqa: E402
+from benchmarks.layer_timing import forward_backward, median_ms, positive_int, relative_l2, tolerance  # noqa: E402
 from maginet_jax.models.layers import Conv, ConvTranspose, SubpixelConvTranspose  # noqa: E402
 from maginet_jax.models.pix2pixhd import zero_pad  # noqa: E402
 
 INIT = nnx.initializers.normal(0.02)
 CASES = ("up", "up_global", "disc", "disc_s2")
+MAX_SCALE = 64  # the discriminator's 129² input at 2², the smallest side the forms take
 
 
 class PaddedConv(Conv):
@@ -73,7 +74,7 @@ def as_function(layer: nnx.Module):
 def time_case(case: str, dtype, batch: int, scale: int, rounds: int) -> dict[str, float]:
     """{form: median ms of output and gradients} for one case; exits with one line if the forms disagree."""
     side, cin, layers = forms(case, dtype)
-    side = max(side // scale, 2)
+    side //= scale
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch, side, side, cin)), dtype)
     functions = {name: as_function(layer) for name, layer in layers.items()}
@@ -94,14 +95,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--scale", type=int, default=1, help="divide the layers' sides by this (tests)")
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument("--scale", type=positive_int, default=1,
+                        help=f"divide the layers' sides by this, at most {MAX_SCALE} (tests)")
+    parser.add_argument("--rounds", type=positive_int, default=10)
     args = parser.parse_args()
     cases = args.cases.split(",")
-    if any(c not in CASES for c in cases) or args.batch < 1 or args.scale < 1 or args.rounds < 1:
-        sys.exit(f"conv_forms.py: error: --cases must be from {','.join(CASES)}, --batch, --scale and --rounds "
-                 "positive")
+    if any(c not in CASES for c in cases):
+        sys.exit(f"conv_forms.py: error: --cases must be from {','.join(CASES)}")
+    if args.scale > MAX_SCALE:  # the printed sides / scale would not be the sides timed
+        sys.exit(f"conv_forms.py: error: --scale={args.scale}: at most {MAX_SCALE}")
     dtype = jnp.dtype(args.dtype)
     print(f"batch {args.batch}, {args.dtype}, sides / {args.scale}, {args.rounds} interleaved rounds; jax "
           f"{jax.__version__} on {jax.devices()[0].device_kind}")

@@ -39,9 +39,16 @@ def max_difference(a, b) -> float:
 
 
 def main(argv) -> None:
-    del argv
+    if len(argv) > 1:
+        sys.exit(f"cpu_options: error: unexpected arguments {argv[1:]}")
     config = train.CONFIG.value
     try:
+        # benchmarks.compare's flags come with it: --steps and --warmup are taken, the rest would do nothing here.
+        unused = [f"--{name}" for name in ("stage", "json", "variants", "pipeline_batches", "out_dir")
+                  if flags.FLAGS[name].present]
+        if unused:
+            raise UserError(f"{', '.join(unused)}: benchmarks.compare's, not taken here (--steps and --warmup are)")
+        compare.check_counts(["jax"], compare._STEPS.value, compare._WARMUP.value, 0)
         if jax.default_backend() != "cpu":
             raise UserError(f"these are XLA:CPU settings; this jax runs on {jax.default_backend()} "
                             "(JAX_PLATFORMS=cpu for the CPU)")

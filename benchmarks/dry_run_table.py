@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 from maginet_jax import train  # noqa: E402
+from maginet_jax.errors import UserError  # noqa: E402
 from maginet_jax.training import checks, dry_runs, sharding  # noqa: E402
 
 _DEVICES = flags.DEFINE_integer("devices", 8, "Virtual CPU devices (the mesh size).")
@@ -50,28 +51,32 @@ def row_config(base, size: int, devices: int, row: str):
 
 
 def main(argv) -> None:
-    del argv
+    if len(argv) > 1:
+        sys.exit(f"dry_run_table.py: error: unexpected arguments {argv[1:]}")
     base = train.CONFIG.value
     n = _DEVICES.value
+    configs = [(size, row, row_config(base, size, n, row)) for size in map(int, _SIZES.value) for row in _ROWS.value]
+    for size, row, c in configs:  # every row's config, before the first (minutes-long) dry run
+        try:
+            train.validate(c, read_data=False)
+            checks.check_mesh(c, 1, sharding.make_mesh(c.mesh))
+        except UserError as e:
+            sys.exit(f"dry_run_table.py: error: the {row} row at {size}²: {e}")
     print(f"{base.stage} stage, {n} virtual CPU devices; bytes per device (GiB)")
     # TFLOPs/step: XLA's count of the global program as written; "as compiled": the per-device programs' counts
     # summed over the devices, with the work that partitioning adds (halo exchanges, maps computed whole).
     print("| size | row | images/device | arguments | temporaries | total | TFLOPs/step | as compiled | compile s |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for size in map(int, _SIZES.value):
-        for row in _ROWS.value:
-            c = row_config(base, size, n, row)
-            train.validate(c, read_data=False)
-            checks.check_mesh(c, 1, sharding.make_mesh(c.mesh))
-            with tempfile.TemporaryDirectory() as workdir:
-                t = time.time()
-                r = train.dry_run(c, workdir)
-                took = time.time() - t
-            b = {k: v / 2**30 for k, v in r["bytes_per_device"].items()}
-            per_device = "1" if c.batch_size == n else f"1/{n}"
-            print(f"| {size}² | {row} | {per_device} | {b['arguments']:.2f} | {b['temporaries']:.2f} | "
-                  f"{b['total']:.2f} | {r['flops_per_step'] / 1e12:.2f} | {r['flops_per_device'] * n / 1e12:.2f} | "
-                  f"{took:.0f} |", flush=True)
+    for size, row, c in configs:
+        with tempfile.TemporaryDirectory() as workdir:
+            t = time.time()
+            r = train.dry_run(c, workdir)
+            took = time.time() - t
+        b = {k: v / 2**30 for k, v in r["bytes_per_device"].items()}
+        per_device = "1" if c.batch_size == n else f"1/{n}"
+        print(f"| {size}² | {row} | {per_device} | {b['arguments']:.2f} | {b['temporaries']:.2f} | "
+              f"{b['total']:.2f} | {r['flops_per_step'] / 1e12:.2f} | {r['flops_per_device'] * n / 1e12:.2f} | "
+              f"{took:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
@@ -79,6 +84,8 @@ if __name__ == "__main__":
         sys.argv.insert(1, "--config=configs/passes.py")  # before any --config.key override
     argv = train.parse_flags(sys.argv, prog="dry_run_table.py")
     unknown = [r for r in _ROWS.value if r not in ROWS]
+    if not _ROWS.value or not _SIZES.value:
+        sys.exit("dry_run_table.py: error: --rows and --sizes must name at least one each")
     if unknown:
         sys.exit(f"dry_run_table.py: error: --rows: {','.join(unknown)} unknown; choose from {','.join(ROWS)}")
     if _DEVICES.value < 1 or not all(v.isdigit() and int(v) > 0 for v in _SIZES.value):

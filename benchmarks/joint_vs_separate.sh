@@ -12,10 +12,22 @@
 set -euo pipefail
 ALBEDO=${1:-runs/albedo_demo}; REFINE=${2:-runs/refine_demo}; PASSES=${3:-runs/passes_demo}
 OUT=${4:-runs/joint_vs_separate}; VARIANT=${5:-demo}; EXTRA=${EXTRA:-}
-STEPS=${6:-$(python -c "from configs import joint; print(joint.get_config('$VARIANT').num_train_steps)")}
+# Every argument checked before the first training (minutes): the runs, the steps, the variant, and that no copy
+# below (rm -rf, then cp) would remove the run it copies.
+fail() { echo "joint_vs_separate.sh: error: $*" >&2; exit 2; }
+for run in "$ALBEDO" "$REFINE" "$PASSES"; do [[ -f $run/config.json ]] || fail "$run is not a training run"; done
+for pair in "$ALBEDO:albedo" "$REFINE:refine" "$PASSES:passes" "$PASSES:start"; do
+  src=$(realpath -m "${pair%:*}"); dst=$(realpath -m "$OUT/${pair##*:}")
+  [[ $src != "$dst" && $src != "$dst"/* ]] || fail "${pair%:*} lies in $OUT/${pair##*:}, which this script replaces"
+done
+[[ ${6:-1} =~ ^[1-9][0-9]*$ ]] || fail "STEPS '${6}' is not a positive integer"
+STEPS=${6:-$(python -c "import sys; from configs import joint; print(joint.get_config(sys.argv[1]).num_train_steps)" \
+  "$VARIANT" 2>/dev/null)} || fail "VARIANT '$VARIANT' is not one of configs/joint.py's"
 read -r G_LR A_LR R_LR DECAY < <(python -c "
-from configs import joint; c = joint.get_config('$VARIANT')
-print(c.optim.learning_rate, c.albedo.learning_rate, c.refine.learning_rate, c.optim.decay_steps * $STEPS // c.num_train_steps)")
+import sys; from configs import joint; c = joint.get_config(sys.argv[1])
+print(c.optim.learning_rate, c.albedo.learning_rate, c.refine.learning_rate, c.optim.decay_steps * $STEPS // c.num_train_steps)
+" "$VARIANT")
+[[ -n $DECAY ]] || fail "VARIANT '$VARIANT' is not one of configs/joint.py's"
 mkdir -p "$OUT"
 steps_of() { python -c "import json, sys; print(json.load(open('$1/config.json'))['num_train_steps'])"; }
 schedule() {  # the joint run's schedule over the last $STEPS steps of a run continued to $1 steps

@@ -9,7 +9,8 @@ Runs `python -m maginet_jax.train` (with `--config.log_every_steps=1`, to follow
 moment before it would finish: during start-up (restoring, compiling) with the share of the uninterrupted
 run's time start-up took, else a random time into a random remaining train step (which may fall in an
 evaluation or a checkpoint write); a last attempt runs to the end. Exit status 0 when the two runs' final
-checkpoints (parameters, optimizer state, step, RNG) and metrics.jsonl are identical.
+checkpoints (parameters, optimizer state, step, RNG) and metrics.jsonl are identical. Both runs start afresh: an
+earlier attempt's `<root>/uninterrupted` and `<root>/killed` are removed first, and anything else there is refused.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.layer_timing import positive_int  # noqa: E402
 
 
 def _train(workdir: str, config: str, overrides: list[str]) -> subprocess.Popen:
@@ -56,7 +61,8 @@ def _follow(proc: subprocess.Popen, until_step: int | None = None) -> tuple[list
 def _finish(proc: subprocess.Popen, what: str) -> dict[int, float]:
     lines, seen = _follow(proc)
     if proc.wait() != 0:
-        sys.exit(f"kill_resume: {what} failed (exit {proc.returncode}): {lines[-1:]}")
+        sys.exit(f"kill_resume.py: error: {what} failed (exit {proc.returncode})"
+                 + (f": {lines[-1].strip()}" if lines else ""))
     return seen
 
 
@@ -85,15 +91,26 @@ def _metrics(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def removable(workdir: str) -> bool:
+    """Whether `workdir` is absent, empty or a training run's (its config.json): what an earlier attempt left."""
+    if not os.path.lexists(workdir):
+        return True
+    return os.path.isdir(workdir) and not os.path.islink(workdir) and (
+        not os.listdir(workdir) or os.path.isfile(os.path.join(workdir, "config.json")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--kills", type=positive_int, default=10)
     parser.add_argument("--config", default="configs/albedo.py:smoke")
     parser.add_argument("--root", default="runs/kill_resume")
     parser.add_argument("--seed", type=int, default=0, help="draws the kill moments")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
     reference, killed = (os.path.join(args.root, d) for d in ("uninterrupted", "killed"))
+    for d in (reference, killed):
+        if not removable(d):
+            sys.exit(f"kill_resume.py: error: {d} is not a training run: choose another --root (it would be removed)")
     for d in (reference, killed):
         shutil.rmtree(d, ignore_errors=True)
 

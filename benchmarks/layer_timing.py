@@ -1,16 +1,20 @@
 """What the one-layer benchmarks (conv_kernels.py, conv_forms.py, norm_kernels.py) share: a layer's forward and
 backward pass as one jitted call, how far two forms of a layer may differ, interleaved timing, and the argparse type
-of their counts (relight_speed.py's too)."""
+of their counts (the other scripts' too), and the check of a report's path before anything is measured."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from maginet_jax.errors import UserError
 
 
 def forward_backward(f: Callable, compiler_options: dict | None = None) -> Callable:
@@ -62,3 +66,22 @@ def positive_int(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: want a positive integer")
     return int(text)
+
+
+def check_output_file(flag: str, path: str) -> None:
+    """UserError unless a report can be written to `path` (the value of `flag`): a file, new or to be replaced, in
+    a directory that exists and takes new files. Checked before the measuring, so a run's figures are not lost at
+    its end; proved by making a temporary file there (os.access says yes to root for anything, /proc included)."""
+    if not path.strip():
+        raise UserError(f"{flag} is empty: name the report's file")
+    if os.path.isdir(path):
+        raise UserError(f"{flag}={path} is a directory: name the report's file")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UserError(f"{flag}={path}: {directory} is not an existing directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write_test_", dir=directory)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"{flag}={path}: cannot write in {directory} ({e.strerror})") from None

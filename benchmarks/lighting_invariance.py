@@ -8,7 +8,8 @@ Each synthetic test texture (the run's own data settings) is rendered under K ra
 training data's; the run predicts the albedo of each. Reported, ×1e-3: the relighting spread (per-pixel
 variance of the prediction across the K lightings, averaged inside the mask: 0 means perfectly invariant) and
 the masked MSE against the true albedo over all renders. The paper claims better lighting invariance for
-MAGINet than for U-Nets; docs/ablation.md puts both through this.
+MAGINet than for U-Nets; docs/ablation.md puts both through this. At least two lightings: the spread over one is 0
+whatever the network. --json replaces an earlier report of this script, never another file (a run's config.json).
 """
 
 import argparse
@@ -23,22 +24,44 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks.layer_timing import check_output_file, positive_int  # noqa: E402
 from data_pipeline import shading, synthetic  # noqa: E402
 from maginet_jax.errors import UserError  # noqa: E402
 from maginet_jax.stages import supervised  # noqa: E402
 from maginet_jax.training import runs, sharding  # noqa: E402
 
 
+REPORT_KEYS = {"spread", "mse", "num_textures", "num_lights"}
+
+
+def check_json(path: str) -> None:
+    """UserError unless --json can take the report: see `layer_timing.check_output_file`, and a file already there
+    must be an earlier report of this script (pointed at the run's config.json, it replaced it)."""
+    check_output_file("--json", path)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                ours = set(json.load(f)) == REPORT_KEYS
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise UserError(f"--json={path} exists and is not a report of this script: it is left alone")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--num_textures", type=int, default=32)
-    parser.add_argument("--num_lights", type=int, default=8)
+    parser.add_argument("--num_textures", type=positive_int, default=32)
+    parser.add_argument("--num_lights", type=positive_int, default=8, help="at least 2")
     parser.add_argument("--json", help="also write the two figures (unscaled) to this file")
     args = parser.parse_args()
+    if args.num_lights < 2:
+        parser.error(f"argument --num_lights: {args.num_lights}: want at least 2 (the spread over one lighting is 0)")
 
     mesh = sharding.make_mesh((("data", 1),), jax.devices()[:1])
     try:
+        if args.json is not None:
+            check_json(args.json)
         config, graphdefs, params = runs.load_params(args.workdir, supervised.networks, stage="albedo",
                                                      what="--workdir", mesh=mesh)
     except UserError as e:

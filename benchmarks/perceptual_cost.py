@@ -21,9 +21,10 @@ from absl import app, flags  # noqa: E402
 from configs import albedo  # noqa: E402
 from data_pipeline import loader  # noqa: E402
 from maginet_jax import train  # noqa: E402
+from maginet_jax.errors import UserError  # noqa: E402
 from maginet_jax.training import sharding  # noqa: E402
 
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per variant.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per variant.", lower_bound=1)
 VARIANTS = {"base": (False, False), "vgg": (True, False), "lpips": (False, True), "both": (True, True)}
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"Which to time, of {list(VARIANTS)}.")
 
@@ -47,15 +48,22 @@ def time_variant(c, batch, mesh, vgg: float, lpips: float) -> float:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        sys.exit(f"perceptual_cost.py: error: unexpected arguments {argv[1:]}")
     c = train.CONFIG.value or albedo.get_config("demo")  # train's --config flag, stage 1 or 2
     if c.stage not in ("albedo", "refine"):
         sys.exit(f"perceptual_cost.py: error: the perceptual terms are weighed on stage 1 or 2, not {c.stage!r}")
-    if not set(_VARIANTS.value) <= set(VARIANTS):
-        sys.exit(f"perceptual_cost.py: error: --variants must be of {list(VARIANTS)}, got {_VARIANTS.value}")
-    train.validate(c)
-    mesh = sharding.make_mesh(c.mesh)
-    src = loader.make_source(c.data, "train", c.batch_size, ("albedo",))
+    # Each once: the "added" column is against the base row, which a second one would replace.
+    if not _VARIANTS.value or not set(_VARIANTS.value) <= set(VARIANTS) or len(set(_VARIANTS.value)) < len(
+            _VARIANTS.value):
+        sys.exit(f"perceptual_cost.py: error: --variants must be some of {list(VARIANTS)}, each once, got "
+                 f"{_VARIANTS.value}")
+    try:
+        train.validate(c)
+        mesh = sharding.make_mesh(c.mesh)
+        src = loader.make_source(c.data, "train", c.batch_size, ("albedo",))
+    except UserError as e:
+        sys.exit(f"perceptual_cost.py: error: {e}")
     batch = next(iter(loader.make_loader(src, batch_size=c.batch_size, crop_size=c.data.crop_size, train=True,
                                          seed=0)))
     batch = sharding.to_global(batch, mesh)

@@ -26,6 +26,7 @@ import re
 import sys
 
 from benchmarks import datasheets, step_profile
+from benchmarks.layer_timing import positive_int
 
 _ARRAY = re.compile(r"\b(pred|bf16|f8e\w+|[subf]\d+)\[([\d,]*)\]")
 _LINE = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = ((?:\(.*?\)|\S+)) ([\w\-]+)\(([^)]*)\)(.*)$", re.M)
@@ -117,12 +118,13 @@ def device_spec(header: str) -> datasheets.Spec:
 def summarize(trace_dir: str, top: int, device: str | None = None) -> str:
     """The header line, the step's floor, and three Markdown tables: by kind, by source line and the single ops, the
     lines and ops furthest from their bounds first."""
-    hlo, meta, trace = step_profile.read_kept(trace_dir)
+    hlo, meta, kinds, times, kind_of, _ = step_profile.read_timed(trace_dir)
     if not meta["on_gpu"]:
         raise ValueError("the trace is from a CPU; a roofline needs a GPU's trace (its kernels timed alone)")
-    spec = datasheets.by_name(device) if device else device_spec(meta["header"])
-    kinds = step_profile.op_kinds(hlo)
-    times, kind_of, _ = step_profile.op_times(trace, kinds)
+    spec = datasheets.by_name(device) if device is not None else device_spec(meta["header"])
+    step = re.search(r": (\d+(?:\.\d+)?) ms a step", meta["header"])
+    if step is None:
+        raise ValueError(f"the trace's header gives no time a step (what step_profile writes): {meta['header']!r}")
     costs = op_costs(hlo)
     peak, bandwidth, device = spec.flops, spec.bandwidth, spec.name
     rows = []  # (name, kind, measured ms, bound ms, GFLOP, MB, bound by)
@@ -135,7 +137,7 @@ def summarize(trace_dir: str, top: int, device: str | None = None) -> str:
     measured, floor = sum(r[2] for r in rows), sum(r[3] for r in rows)
     flops = sum(r[4] for r in rows) * 1e9
     unmatched = sum(r[2] for r in rows if r[0] not in costs)
-    step_ms = float(re.search(r": (\d+(?:\.\d+)?) ms a step", meta["header"]).group(1))
+    step_ms = float(step.group(1))
     lines = [meta["header"],
              "",
              f"Counted from the HLO: {flops / 1e12:.3g} TFLOP a step in convolutions and dots; "
@@ -182,7 +184,7 @@ def main() -> None:
     parser.add_argument("--from_trace", required=True, help="what step_profile --trace_dir kept, on a GPU")
     parser.add_argument("--device", help=f"the GPU, one of {[s.name for s in datasheets.SPECS]} (default: from "
                         "the trace's header)")
-    parser.add_argument("--top", type=int, default=15, help="how many single ops to list")
+    parser.add_argument("--top", type=positive_int, default=15, help="how many source lines and single ops to list")
     args = parser.parse_args()
     try:
         print(summarize(args.from_trace, args.top, args.device))

@@ -49,9 +49,10 @@ from absl import app, flags  # noqa: E402
 
 from benchmarks import compare  # noqa: E402
 from maginet_jax import train  # noqa: E402
+from maginet_jax.errors import UserError  # noqa: E402
 
-_STEPS = flags.DEFINE_integer("traced_steps", 3, "Traced train steps (after two untraced ones).")
-_TOP = flags.DEFINE_integer("top", 15, "How many single ops to list.")
+_STEPS = flags.DEFINE_integer("traced_steps", 3, "Traced train steps (after two untraced ones).", lower_bound=1)
+_TOP = flags.DEFINE_integer("top", 15, "How many source lines and single ops to list.", lower_bound=1)
 _TRACE_DIR = flags.DEFINE_string("trace_dir", None, "Keep the trace and the compiled HLO here (default: dropped).")
 _FROM_TRACE = flags.DEFINE_string("from_trace", None, "Summarise what an earlier --trace_dir kept (no --config).")
 
@@ -190,24 +191,44 @@ def op_sources(hlo: str) -> dict[str, str]:
 
 def read_kept(trace_dir: str) -> tuple[str, dict, Path]:
     """(the compiled HLO, the header and traced steps, the trace's path) of what `profile` wrote into `trace_dir`;
-    ValueError naming what is missing."""
+    ValueError naming what is missing or unreadable."""
+    if not trace_dir.strip():  # Path("") is the current directory
+        raise ValueError("--from_trace is empty: name the directory --trace_dir kept")
     d = Path(trace_dir)
     missing = [n for n in (_TRACE, _HLO, _META) if not (d / n).is_file()]
     if missing:
         raise ValueError(f"--from_trace={d} lacks {', '.join(missing)} (what --trace_dir keeps)")
-    return gzip.open(d / _HLO, "rt").read(), json.loads((d / _META).read_text()), d / _TRACE
+    try:
+        hlo, meta = gzip.open(d / _HLO, "rt").read(), json.loads((d / _META).read_text())
+    except (OSError, EOFError, ValueError) as e:  # not gzip, not JSON, not text
+        raise ValueError(f"--from_trace={d}: cannot read what --trace_dir keeps ({e})") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("header"), str) and isinstance(meta.get("on_gpu"), bool)
+            and isinstance(meta.get("steps"), int) and meta["steps"] > 0):
+        raise ValueError(f"--from_trace={d}: {_META} is not what --trace_dir keeps (header, on_gpu, steps)")
+    return hlo, meta, d / _TRACE
+
+
+def read_timed(trace_dir: str) -> tuple[str, dict, dict, collections.Counter, dict[str, str], float]:
+    """`read_kept`'s HLO and header, then `op_kinds` and `op_times` of its ops; ValueError for a trace that timed
+    no op, or no GPU kernel where the header says the step ran on a GPU (a CPU's trace beside a GPU's HLO)."""
+    hlo, meta, trace = read_kept(trace_dir)
+    kinds = op_kinds(hlo)
+    try:
+        times, kind_of, busy = op_times(trace, kinds)
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--from_trace={trace_dir}: cannot read {_TRACE} ({e!r})") from None
+    if meta["on_gpu"] and not busy:
+        raise ValueError("the trace holds no GPU kernels (a CPU's trace, or the profiler had no CUPTI)")
+    if not times:
+        raise ValueError("the trace holds no XLA op events (this backend does not report them)")
+    return hlo, meta, kinds, times, kind_of, busy
 
 
 def summarize(trace_dir: str, top: int) -> str:
     """The three Markdown tables (by kind, by source line, single ops) of what `profile` wrote into `trace_dir`,
     under its header line."""
-    hlo, meta, trace = read_kept(trace_dir)
-    kinds, sources = op_kinds(hlo), op_sources(hlo)
-    times, kind_of, busy = op_times(trace, kinds)
-    if meta["on_gpu"] and not busy:
-        raise ValueError("the trace holds no GPU kernels (the profiler needs CUPTI)")
-    if not times:
-        raise ValueError("the trace holds no XLA op events (this backend does not report them)")
+    hlo, meta, kinds, times, kind_of, busy = read_timed(trace_dir)
+    sources = op_sources(hlo)
     per_step = {name: us / 1e3 / meta["steps"] for name, us in times.items()}
     total = sum(per_step.values())
     by_kind, by_source = collections.Counter(), collections.Counter()
@@ -246,7 +267,6 @@ def profile(config, steps: int, trace_dir: str) -> None:
                       f"{jax.devices()[0].device_kind}: {1e3 * np.median(untraced):.0f} ms a step (median of 5, "
                       f"untraced; the process's CPU time {1e3 * used['ru_utime']:.0f} ms user and "
                       f"{1e3 * used['ru_stime']:.0f} ms system, {used['ru_minflt']:.0f} minor page faults a step)"}
-    os.makedirs(trace_dir, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp, create_perfetto_trace=True):
             for _ in range(steps):
@@ -259,18 +279,29 @@ def profile(config, steps: int, trace_dir: str) -> None:
 
 
 def main(argv) -> None:
-    del argv
+    if len(argv) > 1:
+        sys.exit(f"step_profile.py: error: unexpected arguments {argv[1:]}")
     try:
+        if (_FROM_TRACE.value is None) == (train.CONFIG.value is None):
+            raise ValueError("give --config (to profile a stage) or --from_trace (to read a kept trace), one")
+        if _FROM_TRACE.value is not None:
+            if _TRACE_DIR.present or _STEPS.present:
+                raise ValueError("--from_trace reads a kept trace: --trace_dir and --traced_steps are for --config")
+            print(summarize(_FROM_TRACE.value, _TOP.value))
+            return
+        if _TRACE_DIR.value is not None and not _TRACE_DIR.value.strip():
+            raise ValueError("--trace_dir is empty: name a directory, or leave the flag out to drop the trace")
+        train.validate(train.CONFIG.value)
         with tempfile.TemporaryDirectory() as tmp:
-            trace_dir = _FROM_TRACE.value or _TRACE_DIR.value or tmp
-            if not _FROM_TRACE.value:
-                if train.CONFIG.value is None:
-                    raise ValueError("give --config (to profile a stage) or --from_trace (to read a kept trace)")
-                profile(train.CONFIG.value, _STEPS.value, trace_dir)
+            trace_dir = _TRACE_DIR.value or tmp
+            try:  # before the profile, not after it
+                os.makedirs(trace_dir, exist_ok=True)
+            except OSError as e:
+                raise ValueError(f"--trace_dir={trace_dir}: cannot make the directory ({e.strerror})") from None
+            profile(train.CONFIG.value, _STEPS.value, trace_dir)
             print(summarize(trace_dir, _TOP.value))
-    except ValueError as e:
+    except (ValueError, UserError) as e:
         sys.exit(f"step_profile.py: error: {e}")
-
 
 if __name__ == "__main__":
     app.run(main, flags_parser=functools.partial(train.parse_flags, prog="benchmarks.step_profile"))

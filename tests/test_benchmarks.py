@@ -59,8 +59,8 @@ def test_ablation(ablation_root, tmp_path):
         rec = json.load(f)
     assert rec["settings"]["num_train_steps"] == 4 and rec["lighting"]["num_lights"] == 8
     assert rec["machine"] and rec["jax"] and 0 < rec["albedo"]["mse"] < 1
-    # A record of other settings (here: more steps) cannot join the table.
-    rec["settings"]["num_train_steps"] = 5
+    # A record of other settings (here: more steps, trained and evaluated to the last) cannot join the table.
+    rec["settings"]["num_train_steps"] = rec["step"] = 5
     with open(tmp_path / "albedo_seed1.json", "w") as f:
         json.dump(rec, f)
     r = subprocess.run([sys.executable, "benchmarks/ablation_table.py", str(tmp_path)], cwd=REPO,
@@ -671,3 +671,215 @@ def test_committed_roofline():
     assert out.strip() == committed.strip()
     counted = float(re.search(r"Counted from the HLO: ([\d.]+) TFLOP", out).group(1)) * 1e12
     assert abs(counted / 3.305e13 - 1) < 0.02
+
+
+_H100 = os.path.join("benchmarks", "results", "nvidia-h100-80gb-hbm3", "profile_albedo_bfloat16")
+_PY = sys.executable
+
+
+@pytest.mark.parametrize("cmd, error", [
+    ([_PY, "benchmarks/perceptual_cost.py", "--config=configs/refine.py:smoke", "--steps=0"],
+     "perceptual_cost.py: error: flag --steps=0: 0 is not a positive integer"),
+    ([_PY, "benchmarks/perceptual_cost.py", "--config=configs/refine.py:smoke", "--variants=base,base"],
+     "perceptual_cost.py: error: --variants must be some of ['base', 'vgg', 'lpips', 'both'], each once, got "
+     "['base', 'base']"),
+    ([_PY, "benchmarks/perceptual_cost.py", "--config=configs/refine.py:smoke", "--config.batch_size=0"],
+     "perceptual_cost.py: error: batch_size must be an integer >= 1, got 0"),
+    ([_PY, "benchmarks/flat_pass_baseline.py", "--num_examples=0"],
+     "flat_pass_baseline.py: error: argument --num_examples: '0': want a positive integer"),
+    ([_PY, "benchmarks/flat_pass_baseline.py", "--resolution=8"],
+     "flat_pass_baseline.py: error: argument --resolution: 8: want at least 16"),
+    ([_PY, "benchmarks/relight_speed.py", "--sizes=8"],
+     "relight_speed.py: error: argument --sizes: 8: want at least 16"),
+    ([_PY, "benchmarks/kill_resume.py", "--kills=0"], "kill_resume.py: error: argument --kills: '0': want a positive "
+                                                      "integer"),
+    ([_PY, "benchmarks/lighting_invariance.py", "--workdir=runs/none", "--num_lights=1"],
+     "lighting_invariance.py: error: argument --num_lights: 1: want at least 2 (the spread over one lighting is 0)"),
+    ([_PY, "benchmarks/lighting_invariance.py", "--workdir=runs/none", "--num_textures=0"],
+     "lighting_invariance.py: error: argument --num_textures: '0': want a positive integer"),
+    ([_PY, "benchmarks/dry_run_table.py", "--config=configs/refine.py:smoke", "--rows="],
+     "dry_run_table.py: error: --rows and --sizes must name at least one each"),
+    ([_PY, "benchmarks/dry_run_table.py", "--config=configs/refine.py:smoke", "--devices=3", "--sizes=32",
+      "--rows=data,spatial"], "dry_run_table.py: error: the spatial row at 32²: data.crop_size 32 is not divisible "
+                              "by 3: the mesh's spatial axis splits the image height"),
+    ([_PY, "benchmarks/conv_forms.py", "--scale=65"], "conv_forms.py: error: --scale=65: at most 64"),
+    ([_PY, "benchmarks/cpu_options.py", "--config=configs/refine.py:smoke", "--steps=0"],
+     "cpu_options: error: --steps=0: time at least one round"),
+    ([_PY, "benchmarks/cpu_options.py", "--config=configs/refine.py:smoke", "--json=/tmp/x.json"],
+     "cpu_options: error: --json: benchmarks.compare's, not taken here (--steps and --warmup are)"),
+    ([_PY, "-m", "benchmarks.roofline", f"--from_trace={_H100}", "--top=0"],
+     "benchmarks.roofline: error: argument --top: '0': want a positive integer"),
+    ([_PY, "-m", "benchmarks.roofline", f"--from_trace={_H100}", "--device="],
+     "roofline.py: error: --device='': expected one of ['H100 PCIe', 'H100 NVL', 'H200 NVL', 'H100 SXM', 'H200 SXM']"),
+    ([_PY, "-m", "benchmarks.step_profile", "--config=configs/refine.py:smoke", "--traced_steps=0"],
+     "benchmarks.step_profile: error: flag --traced_steps=0: 0 is not a positive integer"),
+    ([_PY, "-m", "benchmarks.step_profile", f"--from_trace={_H100}", "--config=configs/refine.py:smoke"],
+     "step_profile.py: error: give --config (to profile a stage) or --from_trace (to read a kept trace), one"),
+    ([_PY, "-m", "benchmarks.step_profile", "--config=configs/refine.py:smoke", "--config.batch_size=0"],
+     "step_profile.py: error: batch_size must be an integer >= 1, got 0"),
+    ([_PY, "-m", "benchmarks.step_profile", "--config=configs/refine.py:smoke", "--trace_dir={tmp}/file"],
+     "step_profile.py: error: --trace_dir={tmp}/file: cannot make the directory (File exists)"),
+    (["bash", "benchmarks/ablation.sh", "0", "x"], "ablation.sh: error: seed 'x' is not a non-negative integer"),
+    (["bash", "benchmarks/joint_vs_separate.sh", "{tmp}/run", "{tmp}/run", "{tmp}/run", "{tmp}/out", "demo", "0"],
+     "joint_vs_separate.sh: error: STEPS '0' is not a positive integer"),
+    (["bash", "benchmarks/joint_vs_separate.sh", "{tmp}/out/albedo", "{tmp}/run", "{tmp}/run", "{tmp}/out", "demo"],
+     "joint_vs_separate.sh: error: {tmp}/out/albedo lies in {tmp}/out/albedo, which this script replaces"),
+])
+def test_bad_input_is_one_line_before_any_work(tmp_path, cmd, error):
+    """Each was a traceback (a ZeroDivisionError, a UserError, numpy's ValueError), a table of nothing or of NaN, a
+    figure over one lighting (0 whatever the network), an error only after the profile or an earlier seed's
+    training, a copy that removed the run it copied, or a flag taken and ignored. A `python` stand-in on PATH logs
+    what the shell scripts would run: nothing."""
+    (tmp_path / "file").write_text("")
+    for run in ("run", "out/albedo"):  # what a training run leaves, for joint_vs_separate.sh's checks
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "config.json").write_text("{}")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/log\nexec {_PY} "$@"\n')
+    (tmp_path / "bin" / "python").chmod(0o755)
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "PATH": f"{tmp_path}/bin:{os.environ['PATH']}",
+           "ABLATION_ROOT": str(tmp_path / "ablation")}
+    r = subprocess.run([c.format(tmp=tmp_path) for c in cmd], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode in (1, 2) and r.stdout == "" and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == error.format(tmp=tmp_path)
+    assert not (tmp_path / "log").exists() or "maginet_jax.train" not in (tmp_path / "log").read_text()
+    assert (tmp_path / "out" / "albedo" / "config.json").exists()
+
+
+def test_compare_gpu_checks_every_value_first(tmp_path):
+    """A bad stage, dtype or loss precision is one line before any run; an unknown stage used to stop the script
+    with bash's 'unbound variable' after the runs before it (hours on a GPU), a bad dtype after a whole dtype's."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/log\n')
+    (tmp_path / "bin" / "python").chmod(0o755)
+    for env, error in ((dict(COMPARE_STAGES="refine nope"), "COMPARE_STAGES: 'nope' is not albedo, refine or passes"),
+                       (dict(COMPARE_DTYPES="float32 float16"), "COMPARE_DTYPES: 'float16' is not bfloat16 or float32"),
+                       (dict(COMPARE_PERCEPTUAL="highest"),
+                        "COMPARE_PERCEPTUAL: 'highest' is not default or bfloat16")):
+        r = subprocess.run(["bash", "benchmarks/compare_gpu.sh", str(tmp_path / "json")], cwd=REPO, text=True,
+                           capture_output=True, env={**os.environ, "PATH": f"{tmp_path}/bin:{os.environ['PATH']}",
+                                                     **env})
+        assert r.returncode == 2 and r.stderr.strip() == f"compare_gpu.sh: error: {error}"
+        assert not (tmp_path / "log").exists()
+
+
+def test_compare_checks_out_dir_first(tmp_path):
+    """--out_dir that cannot take the table (a file) and words after the flags are one line before any timing: the
+    first was a traceback once everything was measured, the second ignored."""
+    (tmp_path / "file").write_text("")
+    device = f"cpu-{os.cpu_count()}-cores"
+    for args, error in (([f"--out_dir={tmp_path}/file"],
+                         f"--out_dir={tmp_path}/file: cannot make {tmp_path}/file/{device} (Not a directory)"),
+                        (["--out_dir="], "--out_dir is empty: name a directory, or leave the flag out (beside --json)"),
+                        (["steps"], "unexpected arguments ['steps']")):
+        r = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--stage=refine",
+                            "--config=configs/refine.py:smoke", "--variants=jax", "--steps=1", "--warmup=1",
+                            "--pipeline_batches=0", f"--json={tmp_path}/r.json", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == f"benchmarks.compare: error: {error}"
+        assert not (tmp_path / "r.json").exists()
+
+
+def _kept(tmp_path, name, like=_H100, **files) -> str:
+    """A copy of a kept trace directory, some of its files replaced by `files` ({file name: bytes})."""
+    import shutil
+    d = tmp_path / name
+    shutil.copytree(os.path.join(REPO, like), d)
+    for file, data in files.items():
+        (d / file.replace("__", ".")).write_bytes(data)
+    return str(d)
+
+
+def test_profile_readers_refuse_what_is_not_a_kept_trace(tmp_path):
+    """step_profile --from_trace and roofline on files that are not what --trace_dir keeps: one line, not a
+    traceback (BadGzipFile, KeyError, AttributeError, ZeroDivisionError); and a CPU's trace beside a GPU's HLO and
+    header, which roofline used to read into a table of bounds."""
+    from benchmarks import roofline, step_profile
+    cpu_trace = gzip.compress(json.dumps({"traceEvents": [
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+        {"ph": "X", "pid": 1, "tid": 1, "name": "loop_add_fusion", "ts": 0, "dur": 10}]}).encode())
+    meta = json.loads(open(os.path.join(REPO, _H100, "train_step.json")).read())
+    cases = [
+        (_kept(tmp_path, "gz", train_step__hlo__txt__gz=b"garbage"), "cannot read what --trace_dir keeps"),
+        (_kept(tmp_path, "meta", train_step__json=b"{}"), "train_step.json is not what --trace_dir keeps"),
+        (_kept(tmp_path, "cpu", train_step__trace__json__gz=cpu_trace), "the trace holds no GPU kernels"),
+        (_kept(tmp_path, "empty", train_step__trace__json__gz=gzip.compress(b'{"traceEvents": []}')),
+         "the trace holds no GPU kernels"),
+    ]
+    for d, error in cases:
+        for summarize in (step_profile.summarize, roofline.summarize):
+            with pytest.raises(ValueError, match=re.escape(error)):
+                summarize(d, 5)
+    meta["header"] = meta["header"].replace(" ms a step", " ms")
+    d = _kept(tmp_path, "header", train_step__json=json.dumps(meta).encode())
+    with pytest.raises(ValueError, match="the trace's header gives no time a step"):
+        roofline.summarize(d, 5)
+
+
+def test_ablation_table_refuses_what_cannot_share_a_table(tmp_path):
+    """A record that is not JSON, a run without its config.json, a run evaluated before its last step (the table's
+    header would name steps it did not train), lighting figures over other lightings, and a --record that is a
+    file: one line each (tracebacks, or a silently mixed table, before)."""
+    import shutil
+
+    from benchmarks import ablation_table
+    committed = os.path.join(REPO, "benchmarks", "results", "ablation-256")
+
+    def error_of(*argv):
+        with pytest.raises(SystemExit) as e:
+            ablation_table.main(list(argv))
+        return str(e.value)
+
+    def records(name, edit=None):
+        d = tmp_path / name
+        shutil.copytree(committed, d)
+        if edit:
+            path = d / "albedo_seed1.json"
+            path.write_text(edit(path.read_text()))
+        return str(d)
+
+    assert "not an evaluated run or a record (JSONDecodeError" in error_of(records("bad", lambda text: text[:-5]))
+    mid = records("mid", lambda text: json.dumps({**json.loads(text), "step": 200}))
+    assert error_of(mid).endswith("albedo_seed1.json was evaluated at step 200 of its 400: finish its training and "
+                                  "evaluate it again")
+    lights = records("lights", lambda text: json.dumps({**json.loads(text), "lighting": {
+        **json.loads(text)["lighting"], "num_lights": 2}}))
+    assert "differ in their lighting figures' textures and lightings" in error_of(lights)
+    run = tmp_path / "runs" / "albedo_seed0"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "results.json").write_text("{}")
+    assert "runs/albedo_seed0: not an evaluated run or a record (FileNotFoundError" in error_of(str(tmp_path / "runs"))
+    (tmp_path / "file").write_text("")
+    assert error_of(committed, "--record", str(tmp_path / "file")) == (
+        f"ablation_table.py: error: --record={tmp_path / 'file'}: cannot make it (File exists)")
+
+
+def test_lighting_invariance_json_checked_first(tmp_path):
+    """--json is checked before the run is loaded or anything measured: it was written only at the end (a missing
+    directory was a traceback then), and over any file, a run's config.json included."""
+    from benchmarks import lighting_invariance
+    from maginet_jax.errors import UserError
+    (tmp_path / "config.json").write_text('{"stage": "albedo"}')
+    (tmp_path / "old.json").write_text('{"spread": 1, "mse": 2, "num_textures": 3, "num_lights": 4}')
+    for path, error in ((tmp_path / "config.json", "exists and is not a report of this script: it is left alone"),
+                        (tmp_path / "none" / "r.json", f"{tmp_path / 'none'} is not an existing directory"),
+                        (tmp_path, "is a directory: name the report's file")):
+        with pytest.raises(UserError, match=re.escape(error)):
+            lighting_invariance.check_json(str(path))
+    lighting_invariance.check_json(str(tmp_path / "old.json"))  # an earlier report is replaced
+    lighting_invariance.check_json(str(tmp_path / "new.json"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "old.json"]
+
+
+def test_kill_resume_removes_only_runs(tmp_path):
+    """--root's uninterrupted/ and killed/ are removed before the runs: only when they are what a run leaves (or
+    empty), never a directory of other files (rmtree took any)."""
+    from benchmarks import kill_resume
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("mine")
+    (tmp_path / "file").write_text("")
+    assert [kill_resume.removable(str(tmp_path / d)) for d in ("run", "empty", "none", "notes", "file")] == [
+        True, True, True, False, False]
