@@ -17,7 +17,8 @@ def to_numpy(value) -> np.ndarray:
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """{key: float32 array} from a PyTorch state-dict file (a bare dict or {"state_dict": dict}).
 
-    Loaded with `weights_only=True` (tensors and containers only). Anything else is one UserError.
+    Loaded with `weights_only=True` (tensors and containers only). Anything else, or a NaN or infinite weight (a
+    diverged run's, which training would only spread), is one UserError.
     """
     try:
         import torch  # optional (the test extra): only reading PyTorch files needs it
@@ -34,4 +35,8 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise UserError(f"{path!r} holds an object of type {type(sd).__name__}, not a state dict")
-    return {k: to_numpy(v) for k, v in sd.items() if hasattr(v, "detach")}
+    weights = {k: to_numpy(v) for k, v in sd.items() if hasattr(v, "detach")}
+    bad = next((key for key, value in weights.items() if not np.isfinite(value).all()), None)
+    if bad is not None:
+        raise UserError(f"{path!r}: {bad} holds NaN or infinite values")
+    return weights

@@ -27,13 +27,12 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from maginet_jax import losses
-from maginet_jax.errors import UserError, check_choices, check_divisible, check_number
-from maginet_jax.models import layers
+from maginet_jax.errors import UserError, check_divisible, check_number
 from maginet_jax.models.albedo_net import build_albedo_net, size_multiple
 from maginet_jax.models.refinement_net import build_refinement_net
 from maginet_jax.perceptual.losses import perceptual_nets
 from maginet_jax.stages import passes, supervised
-from maginet_jax.training import runs
+from maginet_jax.training import checks, runs
 from maginet_jax.training.state import TrainState, abstract_state, make_optimizer, make_schedule, state_around
 
 CHAIN = ("albedo", "refine", "generator")  # the networks a sample passes through, in order
@@ -164,8 +163,7 @@ def validate(config) -> None:
                         f"stage fine-tunes finished albedo, refine and passes runs")
     for run in ("albedo", "refine"):  # (optim.learning_rate, G's and D's, is checked with the shared keys)
         check_number(f"{run}.learning_rate", config[run].learning_rate, at_least=0)
-        check_choices({f"{run}.model.dtype": (config[run].model.dtype, layers.DTYPES),
-                       f"{run}.model.remat": (config[run].model.get("remat", "none"), layers.REMATS)})
+        checks.check_compute(config[run].model, f"{run}.model.")
     passes.validate_model(config)
     check_divisible("data.crop_size", config.data.crop_size, 2, "stage 1 runs at half of it")
     check_divisible("half of data.crop_size", config.data.crop_size // 2, size_multiple(config.albedo.model),

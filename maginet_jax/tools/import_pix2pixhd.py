@@ -25,7 +25,6 @@ import sys
 import tempfile
 
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -77,15 +76,6 @@ def check_out(out: str) -> None:
         raise UserError(f"cannot write to --out {out!r}: {e.strerror or e}") from None
 
 
-def read_weights(path: str) -> dict[str, np.ndarray]:
-    """`read_state_dict`, refusing a NaN or infinite weight (a diverged run's), which training would only spread."""
-    state = read_state_dict(path)
-    bad = next((key for key, value in state.items() if not np.isfinite(value).all()), None)
-    if bad is not None:
-        raise UserError(f"{path!r}: {bad} holds NaN or infinite values")
-    return state
-
-
 def import_weights(args: argparse.Namespace) -> str:
     """Checks the options, reads and checks the weights, writes them; returns the output directory. UserError on
     bad input, before anything is written."""
@@ -102,12 +92,12 @@ def import_weights(args: argparse.Namespace) -> str:
     # Built abstractly: every weight comes from the file (a strict import), so none is initialised for nothing.
     generator = nnx.eval_shape(lambda: pix2pixhd.build_generator(model, args.input_nc, args.output_nc,
                                                                  rngs=nnx.Rngs(0)))
-    pix2pixhd.import_torch_state_dict(generator, read_weights(args.generator))
+    pix2pixhd.import_torch_state_dict(generator, read_state_dict(args.generator))
     params = {"generator": nnx.split(generator, nnx.Param)[1]}
     if args.discriminator:
         discriminator = nnx.eval_shape(lambda: pix2pixhd.build_discriminator(model, args.input_nc + args.output_nc,
                                                                              rngs=nnx.Rngs(0)))
-        pix2pixhd.import_torch_state_dict(discriminator, read_weights(args.discriminator))
+        pix2pixhd.import_torch_state_dict(discriminator, read_state_dict(args.discriminator))
         params["discriminator"] = nnx.split(discriminator, nnx.Param)[1]
     os.makedirs(args.out, exist_ok=True)
     with ocp.PyTreeCheckpointer() as checkpointer:  # writes to a temporary name, renamed when complete

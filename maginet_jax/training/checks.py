@@ -47,9 +47,8 @@ def check_shared(config, *, read_data: bool = True) -> None:
             check_number(f"init.{key}", step, integer=True, at_least=0)
             if step and not config.init.get(key[:-len("_step")] + "_workdir"):
                 raise UserError(f"init.{key}={step} is set but init.{key[:-len('_step')]}_workdir is empty")
-    check_choices({"optim.schedule": (o.schedule, SCHEDULES), "data.source": (d.source, loader.SOURCES),
-                   "model.dtype": (config.model.dtype, layers.DTYPES),
-                   "model.remat": (config.model.get("remat", "none"), layers.REMATS)})
+    check_choices({"optim.schedule": (o.schedule, SCHEDULES), "data.source": (d.source, loader.SOURCES)})
+    check_compute(config.model, "model.")
     sharding.check_rules(config.sharding.rules)
     compiler.ynn_fusion_types(compiler.setting(config))
     after_warmup = max(config.num_train_steps - min(o.warmup_steps, config.num_train_steps), 1)
@@ -63,6 +62,12 @@ def check_shared(config, *, read_data: bool = True) -> None:
             loader.make_source(d, split, n, ("albedo",))
         except ValueError as e:
             raise UserError(str(e)) from None
+
+
+def check_compute(model_config, prefix: str) -> None:
+    """A network's compute dtype and remat setting (`prefix` names its section, e.g. "albedo.model.")."""
+    check_choices({f"{prefix}dtype": (model_config.dtype, layers.DTYPES),
+                   f"{prefix}remat": (model_config.get("remat", "none"), layers.REMATS)})
 
 
 def check_mesh(config, num_processes: int, mesh) -> None:
