@@ -6,6 +6,8 @@ r"""Trains a MAGINet stage.
 Running again with the same --workdir resumes from its latest checkpoint. Bad input (an unknown config key,
 an image size the network cannot take, an unwritable workdir, a missing data root, a checkpoint of another
 model) stops the run before anything is written, with one error line and exit status 1.
+A training batch that fails to load mid-run (a file gone bad) stops it with one error line too, after saving the
+steps trained since the last checkpoint (in a one-process run; a multi-process one resumes from its last).
 
 Read top to bottom: the stages (`STAGES`), the checks of a config, the loop (`train_and_evaluate`), the CLI.
 """
@@ -204,6 +206,11 @@ def check_finite(rows: list[dict], first_step: int, last_saved: int) -> None:
                             f"({f'the newest checkpoint is step {last_saved}' if last_saved else 'no checkpoint yet'})")
 
 
+def train_means(rows: list[dict]) -> dict[str, float]:
+    """The log row of the steps `rows` holds: each train/ scalar's mean."""
+    return {f"train/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
 def train_and_evaluate(config, workdir: str) -> TrainState:
     """Trains the stage `config.stage` names, resuming from `<workdir>/checkpoints` when it holds a checkpoint.
 
@@ -257,7 +264,27 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
             # there, before anything is saved); the log line averages the rows fetched since the last one.
             pending, window, saved, t_last, s_last, t_start = [], [], start, time.time(), start, time.time()
             for step in range(start + 1, config.num_train_steps + 1):
-                state, step_scalars = train_step(state, sharding.to_global(next(train_iter), mesh), frozen_nets)
+                position = train_iter.get_state()  # (tens of microseconds, host-side)
+                try:
+                    batch = next(train_iter)
+                except Exception as e:  # a file gone bad mid-run: the steps since the last checkpoint are kept
+                    if step - 1 == saved or jax.process_count() > 1:  # (the other processes wait in collectives)
+                        raise
+                    rows = jax.device_get(pending)
+                    check_finite(rows, step - len(rows), saved)
+                    if window + rows:  # the row a checkpoint step logs (none when step - 1 was logged)
+                        writer.write_scalars(step - 1, train_means(window + rows))
+                    if is_main:
+                        runs.write_config(config, workdir)
+                    train_iter.set_state(position)  # before the failed batch: a rerun reads it again
+                    save_checkpoint(checkpoints, step - 1, state, train_iter)
+                    checkpoints.wait_until_finished()
+                    kept = f"the steps to {step - 1} are saved: rerun to resume once the data is fixed"
+                    if isinstance(e, UserError):
+                        raise UserError(f"{e}; {kept}") from None
+                    logging.error("reading the batch of step %d failed; %s", step, kept)
+                    raise
+                state, step_scalars = train_step(state, sharding.to_global(batch, mesh), frozen_nets)
                 pending.append(step_scalars)
                 last, scalars = step == config.num_train_steps, {}
                 stop = stop_signals.received is not None or checkpoints.reached_preemption(step)
@@ -270,7 +297,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                     check_finite(rows, step - len(rows) + 1, saved)
                     window += rows
                 if log:
-                    scalars = {f"train/{k}": float(np.mean([r[k] for r in window])) for k in window[0]}
+                    scalars = train_means(window)
                     now, window = time.time(), []
                     rate = (step - s_last) / max(now - t_last, 1e-9)
                     t_last, s_last = now, step

@@ -54,7 +54,7 @@ def smoke_config():
     return albedo.get_config("smoke")
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
     """Raised by `crash_during_step` in place of a training batch."""
 
 
@@ -74,11 +74,8 @@ class _TamperedIterator:
         batch = next(self._it)
         return self._action(batch) if self._left == 0 else batch
 
-    def get_state(self):
-        return self._it.get_state()
-
-    def set_state(self, state):
-        self._it.set_state(state)
+    def __getattr__(self, name):  # get_state, set_state, start_prefetch: what grain's checkpoints call
+        return getattr(self._it, name)
 
 
 class _TamperedLoader:

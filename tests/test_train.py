@@ -81,6 +81,41 @@ def test_interrupted_run_resumes_exactly(uninterrupted, tmp_path, monkeypatch):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def _fail_with(error):
+    def action(batch):
+        raise error
+    return action
+
+
+def test_a_batch_that_fails_to_load_keeps_the_steps_before_it(uninterrupted, tmp_path, monkeypatch):
+    full_dir, full_state = uninterrupted
+    workdir = str(tmp_path)
+    # the reader has consumed the batch when it fails (as grain's does, record by record): the save must not
+    tamper_with_step(monkeypatch, 7, _fail_with(UserError("subject 00042: corrupt image")))
+    with pytest.raises(UserError, match=r"^subject 00042: corrupt image; the steps to 6 are saved: rerun"):
+        train.train_and_evaluate(_config(), workdir)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]  # 6 is no checkpoint step
+    monkeypatch.undo()
+    resumed = train.train_and_evaluate(_config(), workdir)
+
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(full_state)):  # the same batches, in order
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    evals = [[r for r in read_metrics(d) if "eval/albedo_mse" in r] for d in (workdir, full_dir)]
+    assert evals[0] == evals[1]
+    assert [r["step"] for r in read_metrics(workdir) if "train/loss" in r] == [3, 4, 6, 8, 9, 12]
+
+
+def test_any_read_error_keeps_the_steps_but_one_right_after_a_checkpoint_has_none_to_keep(tmp_path, monkeypatch):
+    tamper_with_step(monkeypatch, 6, _fail_with(OSError("stale file handle")))
+    with pytest.raises(OSError, match="stale file handle"):
+        train.train_and_evaluate(_config(), str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "5"]
+    tamper_with_step(monkeypatch, 1, _fail_with(OSError("stale file handle")))  # (resumed at 5: step 6)
+    with pytest.raises(OSError, match="stale file handle"):
+        train.train_and_evaluate(_config(), str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "5"]
+
+
 def test_checkpoint_of_another_model_is_a_clear_error(uninterrupted, tmp_path):
     import shutil
     workdir = str(tmp_path / "run")
