@@ -15,7 +15,7 @@
 # setup clones the repo into ~/maginet-jax on every worker (or updates that clone), checks out --ref as the repo
 # has it now, and installs it with the `tpu` extra. run starts
 # `python -m maginet_jax.train --distributed` on every worker in the background (output in
-# ~/maginet-train.log); running it again with the same workdir resumes. See launch/README.md.
+# ~/maginet-train.log), unless one is already going on any worker; running it again with the same workdir resumes. See launch/README.md.
 set -euo pipefail
 
 die() { echo "tpu_pod.sh: error: $*" >&2; exit 2; }
@@ -76,6 +76,10 @@ pip install -q -e '.[tpu]'" ;;
     need workdir
     [[ ${#train_args[@]} -gt 0 ]] || die "run needs the training arguments after --, e.g. -- --config=configs/albedo.py"
     quoted=$(printf '%q ' "${train_args[@]}")
+    # First, on every worker, that no run is going: a second one would share the TPU chips and the workdir. (A
+    # worker that refuses stops the script here, before any worker starts, so no partial pod waits on the rest.)
+    ssh_all "if pgrep -f '[p]ython -m maginet_jax.train' > /dev/null; then \
+echo \"\$(hostname): a training run is already going (tpu_pod.sh stop ends it)\" >&2; exit 1; fi"
     ssh_all "cd ~/maginet-jax && nohup python -m maginet_jax.train --distributed \
 --workdir=$(printf '%q' "${opt[workdir]}") $quoted > ~/maginet-train.log 2>&1 < /dev/null &" ;;
   logs)

@@ -1,6 +1,7 @@
 """Launch scripts: they parse, `tpu_pod.sh --dry_run` prints the gcloud commands, bad arguments are one line."""
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -32,6 +33,9 @@ def test_scripts_parse(script):
      "gcloud compute tpus tpu-vm create pod --project=proj --zone=us-central2-b --accelerator-type=v5litepod-16 "
      "--version=v2-alpha-tpuv5-lite --spot"),
     ("run", ["--workdir=/mnt/runs/a", "--", "--config=configs/albedo.py", "--config.batch_size=64"],
+     "gcloud compute tpus tpu-vm ssh pod --project=proj --zone=us-central2-b --worker=all '--command=if pgrep -f "
+     "'\\''[p]ython -m maginet_jax.train'\\'' > /dev/null; then echo \"$(hostname): a training run is already going "
+     "(tpu_pod.sh stop ends it)\" >&2; exit 1; fi'\n"
      "gcloud compute tpus tpu-vm ssh pod --project=proj --zone=us-central2-b --worker=all '--command=cd "
      "~/maginet-jax && nohup python -m maginet_jax.train --distributed --workdir=/mnt/runs/a "
      "--config=configs/albedo.py --config.batch_size=64  > ~/maginet-train.log 2>&1 < /dev/null &'"),
@@ -71,6 +75,27 @@ def test_tpu_pod_setup_checks_out_the_ref_as_the_repo_has_it(tmp_path):
         subprocess.run(["bash", "-c", command], env=env, check=True, capture_output=True, timeout=60)
         assert git("log", "-1", "--format=%s", cwd=clone) == message
     assert (tmp_path / "pip.log").read_text().splitlines() == [f"{clone} install -q -e .[tpu]"] * 2
+
+
+def test_tpu_pod_run_refuses_a_worker_with_a_run_going(tmp_path):
+    """run's first worker command, run here with a stand-in pgrep (the suite's own training processes would
+    answer a real one): it fails, naming the host, while a run is going (a second run would share the chips and
+    the workdir), and passes otherwise; its pattern finds a run, and not the check's own command line."""
+    r = _tpu("run", *WHERE, "--workdir=/w", "--dry_run", "--", "--config=c")
+    assert r.returncode == 0, r.stderr
+    check = shlex.split(r.stdout.splitlines()[0])[-1][len("--command="):]
+    (tmp_path / "pgrep").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/args\nexec test -e {tmp_path}/going\n')
+    (tmp_path / "pgrep").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    run = lambda: subprocess.run(["bash", "-c", check], env=env, capture_output=True, text=True, timeout=30)
+    assert run().returncode == 0
+    (tmp_path / "going").touch()
+    r = run()
+    assert r.returncode == 1 and r.stderr.strip().endswith(": a training run is already going (tpu_pod.sh stop "
+                                                           "ends it)"), r.stderr
+    flag, pattern = (tmp_path / "args").read_text().splitlines()
+    assert flag == "-f" and re.search(pattern, "python -m maginet_jax.train --distributed --workdir=gs://b/r")
+    assert not re.search(pattern, check)
 
 
 @pytest.mark.parametrize("args,message", [
