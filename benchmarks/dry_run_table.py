@@ -90,5 +90,12 @@ if __name__ == "__main__":
         sys.exit(f"dry_run_table.py: error: --rows: {','.join(unknown)} unknown; choose from {','.join(ROWS)}")
     if _DEVICES.value < 1 or not all(v.isdigit() and int(v) > 0 for v in _SIZES.value):
         sys.exit("dry_run_table.py: error: --devices and --sizes must be positive integers")
-    dry_runs.use_virtual_devices(_DEVICES.value, True)
+    for name, values in (("rows", _ROWS.value), ("sizes", [str(int(v)) for v in _SIZES.value])):
+        twice = ",".join(dict.fromkeys(v for v in values if values.count(v) > 1))
+        if twice:  # each would be compiled (minutes) and printed twice
+            sys.exit(f"dry_run_table.py: error: --{name}: {twice} given more than once")
+    try:
+        dry_runs.use_virtual_devices(_DEVICES.value, True)
+    except UserError as e:
+        sys.exit(f"dry_run_table.py: error: {str(e).replace('--dry_run_devices', '--devices')}")
     app.run(main, argv=argv, flags_parser=lambda a: a)

@@ -151,6 +151,9 @@ def test_conv_kernels_bad_shape_is_one_line():
     ("dry_run_table.py", ["--rows=data,bogus"], "--rows: bogus unknown; choose from " + ",".join([
         "data", "fsdp", "spatial", "spatial_remat", "bf16", "fsdp_bf16_remat"])),
     ("dry_run_table.py", ["--sizes=1024,0"], "--devices and --sizes must be positive integers"),
+    ("dry_run_table.py", ["--sizes=64,128,064"], "--sizes: 64 given more than once"),  # were compiled twice
+    ("dry_run_table.py", ["--rows=data,fsdp,data"], "--rows: data given more than once"),
+    ("dry_run_table.py", ["--devices=100000"], "--devices=100000 must be in [1, 16384]"),  # minutes, then a table
 ])
 def test_bad_counts_are_one_error_line(script, args, error):
     """Before any work: these were tracebacks (a KeyError, int('abc'), a zero batch in XLA) or a table of NaN."""

@@ -276,6 +276,9 @@ def test_dry_run_cli_sizes_a_mesh_of_virtual_devices(tmp_path):
     r = _train_cli(f"--workdir={tmp_path / 'no'}", "--dry_run_devices=4")
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         "maginet_jax.train: error: --dry_run_devices needs --dry_run"]
+    r = _train_cli(f"--workdir={tmp_path / 'many'}", "--dry_run", "--dry_run_devices=100000")
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "maginet_jax.train: error: --dry_run_devices=100000 must be in [1, 16384]"]
 
 
 def test_lowered_flops_from_the_cpu_backend_match_the_programs_own(monkeypatch):

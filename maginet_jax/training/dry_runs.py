@@ -72,12 +72,17 @@ def describe(report: dict) -> str:
                       *(f"  {k:<15} {gib(b[k])} per device" for k in ("arguments", "outputs", "temporaries", "total"))])
 
 
+# Above the largest pod slices (a v5p-17920 slice is 8,960 devices). A mistyped count was no error: 100,000 virtual
+# devices took minutes to set up before anything was compiled.
+MAX_VIRTUAL_DEVICES = 16384
+
+
 def use_virtual_devices(n: int, dry: bool) -> None:
     """`n` virtual CPU devices in place of the accelerators, for --dry_run; before any backend starts."""
     if not dry:
         raise UserError("--dry_run_devices needs --dry_run")
-    if n < 1:
-        raise UserError(f"--dry_run_devices={n} must be >= 1")
+    if not 1 <= n <= MAX_VIRTUAL_DEVICES:
+        raise UserError(f"--dry_run_devices={n} must be in [1, {MAX_VIRTUAL_DEVICES}]")
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", n)
     # XLA's CPU scheduler orders for concurrency, not memory (albedo :smoke at 256²: 838 MiB of temporaries,
