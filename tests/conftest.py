@@ -6,6 +6,7 @@ import functools
 import gc
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -35,6 +36,17 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The committed profile of AlbedoNet's bf16 train step on an H100 (what `step_profile --trace_dir` keeps).
+H100_PROFILE = os.path.join("benchmarks", "results", "nvidia-h100-80gb-hbm3", "profile_albedo_bfloat16")
+
+
+def run_script(*cmd, env=None, timeout=600) -> str:
+    """Runs `cmd` in the repository (without the tests' 8-device XLA_FLAGS; `env` adds variables), asserts it
+    succeeded (showing its output's end if not) and returns its stdout."""
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, **(env or {})}
+    r = subprocess.run(list(cmd), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+    return r.stdout
 
 
 @pytest.fixture
