@@ -147,6 +147,8 @@ def check(config, stage: str, variants: list[str]) -> None:
         raise UserError("the PyTorch twin has AlbedoNet, not the U-Net baseline (model.arch=unet)")
     if config.losses.get("vgg", 0) > 0 and config.perceptual.vgg_backbone != "vgg16":
         raise UserError("the PyTorch twin's VGG loss is VGG16's (perceptual.vgg_backbone=vgg16)")
+    if config.grad_accum_steps != 1:
+        raise UserError("the PyTorch twin steps on whole batches: leave grad_accum_steps at 1")
     if stage == "passes" and (config.init.albedo_workdir or config.init.refine_workdir):
         raise UserError("the PyTorch twin conditions stage 3 on the ground-truth albedo: leave init.*_workdir empty")
     on_cpu = jax.devices()[0].platform == "cpu"

@@ -19,6 +19,9 @@ def base_config(stage: str, *, resolution: int) -> ml_collections.ConfigDict:
     c.seed = 0
     c.num_train_steps = 200_000
     c.batch_size = 16  # global, split over the mesh's data axis
+    # Microbatches per step (gradient accumulation): the step's batch_size images go through the networks
+    # batch_size / grad_accum_steps at a time, for activation memory that a whole batch would exceed.
+    c.grad_accum_steps = 1
     c.log_every_steps = 100
     c.eval_every_steps = 5_000
     c.checkpoint_every_steps = 5_000

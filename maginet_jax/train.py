@@ -168,11 +168,17 @@ def dry_run(config, workdir: str) -> dict:
     frozen_nets = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
                                stage.frozen_nets(config, mesh))
     batch = dry_runs.abstract_batch(config, sharding.batch_sharding(mesh))
-    train_step = jit_train_step(config, graphdefs, mesh, jax.tree.map(lambda x: x.sharding, state))
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    train_step = jit_train_step(config, graphdefs, mesh, state_sharding)
     with jax.set_mesh(mesh):  # activations are constrained against it (sharding.constrain_activation)
         lowered = train_step.lower(state, batch, frozen_nets)
         compiled = lowered.compile()
-    report = dry_runs.report(lowered, compiled, mesh)
+        counted = None
+        if config.grad_accum_steps > 1:  # XLA counts the microbatch loop's body once; the whole batch's step, once
+            whole = config.copy_and_resolve_references()
+            whole.grad_accum_steps = 1
+            counted = jit_train_step(whole, graphdefs, mesh, state_sharding).lower(state, batch, frozen_nets)
+    report = dry_runs.report(lowered, compiled, mesh, counted)
     (runs.run_path(workdir) / "dry_run.json").write_text(json.dumps(report, indent=2))
     logging.info("dry run, %s stage:\n%s", config.stage, dry_runs.describe(report))
     return report

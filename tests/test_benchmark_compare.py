@@ -143,6 +143,7 @@ def test_offline_gpu_run(tmp_path):
     (["--variants=", "--pipeline_batches=0"], "--pipeline_batches=0: 0 skips the pipeline, more times it; with no "
                                               "--variants, at least 1"),
     (["--json={tmp}/file/r.json"], "--json={tmp}/file/r.json: cannot make its directory (File exists)"),
+    (["--config.grad_accum_steps=2"], "the PyTorch twin steps on whole batches: leave grad_accum_steps at 1"),
 ])
 def test_compare_bad_input_is_one_line(tmp_path, args, error):
     (tmp_path / "file").write_text("")

@@ -23,14 +23,17 @@ def joint_config(dirs, **overrides):
                              "init.passes_workdir": dirs["passes"], **overrides})
 
 
-def one_step(config):
-    """(state before, state after, scalars) of one train step from the runs in `config.init`."""
+def one_step(config, *, whole_masks=False):
+    """(state before, state after, scalars) of one train step from the runs in `config.init` (masks covering
+    each image whole with `whole_masks`)."""
     train.validate(config)
     mesh = sharding.make_mesh(config.mesh)
     graphdefs, state = joint.init(config, mesh)
     before = jax.tree.map(np.asarray, state)
     frozen_nets = joint.frozen_nets(config, mesh)
     batch = synthetic_batch(config.passes, n=4, resolution=config.data.crop_size)
+    if whole_masks:
+        batch["mask"][:] = 255
     step = jax.jit(functools.partial(joint.train_step, config=config, graphdefs=graphdefs))
     after, scalars = step(state, batch, frozen_nets)
     return before, jax.tree.map(np.asarray, after), jax.device_get(scalars)
@@ -48,6 +51,17 @@ def test_passes_losses_reach_both_albedo_networks(chain):
         moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(before.params[name]),
                                                       jax.tree.leaves(after.params[name]))]
         assert max(moved) > 0, name
+
+
+def test_an_accumulated_joint_step_is_the_whole_batch_step(chain):
+    """Two microbatches of two images against the batch of four (masks covering the images: each microbatch's
+    masked means then weigh pixels as the batch's do): the same losses and gradient norms."""
+    _, _, whole = one_step(joint_config(chain), whole_masks=True)
+    _, _, accumulated = one_step(joint_config(chain, grad_accum_steps=2), whole_masks=True)
+    assert whole.keys() == accumulated.keys() and "grad_norm_albedo" in whole
+    for k in whole:
+        np.testing.assert_allclose(accumulated[k], whole[k], rtol=5e-4 if k.startswith("grad_norm") else 1e-5,
+                                   err_msg=k)
 
 
 def test_no_gradient_reaches_a_network_with_learning_rate_0(chain):

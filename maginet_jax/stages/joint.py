@@ -32,7 +32,7 @@ from maginet_jax.models.albedo_net import build_albedo_net, size_multiple
 from maginet_jax.models.refinement_net import build_refinement_net
 from maginet_jax.perceptual.losses import perceptual_nets
 from maginet_jax.stages import passes, supervised
-from maginet_jax.training import checks, runs
+from maginet_jax.training import checks, microbatches, runs
 from maginet_jax.training.state import TrainState, abstract_state, make_optimizer, make_schedule, state_around
 
 CHAIN = ("albedo", "refine", "generator")  # the networks a sample passes through, in order
@@ -107,8 +107,19 @@ def weighted(terms: dict, weights) -> jax.Array:
 def train_step(state: TrainState, batch, frozen_nets, *, config, graphdefs) -> tuple[TrainState, dict]:
     """One step of all four networks on a global batch: the new state and this step's scalars."""
     rng, step_rng = jax.random.split(state.rng)
-    albedo_rng, refine_rng = jax.random.split(step_rng)
-    rates, perceptual, params = learning_rates(config), frozen_nets["perceptual"], state.params
+    grads, scalars = microbatches.accumulate(
+        lambda micro, key: gradients(state.params, frozen_nets, micro, key, config=config, graphdefs=graphdefs),
+        batch, step_rng, config.grad_accum_steps)
+    scalars.update({f"grad_norm_{n}": optax.tree.norm(g) for n, g in grads.items()},
+                   learning_rate=make_schedule(config.optim, config.num_train_steps)(state.step))
+    return state.apply_gradients(grads, optimizers(config), rng), scalars
+
+
+def gradients(params, frozen_nets, batch, rng, *, config, graphdefs) -> tuple[dict, dict]:
+    """Every network's gradients on `batch` (zeros for a network whose learning rate is 0) and the step's
+    scalars: the total loss, D's, and the unweighted terms."""
+    albedo_rng, refine_rng = jax.random.split(rng)
+    rates, perceptual = learning_rates(config), frozen_nets["perceptual"]
     trained = {n: params[n] for n in CHAIN if rates[n] > 0}
     fixed = {n: params[n] for n in CHAIN if rates[n] == 0}  # constants of the VJP: no gradient is computed
     out, chain_vjp = jax.vjp(lambda p: forward({**fixed, **p}, batch["image"], graphdefs=graphdefs), trained)
@@ -134,10 +145,7 @@ def train_step(state: TrainState, batch, frozen_nets, *, config, graphdefs) -> t
     (grads,) = chain_vjp(d_out)
     grads = {**jax.tree.map(jnp.zeros_like, fixed), **grads,
              "discriminator": d_grads if rates["discriminator"] > 0 else jax.tree.map(jnp.zeros_like, d_grads)}
-    scalars = {"loss": loss, "d": d_loss, **terms,
-               **{f"grad_norm_{n}": optax.tree.norm(g) for n, g in grads.items()},
-               "learning_rate": make_schedule(config.optim, config.num_train_steps)(state.step)}
-    return state.apply_gradients(grads, optimizers(config), rng), scalars
+    return grads, {"loss": loss, "d": d_loss, **terms}
 
 
 def predict(params, frozen_nets, batch, *, config, graphdefs):

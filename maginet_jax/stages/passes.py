@@ -25,7 +25,7 @@ from maginet_jax.errors import UserError, check_choices, check_divisible, check_
 from maginet_jax.models import pix2pixhd
 from maginet_jax.perceptual.losses import check_config, perceptual_nets, to_rgb
 from maginet_jax.stages import supervised
-from maginet_jax.training import runs
+from maginet_jax.training import microbatches, runs
 from maginet_jax.training.state import TrainState, init_state, make_optimizer, make_schedule
 
 CONDITION_CHANNELS = 3
@@ -171,10 +171,14 @@ def gan_gradients(params, condition, target, mask, perceptual, *, config, graphd
 
 def train_step(state: TrainState, batch, frozen_nets, *, config, graphdefs) -> tuple[TrainState, dict]:
     """One pix2pixHD step of G and D on a global batch: the new state and this step's scalars."""
-    cond, target = condition_and_target(frozen_nets, batch, config)
-    rng, _ = jax.random.split(state.rng)
-    grads, scalars = gan_gradients(state.params, cond, target, batch["mask"], frozen_nets["perceptual"],
-                                   config=config, graphdefs=graphdefs)
+    rng, step_rng = jax.random.split(state.rng)
+
+    def gradients(micro, key):  # (no randomness of its own: `key` is unused)
+        cond, target = condition_and_target(frozen_nets, micro, config)
+        return gan_gradients(state.params, cond, target, micro["mask"], frozen_nets["perceptual"], config=config,
+                             graphdefs=graphdefs)
+
+    grads, scalars = microbatches.accumulate(gradients, batch, step_rng, config.grad_accum_steps)
     scalars["learning_rate"] = make_schedule(config.optim, config.num_train_steps)(state.step)
     return state.apply_gradients(grads, optimizers(config), rng), scalars
 

@@ -25,7 +25,7 @@ from maginet_jax.models.albedo_net import ARCHS, FUSIONS, build_albedo_net, size
 from maginet_jax.models.layers import resize_to
 from maginet_jax.models.refinement_net import build_refinement_net
 from maginet_jax.perceptual.losses import check_config, perceptual_nets
-from maginet_jax.training import runs
+from maginet_jax.training import microbatches, runs
 from maginet_jax.training.state import TrainState, init_state, make_optimizer, make_schedule
 
 TERMS = ("mse", "edge", "side", "vgg", "lpips")
@@ -87,11 +87,19 @@ def loss_fn(params, frozen_nets, batch, rng, *, config, graphdefs):
 def train_step(state: TrainState, batch, frozen_nets, *, config, graphdefs) -> tuple[TrainState, dict]:
     """One optimizer step on a global batch: the new state and this step's scalars."""
     rng, step_rng = jax.random.split(state.rng)
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, frozen_nets, batch, step_rng, config=config, graphdefs=graphdefs)
-    scalars = {"loss": loss, **terms, "grad_norm": optax.tree.norm(grads),
-               "learning_rate": make_schedule(config.optim, config.num_train_steps)(state.step)}
+    grads, scalars = microbatches.accumulate(
+        lambda micro, key: gradients(state.params, frozen_nets, micro, key, config=config, graphdefs=graphdefs),
+        batch, step_rng, config.grad_accum_steps)
+    scalars.update(grad_norm=optax.tree.norm(grads),
+                   learning_rate=make_schedule(config.optim, config.num_train_steps)(state.step))
     return state.apply_gradients(grads, optimizers(config), rng), scalars
+
+
+def gradients(params, frozen_nets, batch, rng, *, config, graphdefs) -> tuple[dict, dict]:
+    """The loss's gradients on `batch` and its scalars (the loss and its unweighted terms)."""
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, frozen_nets, batch, rng, config=config,
+                                                                     graphdefs=graphdefs)
+    return grads, {"loss": loss, **terms}
 
 
 def predict(params, frozen_nets, batch, *, config, graphdefs):

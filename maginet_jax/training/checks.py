@@ -15,7 +15,7 @@ SHARED_RANGES = {
         "num_train_steps", "batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
         "eval.batch_size", "eval.num_examples", "data.num_train_examples", "max_checkpoints_to_keep",
         "data.resolution", "data.crop_size", "data.read_threads", "data.worker_buffer_size",
-        "data.read_buffer_size")},
+        "data.read_buffer_size", "grad_accum_steps")},
     **{key: dict(integer=True, at_least=0) for key in (
         "data.worker_count", "eval.worker_count", "optim.warmup_steps", "optim.decay_steps", "sharding.fsdp_min_size")},
     # Rows of one grid image, gathered on the host with every image the evaluator shows (at 1024² with every pass,
@@ -71,8 +71,8 @@ def check_compute(model_config, prefix: str) -> None:
 
 
 def check_mesh(config, num_processes: int, mesh) -> None:
-    """Global batches must split evenly over processes and over the mesh's data × fsdp devices, and images
-    over its spatial axis."""
+    """Global batches (and their microbatches) must split evenly over processes and over the mesh's data × fsdp
+    devices, and images over its spatial axis."""
     shards = sharding.batch_size_divisor(mesh)
     for key, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
         if size % num_processes or size % shards:
@@ -80,3 +80,7 @@ def check_mesh(config, num_processes: int, mesh) -> None:
                             f"{shards} shards of the mesh's data × fsdp axes")
     check_divisible("data.crop_size", config.data.crop_size, mesh.shape[sharding.SPATIAL_AXIS],
                     "the mesh's spatial axis splits the image height")
+    accum = config.grad_accum_steps
+    if accum > 1 and config.batch_size % (shards * accum):  # each microbatch spread over the devices as a batch is
+        raise UserError(f"batch_size={config.batch_size} must be divisible by grad_accum_steps × the mesh's data × "
+                        f"fsdp shards ({accum} × {shards}): each microbatch is split over the devices as a batch is")

@@ -5,6 +5,7 @@ differently)."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import jax
@@ -25,20 +26,23 @@ def abstract_batch(config, batch_sharding: NamedSharding) -> dict[str, jax.Shape
                                     sharding=batch_sharding) for k, v in record.items()}
 
 
-def report(lowered, compiled, mesh: Mesh) -> dict:
+def report(lowered, compiled, mesh: Mesh, counted=None) -> dict:
     """{"mesh", "flops_per_step", "flops_per_device", "bytes_per_device": {arguments, outputs, temporaries,
     total}} of an SPMD train step. `flops_per_step` is XLA's count of the lowered (global) program: the same on
     every backend. `flops_per_device` is its count of the compiled per-device program (halo exchange and other
     partitioning work included), which on a GPU leaves out the convolutions XLA hands to cuDNN. `total` counts
-    donated outputs (the new state, written over the old) once."""
+    donated outputs (the new state, written over the old) once.
+
+    With microbatches (grad_accum_steps > 1) XLA counts the loop's body once: `counted` is then the step lowered
+    whole, whose count is the step's, and the per-device count is NaN (not counted)."""
     memory = compiled.memory_analysis()
     arguments, outputs = memory.argument_size_in_bytes, memory.output_size_in_bytes
     temporaries, aliased = memory.temp_size_in_bytes, memory.alias_size_in_bytes
     return {"mesh": {name: int(size) for name, size in mesh.shape.items()},
             "devices": mesh.size,
             "platform": mesh.devices.flat[0].platform,
-            "flops_per_step": flops(lowered),
-            "flops_per_device": flops(compiled),
+            "flops_per_step": flops(counted or lowered),
+            "flops_per_device": float("nan") if counted else flops(compiled),
             "bytes_per_device": {"arguments": arguments, "outputs": outputs, "temporaries": temporaries,
                                  "total": arguments + outputs - aliased + temporaries}}
 
@@ -67,8 +71,9 @@ def describe(report: dict) -> str:
     b = report["bytes_per_device"]
     gib = lambda n: f"{n / 2**30:.3f} GiB" if n >= 2**30 else f"{n / 2**20:.3f} MiB"
     return "\n".join([f"  mesh            {report['mesh']} ({report['devices']} {report['platform']} devices)",
-                      f"  FLOPs per step  {report['flops_per_step']:.4g} ({report['flops_per_device']:.4g} "
-                      f"per device, as compiled)",
+                      f"  FLOPs per step  {report['flops_per_step']:.4g} ("
+                      + ("per device not counted: microbatches" if math.isnan(report["flops_per_device"]) else
+                         f"{report['flops_per_device']:.4g} per device, as compiled") + ")",
                       *(f"  {k:<15} {gib(b[k])} per device" for k in ("arguments", "outputs", "temporaries", "total"))])
 
 
