@@ -1,7 +1,7 @@
 """Gradient accumulation (training/microbatches.py): microbatches keep every image once and lie over the devices as
 the batch does; a step over k microbatches is the whole batch's step (masks of equal area), for the supervised
-and the GAN stage; it needs a k-th of the activation memory; bad settings are one error line. (The joint stage's
-check, which needs the chained runs: test_joint.py.)"""
+and the GAN stage; it needs a k-th of the activation memory; bad settings are one error line. (The joint stage
+steps in microbatches in test_joint.py, which has the chained runs it starts from.)"""
 
 import jax
 import numpy as np
