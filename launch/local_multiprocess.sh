@@ -13,8 +13,8 @@
 # Ctrl-C, SIGTERM or SIGHUP to this script is passed on to every process as SIGTERM (a terminal's Ctrl-C may reach
 # them too, which is harmless), and they checkpoint at their next step and exit as a single run would; a second
 # one kills them at once (before the first step, while compiling or preparing data, they have nothing to save).
-# Killed itself (SIGKILL, which it cannot pass on), the processes get SIGTERM from the kernel instead (util-linux's
-# setpriv --pdeathsig, where there is one): they stop as above rather than train on unsupervised.
+# Killed itself (SIGKILL, which it cannot pass on), the processes get SIGTERM from the kernel instead (on Linux: each
+# sets PR_SET_PDEATHSIG before it execs the training): they stop as above rather than train on unsupervised.
 set -uo pipefail
 usage="usage: $0 N -- <maginet_jax.train arguments>"
 [[ $# -ge 2 && "$1" =~ ^[1-9][0-9]*$ && "$2" == "--" ]] || { echo "$usage" >&2; exit 2; }
@@ -36,8 +36,11 @@ signals=0
 stop_all() { for pid in "${pids[@]}"; do [[ -n "$pid" ]] && kill "-$1" "$pid" 2>/dev/null; done; }
 on_signal() { signals=$((signals + 1)); if ((signals == 1)); then stop_all TERM; else stop_all KILL; fi; }
 trap on_signal TERM INT HUP
+# What util-linux's `setpriv --pdeathsig TERM` does, with no package beyond Python (minimal images lack setpriv).
 on_our_death=()
-command -v setpriv > /dev/null && on_our_death=(setpriv --pdeathsig TERM)
+[[ "$(uname -s)" == Linux ]] && on_our_death=(python -c 'import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: kept across exec
+os.execvp(sys.argv[1], sys.argv[1:])')
 log_of=()
 for ((i = 0; i < n; i++)); do
   out="$logs/process_$i.log"
