@@ -9,6 +9,7 @@ PNGs are written here directly: non-interlaced, filter type 0, zlib-compressed, 
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 
@@ -106,6 +107,17 @@ def png16_bytes(x: np.ndarray) -> bytes:
     header = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
             + _chunk(b"IEND", b""))
+
+
+def file_identity(path: str) -> tuple:
+    """What names one file, for the CLIs' checks that no output is an input: its device and inode when it exists
+    (a hard link is the same file, and writing truncates through it), else its resolved path (a symbolic link or
+    another spelling of a path to be written counts)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ("path", os.path.realpath(path))
+    return ("inode", st.st_dev, st.st_ino)
 
 
 def write_png(path, x: np.ndarray, bits: int = 8) -> None:

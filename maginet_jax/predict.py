@@ -208,9 +208,9 @@ def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input
     first = read_input(files[0]) if single else None  # a single unreadable file is the error itself
     mask_image = image_io.read_image(mask) if mask else None
     predictor = Predictor(albedo_workdir, refine_workdir, passes_workdir, size, joint_workdir=joint_workdir)
-    written = {os.path.realpath(output_file(output_dir, f, name)) for f in files
+    written = {image_io.file_identity(output_file(output_dir, f, name)) for f in files
                for name in ("albedo", *predictor.passes, "sheet")}
-    overwritten = [f for f in files if os.path.realpath(f) in written]
+    overwritten = [f for f in [*files, *([mask] if mask else [])] if image_io.file_identity(f) in written]
     if overwritten:  # e.g. --output is the input directory, which holds a.png and a_normal.png
         raise UserError(f"--output {output_dir!r} would overwrite the input {overwritten[0]!r}: write elsewhere")
     created = not os.path.exists(output_dir)

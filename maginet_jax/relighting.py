@@ -240,14 +240,14 @@ def check_sweep(frames: int, sizes: list[tuple[int, int]]) -> None:
 
 
 def check_overwrites(inputs: list[str], output: str, outputs: list[str], html: str) -> None:
-    """UserError if a file to write (`outputs` in `output`, then `html`) is an input or was written before it,
-    by resolved path (so a link or another spelling of it counts)."""
-    taken = {os.path.realpath(f): f"the input {f!r}" for f in inputs}
+    """UserError if a file to write (`outputs` in `output`, then `html`) is an input or was written before it
+    (`image_io.file_identity`: by inode, or by resolved path)."""
+    taken = {image_io.file_identity(f): f"the input {f!r}" for f in inputs}
     for flag, given, files in (("--output", output, outputs), ("--html", html, [html] if html else [])):
         for file in files:
-            if os.path.realpath(file) in taken:
-                raise UserError(f"{flag}={given!r} would overwrite {taken[os.path.realpath(file)]}: write elsewhere")
-        taken.update({os.path.realpath(file): f"the output {file!r}" for file in files})
+            if image_io.file_identity(file) in taken:
+                raise UserError(f"{flag}={given!r} would overwrite {taken[image_io.file_identity(file)]}: write elsewhere")
+        taken.update({image_io.file_identity(file): f"the output {file!r}" for file in files})
 
 
 def relight(passes_path: str, output: str, rig: Rig, sweep: int = 0, sweep_format: str = "gif",

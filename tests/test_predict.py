@@ -132,6 +132,29 @@ def test_outputs_never_overwrite_an_input(chain, odd_image, tmp_path):
     assert sorted(os.listdir(folder)) == ["a.png", "a_normal.png"] and (folder / "a_normal.png").read_bytes() == before
 
 
+@pytest.mark.parametrize("case", ["hard-linked", "mask"])
+def test_an_output_that_is_an_input_by_inode_or_the_mask_is_refused(chain, odd_image, tmp_path, case):
+    """An output hard-linked to the input (writing truncates through the link), and a --mask that is an output,
+    were written over."""
+    from maginet_jax.errors import UserError
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    texture = tmp_path / "in" / "a.png"
+    texture.write_bytes(open(odd_image, "rb").read())
+    if case == "hard-linked":
+        os.link(texture, tmp_path / "out" / "a_normal.png")
+        mask, victim = "", texture
+    else:
+        victim = tmp_path / "out" / "a_albedo.png"
+        victim.write_bytes(open(odd_image, "rb").read())
+        mask = str(victim)
+    before = victim.read_bytes()
+    with pytest.raises(UserError, match=f"^--output '{tmp_path}/out' would overwrite the input '{victim}': "):
+        predict.predict(chain["albedo"], chain["refine"], chain["passes"], str(texture), str(tmp_path / "out"),
+                        mask=mask)
+    assert victim.read_bytes() == before
+
+
 @pytest.mark.parametrize("case,message", [
     ("empty", "holds no files"),
     ("text", "not an image Pillow can read"),

@@ -214,9 +214,11 @@ def test_unknown_sh_preset():
         relighting.read_sh("sunrise")
 
 
-@pytest.mark.parametrize("case", ["html-over-a-pass", "html-over-an-output", "output-over-match", "html-over-sh"])
+@pytest.mark.parametrize("case", ["html-over-a-pass", "html-over-an-output", "output-over-match", "html-over-sh",
+                                  "html-hard-linked-to-a-pass"])
 def test_a_file_to_write_that_is_one_read_is_refused(stem, tmp_path, case):
-    """By resolved path, before anything is written: --html=<a pass> used to replace the pass with the page."""
+    """By resolved path or inode, before anything is written: --html=<a pass> used to replace the pass with the
+    page; so did an --html hard-linked to a pass (writing truncates through the link)."""
     (tmp_path / "passes").mkdir()
     face = _copy_passes(stem, tmp_path / "passes")
     out = tmp_path / "out"
@@ -224,6 +226,7 @@ def test_a_file_to_write_that_is_one_read_is_refused(stem, tmp_path, case):
     shutil.copy(f"{face}_albedo.png", out / "face_relit.png")  # a relit image of an earlier run
     (tmp_path / "sh.txt").write_text("0.1 0.1 0.1\n" * 9)
     (tmp_path / "link.html").symlink_to(f"{face}_albedo.png")
+    os.link(f"{face}_normal.png", tmp_path / "hard.html")
     kwargs, message = {
         "html-over-a-pass": (dict(html=str(tmp_path / "link.html")), r"--html='.*link.html' would overwrite the "
                              r"input '.*passes/face_albedo.png': write elsewhere"),
@@ -234,6 +237,8 @@ def test_a_file_to_write_that_is_one_read_is_refused(stem, tmp_path, case):
                               r"elsewhere"),
         "html-over-sh": (dict(html=str(tmp_path / "sh.txt"), also_read=(str(tmp_path / "sh.txt"),)),
                          r"--html='.*sh.txt' would overwrite the input '.*sh.txt': write elsewhere"),
+        "html-hard-linked-to-a-pass": (dict(html=str(tmp_path / "hard.html")), r"--html='.*hard.html' would "
+                                       r"overwrite the input '.*passes/face_normal.png': write elsewhere"),
     }[case]
     before = _files(tmp_path)
     with pytest.raises(UserError, match=message):
