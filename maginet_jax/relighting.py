@@ -245,8 +245,9 @@ def check_overwrites(inputs: list[str], output: str, outputs: list[str], html: s
     taken = {image_io.file_identity(f): f"the input {f!r}" for f in inputs}
     for flag, given, files in (("--output", output, outputs), ("--html", html, [html] if html else [])):
         for file in files:
-            if image_io.file_identity(file) in taken:
-                raise UserError(f"{flag}={given!r} would overwrite {taken[image_io.file_identity(file)]}: write elsewhere")
+            same = taken.get(image_io.file_identity(file))
+            if same:
+                raise UserError(f"{flag}={given!r} would overwrite {same}: write elsewhere")
         taken.update({image_io.file_identity(file): f"the output {file!r}" for file in files})
 
 
