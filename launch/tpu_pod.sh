@@ -15,7 +15,8 @@
 # setup clones the repo into ~/maginet-jax on every worker (or updates that clone), checks out --ref as the repo
 # has it now, and installs it with the `tpu` extra. run starts
 # `python -m maginet_jax.train --distributed` on every worker in the background (output in
-# ~/maginet-train.log), unless one is already going on any worker; running it again with the same workdir resumes. See launch/README.md.
+# ~/maginet-train.log), unless one is already going on any worker; running it again with the same workdir
+# resumes. See launch/README.md.
 set -euo pipefail
 
 die() { echo "tpu_pod.sh: error: $*" >&2; exit 2; }

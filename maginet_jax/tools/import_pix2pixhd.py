@@ -56,8 +56,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-
-
 def check_out(out: str) -> None:
     """UserError unless `out` can become the import: a new or empty directory, in one we may write to.
 

@@ -41,8 +41,8 @@ def report(lowered, compiled, mesh: Mesh, counted=None) -> dict:
     return {"mesh": {name: int(size) for name, size in mesh.shape.items()},
             "devices": mesh.size,
             "platform": mesh.devices.flat[0].platform,
-            "flops_per_step": flops(counted or lowered),
-            "flops_per_device": float("nan") if counted else flops(compiled),
+            "flops_per_step": flops(lowered if counted is None else counted),
+            "flops_per_device": flops(compiled) if counted is None else float("nan"),
             "bytes_per_device": {"arguments": arguments, "outputs": outputs, "temporaries": temporaries,
                                  "total": arguments + outputs - aliased + temporaries}}
 
