@@ -23,7 +23,7 @@ as underscores; a library kernel there is grouped by what its name says: fprop, 
 busy time, the union of its kernels' intervals, against the step's wall time says how much of a step the device
 idles (launch gaps, host work). `--trace_dir` keeps the trace, the compiled HLO and the untraced time there
 (`train_step.trace.json.gz`, `train_step.hlo.txt.gz`, `train_step.json`, flat), which `--from_trace` reads again,
-on any machine.
+on any machine; it refuses a directory that already holds one.
 """
 
 from __future__ import annotations
@@ -298,6 +298,10 @@ def main(argv) -> None:
                 os.makedirs(trace_dir, exist_ok=True)
             except OSError as e:
                 raise ValueError(f"--trace_dir={trace_dir}: cannot make the directory ({e.strerror})") from None
+            kept = [name for name in (_TRACE, _HLO, _META) if os.path.exists(os.path.join(trace_dir, name))]
+            if kept:  # an earlier profile, perhaps the one a change is measured against
+                raise ValueError(f"--trace_dir={trace_dir} already holds a kept trace ({', '.join(kept)}): name "
+                                 "a new directory, or remove it")
             profile(train.CONFIG.value, _STEPS.value, trace_dir)
             print(summarize(trace_dir, _TOP.value))
     except (ValueError, UserError) as e:

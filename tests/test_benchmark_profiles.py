@@ -30,6 +30,12 @@ def test_step_profile(tmp_path):
     # An op's line need not be among the --top source lines: which lines lead depends on the run's timings.
     assert len(ops) == 2 and all(r[1] in kinds and (r[3] == "" or r[3].startswith("maginet_jax/") and ".py:" in r[3])
                                  and float(r[4].rstrip(" |")) > 0 for r in ops)
+    # a second profile into the same directory is refused before it runs: it would replace the first
+    r = subprocess.run([sys.executable, "-m", "benchmarks.step_profile", "--config=configs/refine.py:smoke",
+                        f"--trace_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+        f"step_profile.py: error: --trace_dir={tmp_path} already holds a kept trace (train_step.trace.json.gz, "
+        "train_step.hlo.txt.gz, train_step.json): name a new directory, or remove it")
     # what --trace_dir kept reads back to the same tables
     again = run_script(sys.executable, "-m", "benchmarks.step_profile", f"--from_trace={tmp_path}", "--top=2")
     assert again[again.index("| kind |"):].strip() == table.strip()
