@@ -86,6 +86,18 @@ def vgg19_features() -> nn.Sequential:
     return vgg_features(VGG19_CFG)
 
 
+def random_vgg19(seed: int) -> nn.Sequential:
+    """VGG19's `features`, He-initialised from `seed` with small random biases (a stand-in for torchvision's
+    ImageNet weights, which nothing here downloads), in eval mode."""
+    torch.manual_seed(seed)
+    features = vgg19_features()
+    for m in features:
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.uniform_(m.bias, -0.1, 0.1)
+    return features.eval()
+
+
 def conv_indices(features: nn.Sequential) -> list[int]:
     """The `features` indices of the Conv2d modules, in order."""
     return [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
