@@ -22,7 +22,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from benchmarks import compare  # noqa: E402
+from benchmarks import compare, compare_variants  # noqa: E402
 from benchmarks.layer_timing import median_ms  # noqa: E402
 from maginet_jax import train  # noqa: E402
 from maginet_jax.errors import UserError  # noqa: E402
@@ -57,7 +57,7 @@ def main(argv) -> None:
     except UserError as e:
         sys.exit(f"cpu_options: error: {e}")
     config.xla_cpu_ynn_fusions = compiler.XLA_DEFAULT  # lowered without options; each compile adds its own
-    variant = compare.JaxVariant(config, compare.first_batch(config))
+    variant = compare_variants.JaxVariant(config, compare_variants.first_batch(config))
     with jax.set_mesh(variant.mesh):
         steps = {s: {mode: variant.lowered[mode].compile(compiler_options=opts) for mode in ("train", "infer")}
                  for s, opts in options.items()}

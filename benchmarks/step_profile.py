@@ -47,7 +47,7 @@ import jax  # noqa: E402 (after XLA_FLAGS)
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from benchmarks import compare  # noqa: E402
+from benchmarks import compare_variants  # noqa: E402
 from maginet_jax import train  # noqa: E402
 from maginet_jax.errors import UserError  # noqa: E402
 
@@ -250,8 +250,8 @@ def summarize(trace_dir: str, top: int) -> str:
 def profile(config, steps: int, trace_dir: str) -> None:
     """Runs the stage's train step (two steps, five timed, `steps` traced) and writes into `trace_dir`, flat, the
     trace, the compiled HLO and the traced steps with the header line (untraced time included)."""
-    variant = compare.JaxVariant(config, compare.first_batch(config))
-    step = compare.synced(variant.train_step)
+    variant = compare_variants.JaxVariant(config, compare_variants.first_batch(config))
+    step = compare_variants.synced(variant.train_step)
     step(), step()
     untraced, before = [], resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(5):

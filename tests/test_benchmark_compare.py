@@ -281,7 +281,7 @@ def test_pytorch_cpu_peak_memory():
     each) are live at once for the backward pass, with the gradients flowing back through them."""
     import torch
 
-    from benchmarks.compare import profiled_peak_bytes
+    from benchmarks.compare_variants import profiled_peak_bytes
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(),
                               torch.nn.Conv2d(64, 3, 3, padding=1))
