@@ -11,6 +11,11 @@ Variants (`--config=configs/albedo.py:VARIANT`):
   smoke (tiny, for tests):
     python -m maginet_jax.train --config=configs/albedo.py:smoke --workdir=/tmp/albedo_smoke
 
+  fine-tuned on your FFHQ-UV-Intrinsics copy, from a run on the synthetic data:
+    python -m maginet_jax.train --config=configs/albedo.py --workdir=runs/albedo_ffhq \
+        --config.init.from_workdir=runs/albedo --config.data.source=ffhq_uv_intrinsics \
+        --config.data.root=/path/to/FFHQ-UV-Intrinsics
+
 Any key can be overridden, e.g. `--config.batch_size=16 --config.model.attention=none`.
 Data: the embedded synthetic generator unless `data.source` / `data.root` point elsewhere.
 """
@@ -24,6 +29,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     """Returns the stage-1 config; `arg` picks a variant from common.VARIANTS."""
     common.check_variant(arg, "albedo")
     c = common.base_config("albedo", resolution=512)
+
+    # Fine-tuning: AlbedoNet starts from the parameters of an earlier albedo run of the same architecture (its
+    # optimizer state and step start afresh), e.g. one trained on the synthetic data, tuned on FFHQ-UV-Intrinsics.
+    c.init = ml_collections.ConfigDict()
+    c.init.from_workdir = ""
+    c.init.from_step = 0  # its checkpoint; 0: the latest when this run starts (recorded in its config.json)
 
     c.model = ml_collections.ConfigDict()
     c.model.arch = "maginet"  # maginet (AlbedoNet) | unet (the plain baseline, configs/unet_baseline.py)

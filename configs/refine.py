@@ -32,6 +32,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.init.albedo_workdir = ""  # a finished stage-1 run; empty: degraded ground-truth albedo
     # Its checkpoint to use; 0: the latest when this run starts, recorded in its config.json and kept on resume.
     c.init.albedo_step = 0
+    # Fine-tuning: RefinementNet starts from an earlier refine run's parameters (as configs/albedo.py's).
+    c.init.from_workdir = ""
+    c.init.from_step = 0
 
     c.model = ml_collections.ConfigDict()
     c.model.widths = (32, 32)  # the two hidden widths of the three 3×3 convs

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import signal
 import struct
 
@@ -14,8 +15,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
-from conftest import Interrupted, crash_during_step, lpips_on, smoke, synthetic_batch, tamper_with_step
+from conftest import Interrupted, crash_during_step, lpips_on, smoke, synthetic_batch, tamper_with_step, train_evals
 from maginet_jax import train
 from maginet_jax.errors import UserError
 from maginet_jax.stages import supervised
@@ -127,6 +129,41 @@ def test_checkpoint_of_another_model_is_a_clear_error(uninterrupted, tmp_path):
         train.train_and_evaluate(c, workdir)
     assert before == {p: os.path.getmtime(os.path.join(workdir, p)) for p in before}
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "4", "8"]
+
+
+@pytest.mark.filterwarnings("ignore:Sharding info not provided")  # the test's own read of checkpoint 4
+def test_fine_tuning_starts_from_an_earlier_runs_parameters(uninterrupted, tmp_path):
+    source = uninterrupted[0]
+    c = _config()
+    c.init.from_workdir, c.num_train_steps = source, 1
+    train.train_and_evaluate(c, str(tmp_path / "tuned"))
+    first, last = train_evals(str(tmp_path / "tuned"))[0], train_evals(source)[-1]
+    assert first["step"] == 0 and last["step"] == 12
+    assert {k: v for k, v in first.items() if k != "step"} == {k: v for k, v in last.items() if k.startswith("eval/")}
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["init"]["from_step"] == 12  # pinned
+    # an earlier checkpoint, by step
+    c.init.from_step = 4
+    _, state = supervised.init(c, sharding.make_mesh(c.mesh))
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        saved = checkpointer.restore(os.path.join(source, "checkpoints", "4", "state"))["params"]["model"]
+    mine, saved = jax.tree.leaves(nnx.to_pure_dict(state.params["model"])), jax.tree.leaves(saved)  # (in key order)
+    assert len(mine) == len(saved) == 6 and all(np.array_equal(a, b) for a, b in zip(mine, saved))
+    # another stage's run, another architecture, no checkpoint: one error, before anything is written
+    (tmp_path / "albedo").mkdir()
+    (tmp_path / "albedo" / "config.json").write_text(json.dumps(smoke("albedo").to_dict()))
+    (tmp_path / "started").mkdir()
+    (tmp_path / "started" / "config.json").write_text(json.dumps(c.to_dict()))
+    c.init.from_step = 0
+    wide = c.copy_and_resolve_references()
+    wide.model.widths = (8, 16)
+    for config, source, error in [
+            (c, str(tmp_path / "albedo"), "holds a 'albedo' run, not 'refine'"),
+            (wide, source, "has another architecture than the config: model.widths: (8, 8) there, (8, 16) here"),
+            (c, str(tmp_path / "started"), "has no finished checkpoint yet")]:
+        config.init.from_workdir = source
+        with pytest.raises(UserError, match=re.escape(f"init.from_workdir={source!r} {error}")):
+            train.run(config, str(tmp_path / "bad"))
+        assert os.listdir(tmp_path / "bad") == []
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # the 1e39 weight, as intended

@@ -37,7 +37,6 @@ from maginet_jax.training.state import TrainState, abstract_state, make_optimize
 
 CHAIN = ("albedo", "refine", "generator")  # the networks a sample passes through, in order
 INIT_KEYS = {"albedo": "init.albedo_workdir", "refine": "init.refine_workdir", "passes": "init.passes_workdir"}
-SHAPE_FREE_KEYS = ("dtype", "remat")  # model keys that change neither parameters nor what is computed
 
 
 def stage_view(config, stage: str) -> ml_collections.ConfigDict:
@@ -154,14 +153,6 @@ def predict(params, frozen_nets, batch, *, config, graphdefs):
     return passes.predict(params, {"upstream": upstream}, batch, config=config, graphdefs=graphdefs)
 
 
-def check_same_model(saved, ours, what: str, workdir: str, prefix: str) -> None:
-    """UserError naming every model key (but dtype and remat) in which a saved run differs from the config."""
-    keys = sorted((set(saved) | set(ours)) - set(SHAPE_FREE_KEYS))
-    diffs = runs.model_differences(dict(saved), dict(ours), keys, prefix=prefix)
-    if diffs:
-        raise UserError(f"{what}={workdir!r} has another architecture than the config: " + "; ".join(diffs))
-
-
 def validate(config) -> None:
     """The three runs exist, are of the right stages and have the config's architectures; each network's
     settings and losses pass its own stage's checks."""
@@ -184,8 +175,8 @@ def validate(config) -> None:
             raise UserError(f"in the {run} section: {e}") from None
     for run in ("albedo", "refine"):
         saved = runs.read_config(config.init[f"{run}_workdir"], expect_stage=run, what=INIT_KEYS[run])
-        check_same_model(saved.model, config[run].model, INIT_KEYS[run], config.init[f"{run}_workdir"],
-                         f"{run}.model.")
+        runs.check_same_model(saved.model, config[run].model, INIT_KEYS[run], config.init[f"{run}_workdir"],
+                              f"{run}.model.")
     saved = runs.read_config(config.init.passes_workdir, expect_stage="passes", what=INIT_KEYS["passes"])
     passes.check_same_architecture(saved, config, INIT_KEYS["passes"], config.init.passes_workdir)
     if tuple(saved.passes) != tuple(config.passes):

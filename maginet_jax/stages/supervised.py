@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -42,7 +43,22 @@ def optimizers(config) -> dict[str, optax.GradientTransformation]:
 
 
 def init(config, mesh: Mesh) -> tuple[dict[str, nnx.GraphDef], TrainState]:
-    return init_state(networks(config), optimizers(config), config.seed, mesh, config.sharding)
+    """A fresh state; with `init.from_workdir`, the network's parameters are that run's (fine-tuning).
+
+    The earlier run is checked here, when a run starts, not in `validate`: evaluating the new run later must not
+    need it.
+    """
+    source, what = config.init.get("from_workdir"), "init.from_workdir"
+    if source:
+        saved = runs.read_config(source, expect_stage=config.stage, what=what)
+        runs.check_same_model(saved.model, config.model, what, source)
+    graphdefs, state = init_state(networks(config), optimizers(config), config.seed, mesh, config.sharding)
+    if not source:
+        return graphdefs, state
+    directory = runs.params_dir(source, what=what, step=config.init.from_step)
+    params = runs.restore_params(directory, {"model": state.params["model"]}, what=what)
+    logging.info("%s stage: starting from the parameters in %s", config.stage, directory)
+    return graphdefs, state.replace(params=params)
 
 
 def frozen_nets(config, mesh: Mesh) -> dict:

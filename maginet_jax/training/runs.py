@@ -217,6 +217,18 @@ def model_differences(saved, ours, keys, *, prefix: str = "model.", defaults=Non
     return out
 
 
+SHAPE_FREE_KEYS = ("dtype", "remat")  # model keys that change neither parameters nor what is computed
+
+
+def check_same_model(saved, ours, what: str, workdir: str, prefix: str = "model.") -> None:
+    """UserError naming every model key (but dtype and remat) in which a saved run's model config differs from
+    ours (`what` names the setting that gave `workdir`)."""
+    keys = sorted((set(saved) | set(ours)) - set(SHAPE_FREE_KEYS))
+    diffs = model_differences(dict(saved), dict(ours), keys, prefix=prefix)
+    if diffs:
+        raise UserError(f"{what}={workdir!r} has another architecture than the config: " + "; ".join(diffs))
+
+
 def prepare_workdir(workdir: str, *, what: str = "--workdir") -> None:
     """Creates `workdir` and proves it writable, or raises UserError naming the flag `what`; touches nothing
     already there."""
