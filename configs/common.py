@@ -28,6 +28,10 @@ def base_config(stage: str, *, resolution: int) -> ml_collections.ConfigDict:
     c.max_checkpoints_to_keep = 3
     c.async_checkpointing = True
     c.num_sample_images = 4  # rows in the sample grids (at most 32)
+    # A jax.profiler trace of steps profile_first_step .. + profile_num_steps - 1 (0: none), reading, logging and
+    # checkpointing included, under <workdir>/profile/ (training/profiling.py).
+    c.profile_first_step = 0
+    c.profile_num_steps = 5
 
     # The device mesh as (axis, size) pairs; -1 takes the devices left over; axes not named have size 1.
     #   data: the batch is split, parameters and optimizer state replicated;

@@ -37,7 +37,7 @@ from maginet_jax import cli, evaluator, image_io
 from maginet_jax.errors import UserError, check_choices, first_line
 from maginet_jax.perceptual import weights as pretrained
 from maginet_jax.stages import joint, passes, supervised
-from maginet_jax.training import checks, compiler, dry_runs, images, processes, runs, sharding
+from maginet_jax.training import checks, compiler, dry_runs, images, processes, profiling, runs, sharding
 from maginet_jax.training.state import TrainState, abstract_state
 from maginet_jax.training.writers import create_writer
 
@@ -246,6 +246,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     checkpoints = checkpoint_manager(runs.run_path(workdir) / "checkpoints",
                                      max_to_keep=config.max_checkpoints_to_keep, async_saves=config.async_checkpointing)
     writer, stop_signals = None, processes.StopSignals(jax.process_count() > 1).install()
+    profile = profiling.StepWindow(config, workdir)
     # Under the mesh: the networks constrain their activations against it (sharding.constrain_activation).
     with jax.set_mesh(mesh):
         try:  # closing the manager on every exit: its async threads would otherwise spill tracebacks at exit
@@ -273,6 +274,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                 # Where the iterator stands before this batch, for the except below (25-100 µs on the host, while
                 # the devices still run the previous step, which is dispatched asynchronously).
                 position = train_iter.get_state()
+                profile.before(step)
                 try:
                     batch = next(train_iter)
                 except Exception as e:  # a file gone bad mid-run: the steps since the last checkpoint are kept
@@ -322,12 +324,14 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                         runs.write_config(config, workdir)
                     save_checkpoint(checkpoints, step, state, train_iter)
                     saved = step
+                profile.after(step, state, stopping=stop or last)
                 if stop:
                     logging.warning("%s at step %d: checkpoint saved, stopping; rerun to resume",
                                     stop_signals.received or "preemption notice", step)
                     break
             checkpoints.wait_until_finished()
         finally:
+            profile.close()
             stop_signals.restore()
             checkpoints.close()
             if writer is not None:

@@ -33,6 +33,8 @@ NAN, INF = math.nan, math.inf
     ("albedo", {"data.test_fraction": 1.0}, "data.test_fraction must be a finite number > 0 and < 1"),
     ("albedo", {"num_sample_images": 33}, "num_sample_images must be an integer >= 0 and <= 32, got 33"),
     ("albedo", {"sharding.fsdp_min_size": -5}, "sharding.fsdp_min_size must be an integer >= 0, got -5"),
+    ("albedo", {"profile_num_steps": 0}, "profile_num_steps must be an integer >= 1, got 0"),
+    ("albedo", {"profile_first_step": 13}, "profile_first_step=13 is past num_train_steps=12: no step would be"),
     # loss and perceptual weights
     ("albedo", {"losses.mse": NAN}, "losses.mse must be a finite number >= 0, got nan"),
     ("albedo", {"losses.edge": INF}, "losses.edge must be a finite number >= 0, got inf"),
@@ -52,6 +54,7 @@ NAN, INF = math.nan, math.inf
     ("refine", {"model.widths": (8, -8)}, "model.widths[1] must be an integer >= 1, got -8"),
     ("refine", {"init.albedo_step": 3}, "init.albedo_step=3 is set but init.albedo_workdir is empty"),
     ("refine", {"init.albedo_step": -3}, "init.albedo_step must be an integer >= 0, got -3"),
+    ("albedo", {"init.from_step": 3}, "init.from_step=3 is set but init.from_workdir is empty"),
     # Pix2PixHD
     ("passes", {"model.n_downsample_global": -1}, "model.n_downsample_global must be an integer >= 0, got -1"),
     ("passes", {"model.num_D": 0}, "model.num_D must be an integer >= 1, got 0"),

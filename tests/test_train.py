@@ -3,8 +3,11 @@
 The loop's tests train RefinementNet's :smoke config: the loop is the same for every stage, and it compiles in
 a third of AlbedoNet's time (AlbedoNet's own runs: test_stages.py, the chained runs of conftest.py)."""
 
+import collections
 import dataclasses
 import functools
+import glob
+import gzip
 import json
 import os
 import re
@@ -35,7 +38,9 @@ def _config():
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("full"))
-    state = train.train_and_evaluate(_config(), workdir)
+    c = _config()  # profiled at steps 3 (a log row) and 4 (a checkpoint); the runs compared with it are not
+    c.profile_first_step, c.profile_num_steps = 3, 2
+    state = train.train_and_evaluate(c, workdir)
     return workdir, state
 
 
@@ -60,6 +65,12 @@ def test_outputs_on_disk(uninterrupted):
     assert sorted(os.listdir(os.path.join(workdir, "samples"))) == [
         "step_0000000.png", "step_0000006.png", "step_0000012.png"]
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+    # the profile of steps 3 and 4: their two batches read and their steps run, the checkpoint of step 4 saved
+    (trace,) = glob.glob(os.path.join(workdir, "profile", "plugins", "profile", "*", "*.trace.json.gz"))
+    assert os.path.exists(trace.replace(".trace.json.gz", ".xplane.pb"))
+    names = collections.Counter(e.get("name") for e in json.load(gzip.open(trace))["traceEvents"] if e.get("ph") == "X")
+    assert names["_BatchDatasetIterator.__next__"] == 2 and names["PjitFunction(train_step)"] > 0
+    assert any("checkpoint_manager.py" in n and " save" in n for n in names), sorted(names)[:50]
 
 
 def _not_on_resume(config, mesh):
@@ -198,9 +209,12 @@ def test_stop_request_saves_and_stops(how, tmp_path, monkeypatch):
     else:
         tamper_with_step(monkeypatch, 5, _send(getattr(signal, how)))
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    state = train.train_and_evaluate(_config(), str(tmp_path))
+    c = _config()
+    c.profile_first_step = 4  # a window of 5 steps: the stop ends it at step 5, with its trace written
+    state = train.train_and_evaluate(c, str(tmp_path))
     assert int(state.step) == 5
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "5"]
+    assert len(glob.glob(str(tmp_path / "profile" / "plugins" / "profile" / "*" / "*.xplane.pb"))) == 1
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 

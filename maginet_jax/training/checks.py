@@ -15,9 +15,10 @@ SHARED_RANGES = {
         "num_train_steps", "batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
         "eval.batch_size", "eval.num_examples", "data.num_train_examples", "max_checkpoints_to_keep",
         "data.resolution", "data.crop_size", "data.read_threads", "data.worker_buffer_size",
-        "data.read_buffer_size", "grad_accum_steps")},
+        "data.read_buffer_size", "grad_accum_steps", "profile_num_steps")},
     **{key: dict(integer=True, at_least=0) for key in (
-        "data.worker_count", "eval.worker_count", "optim.warmup_steps", "optim.decay_steps", "sharding.fsdp_min_size")},
+        "data.worker_count", "eval.worker_count", "optim.warmup_steps", "optim.decay_steps", "sharding.fsdp_min_size",
+        "profile_first_step")},
     # Rows of one grid image, gathered on the host with every image the evaluator shows (at 1024² with every pass,
     # about 0.2 GB a row).
     "num_sample_images": dict(integer=True, at_least=0, at_most=32),
@@ -40,6 +41,9 @@ def check_shared(config, *, read_data: bool = True) -> None:
         value = (config[section] if section else config).get(name)  # None in configs saved by older versions
         if value is not None:
             check_number(key, value, **bounds)
+    if config.get("profile_first_step", 0) > config.num_train_steps:
+        raise UserError(f"profile_first_step={config.profile_first_step} is past num_train_steps="
+                        f"{config.num_train_steps}: no step would be profiled")
     if d.crop_size > d.resolution:
         raise UserError(f"data.crop_size {d.crop_size} exceeds data.resolution {d.resolution}")
     for key, step in config.get("init", {}).items():
