@@ -25,7 +25,9 @@ def base_config(stage: str, *, resolution: int) -> ml_collections.ConfigDict:
     c.log_every_steps = 100
     c.eval_every_steps = 5_000
     c.checkpoint_every_steps = 5_000
-    c.max_checkpoints_to_keep = 3
+    c.max_checkpoints_to_keep = 3  # the latest ones; those below are kept beside them
+    c.keep_checkpoints_every_steps = 0  # every checkpoint whose step is a multiple of this (0: none)
+    c.keep_best_checkpoints = 0  # the N with the best eval PSNR, of those saved at eval steps (0: none)
     c.async_checkpointing = True
     c.num_sample_images = 4  # rows in the sample grids (at most 32)
     # A jax.profiler trace of steps profile_first_step .. + profile_num_steps - 1 (0: none), reading, logging and

@@ -1,6 +1,6 @@
-r"""Evaluates a run's latest checkpoint on the held-out split, the way the paper reports results.
+r"""Evaluates a run's latest checkpoint (or `--step`'s) on the held-out split, the way the paper reports results.
 
-    python -m maginet_jax.evaluate --workdir=runs/albedo_demo [--compare=OTHER_WORKDIR]
+    python -m maginet_jax.evaluate --workdir=runs/albedo_demo [--step=N] [--compare=OTHER_WORKDIR]
     python -m maginet_jax.evaluate --workdir=runs/albedo_demo --config=configs/albedo.py:demo [--config.key=value ...]
 
 Without --config the run's own `config.json` is used as saved; with it, that config and its overrides (e.g. to
@@ -26,12 +26,14 @@ import numpy as np
 from absl import app, flags, logging
 
 from maginet_jax import evaluator, train
-from maginet_jax.errors import UserError
+from maginet_jax.errors import UserError, check_number
 from maginet_jax.evaluator import METRICS, ROWS
 from maginet_jax.perceptual.lpips import MIN_SIZE
 from maginet_jax.training import runs, sharding
 
 _COMPARE = flags.DEFINE_string("compare", "", "Another workdir holding eval/results.json, printed side by side.")
+_STEP = flags.DEFINE_integer("step", 0, "The checkpoint to score, e.g. one kept by keep_best_checkpoints (0: the "
+                             "latest).")
 _HEAD = {"mse": "MSE (×1e-3)", "psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS"}
 # The settings that decide which held-out examples a run is scored on, and at what size.
 TEST_SET_KEYS = {"data": ("source", "root", "input_file", "uv_maps_dir", "pass_files", "test_fraction", "resolution",
@@ -43,15 +45,17 @@ def test_set(config) -> dict:
     return {f"{section}.{key}": config[section].get(key) for section, keys in TEST_SET_KEYS.items() for key in keys}
 
 
-def evaluate_run(config, workdir: str) -> dict:
-    """Scores the latest checkpoint in `workdir` (its parameters only); writes and returns the results."""
+def evaluate_run(config, workdir: str, step: int = 0) -> dict:
+    """Scores the checkpoint of `step` in `workdir` (0: the latest; its parameters only); writes and returns the
+    results."""
+    check_number("--step", step, integer=True, at_least=0)
     if config.data.crop_size < MIN_SIZE["alex"]:  # AlexNet's feature maps would be empty, its LPIPS NaN
         raise UserError(f"data.crop_size {config.data.crop_size} is below {MIN_SIZE['alex']}, the smallest image "
                         f"the LPIPS metric (AlexNet) scores")
     mesh = sharding.make_mesh(config.mesh)
     stage = train.STAGES[config.stage]
     runs.pin_upstream(config, workdir, resumed=True)  # the upstream checkpoints it was trained against
-    directory = runs.params_dir(workdir, what="--workdir")
+    directory = runs.params_dir(workdir, what="--workdir", step=step, hint="")
     if directory.name != "state":
         raise UserError(f"--workdir {workdir!r} holds imported weights, not a trained run")
     step = int(directory.parent.name)
@@ -138,7 +142,7 @@ def main(argv) -> None:
             config = runs.read_config(workdir, expect_stage=tuple(train.STAGES), what="--workdir")
         other = read_results(_COMPARE.value) if _COMPARE.value else None
         train.validate(config)
-        results = evaluate_run(config, workdir)
+        results = evaluate_run(config, workdir, _STEP.value)
     except UserError as e:
         sys.exit(f"maginet_jax.evaluate: error: {e}")
     print(markdown(results))

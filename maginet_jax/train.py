@@ -22,22 +22,20 @@ import sys
 import time
 from typing import Callable
 
-import grain
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from clu import parameter_overview
 from flax import nnx
 from ml_collections import config_flags
-from orbax.checkpoint._src.metadata import array_metadata_store  # (as orbax's default handler)
 
 from data_pipeline import loader
 from maginet_jax import cli, evaluator, image_io
-from maginet_jax.errors import UserError, check_choices, first_line
+from maginet_jax.errors import UserError, check_choices
 from maginet_jax.perceptual import weights as pretrained
 from maginet_jax.stages import joint, passes, supervised
 from maginet_jax.training import checks, compiler, dry_runs, images, processes, profiling, runs, sharding
+from maginet_jax.training.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
 from maginet_jax.training.state import TrainState, abstract_state
 from maginet_jax.training.writers import create_writer
 
@@ -106,47 +104,6 @@ def validate(config, *, read_data: bool = True) -> None:
     STAGES[config.stage].validate(config)
     if config.losses.get("vgg", 0) > 0 and config.perceptual.vgg_backbone == "vgg19":  # a bad file fails now
         pretrained.torchvision_vgg19_weights(config.perceptual.vgg19_weights)
-
-
-# Orbax writes a replicated array from all of its replicas in parallel (its default unless JAX_PLATFORMS names a
-# GPU), each slicing its part out with an eager op. For the many small arrays of these networks (biases, norm
-# scales, their Adam moments) that costs more than it saves: a :smoke AlbedoNet's checkpoint on 8 CPU devices took
-# 1.5-2.0 s to save instead of 0.8-0.95 (7.5 s instead of 0.9 for a process's first save, which compiles each
-# slice). Arrays whose slice per replica would be under 1 MiB are written by one replica; the large kernels at
-# paper scale, in parallel.
-def checkpoint_manager(directory, *, max_to_keep: int | None = None, async_saves: bool = False
-                       ) -> ocp.CheckpointManager:
-    """The loop's checkpoints in `directory`: items "state" (the train state, written with the replica-parallel
-    threshold above) and "loader" (the data iterator's position)."""
-    array_handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=1 << 20,
-                                                   array_metadata_store=array_metadata_store.Store())
-    registry = ocp.type_handlers.create_type_handler_registry((jax.Array, array_handler))
-    return ocp.CheckpointManager(directory, item_handlers={
-        "state": ocp.PyTreeCheckpointHandler(type_handler_registry=registry),
-        "loader": grain.checkpoint.CheckpointHandler()}, options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_saves))
-
-
-def save_checkpoint(checkpoints: ocp.CheckpointManager, step: int, state: TrainState, data_iter) -> None:
-    """Saves `state` and `data_iter`'s position as checkpoint `step` (in the background with async saves)."""
-    checkpoints.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
-                                                   loader=grain.checkpoint.CheckpointSave(data_iter)))
-
-
-def restore_checkpoint(checkpoints: ocp.CheckpointManager, step: int, like: TrainState, data_iter) -> TrainState:
-    """The state saved at `step`, shaped, typed and sharded like `like`; moves `data_iter` to where it was."""
-    describe = (f"checkpoint {step} in {checkpoints.directory} does not fit this config (another model or data "
-                f"setup?)")
-    runs.check_saved_shapes(checkpoints.directory / str(step) / "state", like, describe)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
-    try:
-        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
-        restored = checkpoints.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(abstract, restore_args=restore_args),
-            loader=grain.checkpoint.CheckpointRestore(data_iter)))
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{describe}: {first_line(e)}") from None
-    return restored.state
 
 
 def jit_train_step(config, graphdefs, mesh, state_sharding) -> Callable:
@@ -243,8 +200,9 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
 
     # Checkpoints hold the state and the data iterator's position, so a resumed run sees exactly the batches
     # and random numbers an uninterrupted run would.
-    checkpoints = checkpoint_manager(runs.run_path(workdir) / "checkpoints",
-                                     max_to_keep=config.max_checkpoints_to_keep, async_saves=config.async_checkpointing)
+    checkpoints = checkpoint_manager(runs.run_path(workdir) / "checkpoints", max_to_keep=config.max_checkpoints_to_keep,
+                                     keep_every=config.keep_checkpoints_every_steps,
+                                     keep_best=config.keep_best_checkpoints, async_saves=config.async_checkpointing)
     writer, stop_signals = None, processes.StopSignals(jax.process_count() > 1).install()
     profile = profiling.StepWindow(config, workdir)
     # Under the mesh: the networks constrain their activations against it (sharding.constrain_activation).
@@ -322,7 +280,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                 if save:
                     if is_main:
                         runs.write_config(config, workdir)
-                    save_checkpoint(checkpoints, step, state, train_iter)
+                    save_checkpoint(checkpoints, step, state, train_iter, scalars)
                     saved = step
                 profile.after(step, state, stopping=stop or last)
                 if stop:

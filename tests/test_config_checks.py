@@ -34,6 +34,9 @@ NAN, INF = math.nan, math.inf
     ("albedo", {"num_sample_images": 33}, "num_sample_images must be an integer >= 0 and <= 32, got 33"),
     ("albedo", {"sharding.fsdp_min_size": -5}, "sharding.fsdp_min_size must be an integer >= 0, got -5"),
     ("albedo", {"profile_num_steps": 0}, "profile_num_steps must be an integer >= 1, got 0"),
+    ("albedo", {"keep_checkpoints_every_steps": 9},
+     "keep_checkpoints_every_steps=9 is not a multiple of checkpoint_every_steps=6: the steps it keeps would have"),
+    ("albedo", {"keep_best_checkpoints": -1}, "keep_best_checkpoints must be an integer >= 0, got -1"),
     ("albedo", {"profile_first_step": 13}, "profile_first_step=13 is past num_train_steps=12: no step would be"),
     # loss and perceptual weights
     ("albedo", {"losses.mse": NAN}, "losses.mse must be a finite number >= 0, got nan"),

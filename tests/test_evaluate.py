@@ -48,6 +48,9 @@ def test_masked_ssim_averages_the_map_inside_the_mask():
 
 def test_albedo_results_agree_with_training_eval(chain):
     workdir = chain["albedo"]
+    at_6 = evaluate.evaluate_run(smoke("albedo"), workdir, step=6)  # an earlier checkpoint (--step)
+    assert at_6["step"] == 6
+    assert at_6["rows"]["model"]["albedo"]["psnr"] == pytest.approx(train_evals(workdir)[1]["eval/psnr"], rel=1e-5)
     results = evaluate.evaluate_run(smoke("albedo"), workdir)
     last = train_evals(workdir)[-1]
     model, copy = results["rows"]["model"]["albedo"], results["rows"]["copy the input"]["albedo"]
@@ -152,6 +155,8 @@ def test_compare_warns_when_the_held_out_sets_differ(chain, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--config.data.seed=3"], "--config.KEY=VALUE overrides need --config=FILE"),
+    (["--step=5"], "/albedo' has no checkpoint of step 5 (it has 6, 12)"),
+    (["--step=-1"], "--step must be an integer >= 0, got -1"),
     (["--workdir=/nonexistent/run"], "--workdir='/nonexistent/run' is not a maginet_jax run directory"),
     # was LPIPS NaN in the table
     (["--config=configs/albedo.py:smoke", "--config.data.crop_size=28"], "data.crop_size 28 is below 31"),

@@ -21,6 +21,7 @@ from maginet_jax import train
 from maginet_jax.errors import UserError
 from maginet_jax.stages import passes, supervised
 from maginet_jax.training import checks, dry_runs, sharding
+from maginet_jax.training import checkpoints as checkpoints_lib
 from maginet_jax.training.state import abstract_state
 
 FSDP_MIN_SIZE = 64  # the smoke networks are tiny: shard all but their biases and norm scales
@@ -181,10 +182,10 @@ def test_checkpoint_restores_onto_another_mesh(tmp_path):
     def data():
         return iter(loader.training_loader(c, c.batch_size))
 
-    with train.checkpoint_manager(os.path.join(tmp_path, "checkpoints")) as checkpoints:
-        train.save_checkpoint(checkpoints, 4, saved, data())
+    with checkpoints_lib.checkpoint_manager(os.path.join(tmp_path, "checkpoints")) as checkpoints:
+        checkpoints_lib.save_checkpoint(checkpoints, 4, saved, data())
         checkpoints.wait_until_finished()
-        restored = train.restore_checkpoint(checkpoints, 4, like, data())
+        restored = checkpoints_lib.restore_checkpoint(checkpoints, 4, like, data())
     for a, b, want in zip(jax.tree.leaves(saved), jax.tree.leaves(restored), jax.tree.leaves(like)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert b.sharding == want.sharding

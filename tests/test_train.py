@@ -177,6 +177,21 @@ def test_fine_tuning_starts_from_an_earlier_runs_parameters(uninterrupted, tmp_p
         assert os.listdir(tmp_path / "bad") == []
 
 
+def test_checkpoints_kept_beside_the_latest(tmp_path, monkeypatch):
+    """max_checkpoints_to_keep latest ones, every keep_checkpoints_every_steps-th and the keep_best_checkpoints with
+    the best eval PSNR, also among those a resumed run finds (orbax reads their PSNR back)."""
+    c = _config()
+    c.checkpoint_every_steps, c.eval_every_steps, c.max_checkpoints_to_keep = 2, 4, 1
+    c.keep_checkpoints_every_steps, c.keep_best_checkpoints = 6, 1
+    psnr, evaluate = {0: 5.0, 4: 20.0, 8: 30.0, 12: 10.0, 16: 25.0}, train.evaluate_and_show
+    monkeypatch.setattr(train, "evaluate_and_show", lambda step, *a: {**evaluate(step, *a), "eval/psnr": psnr[step]})
+    train.train_and_evaluate(c, str(tmp_path))
+    assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == [6, 8, 12]  # 12 the latest, 6 and 12, 8 the best
+    c.num_train_steps = 16
+    train.train_and_evaluate(c, str(tmp_path))
+    assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == [6, 8, 12, 16]
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # the 1e39 weight, as intended
 def test_a_resume_that_fails_in_its_first_steps_leaves_config_json(uninterrupted, tmp_path):
     """config.json describes the checkpoints: a resumed run's config replaces it only with its first checkpoint

@@ -18,7 +18,7 @@ SHARED_RANGES = {
         "data.read_buffer_size", "grad_accum_steps", "profile_num_steps")},
     **{key: dict(integer=True, at_least=0) for key in (
         "data.worker_count", "eval.worker_count", "optim.warmup_steps", "optim.decay_steps", "sharding.fsdp_min_size",
-        "profile_first_step")},
+        "profile_first_step", "keep_checkpoints_every_steps", "keep_best_checkpoints")},
     # Rows of one grid image, gathered on the host with every image the evaluator shows (at 1024² with every pass,
     # about 0.2 GB a row).
     "num_sample_images": dict(integer=True, at_least=0, at_most=32),
@@ -44,6 +44,10 @@ def check_shared(config, *, read_data: bool = True) -> None:
     if config.get("profile_first_step", 0) > config.num_train_steps:
         raise UserError(f"profile_first_step={config.profile_first_step} is past num_train_steps="
                         f"{config.num_train_steps}: no step would be profiled")
+    keep_every = config.get("keep_checkpoints_every_steps", 0)
+    if keep_every and keep_every % config.checkpoint_every_steps:
+        raise UserError(f"keep_checkpoints_every_steps={keep_every} is not a multiple of checkpoint_every_steps="
+                        f"{config.checkpoint_every_steps}: the steps it keeps would have no checkpoint")
     if d.crop_size > d.resolution:
         raise UserError(f"data.crop_size {d.crop_size} exceeds data.resolution {d.resolution}")
     for key, step in config.get("init", {}).items():

@@ -92,9 +92,13 @@ def latest_step(checkpoints: epath.Path) -> int | None:
         return manager.latest_step()
 
 
-def params_dir(workdir: str, *, what: str, step: int = 0) -> epath.Path:
+UPSTREAM_HINT = ("a run trained against it keeps the step it started from, which max_checkpoints_to_keep may have "
+                 "deleted since")
+
+
+def params_dir(workdir: str, *, what: str, step: int = 0, hint: str = UPSTREAM_HINT) -> epath.Path:
     """The saved tree to read: `<workdir>/params` (imported weights), else the checkpoint of `step` (0: the
-    latest) and its state."""
+    latest) and its state. `hint` ends the error for a step it does not have."""
     imported = run_path(workdir) / "params"
     if imported.is_dir():
         return imported
@@ -103,8 +107,7 @@ def params_dir(workdir: str, *, what: str, step: int = 0) -> epath.Path:
         if not (root / str(step) / "state").is_dir():
             kept = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
             raise UserError(f"{what}={workdir!r} has no checkpoint of step {step} (it has "
-                            f"{', '.join(map(str, kept)) or 'none'}; a run trained against it keeps the step it "
-                            f"started from, which max_checkpoints_to_keep may have deleted since)")
+                            f"{', '.join(map(str, kept)) or 'none'}{'; ' + hint if hint else ''})")
         return root / str(step) / "state"
     step = latest_step(root)
     if step is None:
