@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -46,12 +47,23 @@ def _png16_codes(data: bytes) -> tuple[np.ndarray, bool]:
     return codes, info["alpha"] or transparent is not None
 
 
+def _check_size(width: int, height: int) -> None:
+    """ValueError for an image of no pixels, or of more than Pillow's decompression-bomb limit."""
+    if width * height == 0:
+        raise ValueError(f"it is {width}x{height} pixels")
+    if width * height > 2 * Image.MAX_IMAGE_PIXELS:
+        raise ValueError(f"it claims {width}x{height} pixels, more than {2 * Image.MAX_IMAGE_PIXELS} (Pillow's "
+                         "limit against decompression bombs)")
+
+
 def _pillow_codes(data: bytes) -> tuple[np.ndarray, bool]:
     """Any other image as (H, W, C) uint8 or uint16 codes, turned upright by its EXIF orientation (phone photos),
     and whether the last plane is alpha. Pillow reads 16-bit PGMs as 32-bit ("I") codes at 16-bit scale."""
-    with Image.open(io.BytesIO(data)) as opened:
-        opened.load()
-        im = ImageOps.exif_transpose(opened)
+    with warnings.catch_warnings():  # over half the bomb limit Pillow warns on stderr; the callers bound sizes
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()
+            im = ImageOps.exif_transpose(opened)
     if im.mode.startswith("I;16") or im.mode == "I":
         return np.clip(np.asarray(im, np.int64), 0, 65535).astype(np.uint16)[..., None], False
     if im.mode == "F":  # float images (TIFF) are taken to span [0, 1]
@@ -71,11 +83,16 @@ def decode(data: bytes) -> np.ndarray:
     texture's black). Raises ValueError or OSError (Pillow's) for what is not a readable image."""
     try:
         if data[:8] == _PNG and data[12:16] == b"IHDR" and len(data) > 24 and data[24] == 16:
+            _check_size(*struct.unpack(">II", data[16:24]))  # pypng would allocate whatever the header claims
             codes, alpha = _png16_codes(data)
         else:
             codes, alpha = _pillow_codes(data)
     except png.Error as e:
         raise ValueError(str(e) or type(e).__name__) from None
+    except zlib.error as e:  # pypng's inflate of a corrupt IDAT
+        raise ValueError(f"its compressed pixel data is corrupt ({e})") from None
+    except Image.DecompressionBombError as e:  # not an OSError: Pillow's message names the size and the limit
+        raise ValueError(str(e)) from None
     if not alpha:
         return codes
     top = float(np.iinfo(codes.dtype).max)

@@ -2,6 +2,8 @@
 depths, transparency, orientation, and the formats Pillow reads at other scales."""
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import png
@@ -113,12 +115,25 @@ def test_colour_to_one_channel_is_pillows_luma(tmp_path):
     assert np.abs(ours - np.asarray(Image.fromarray(rgb).convert("L"), int)).max() <= 1
 
 
-@pytest.mark.parametrize("data", [b"", b"not an image", image_io.png16_bytes(np.zeros((4, 4, 3)))[:60]],
-                         ids=["empty", "text", "truncated-png16"])
-def test_unreadable_is_one_error(tmp_path, data):
+def _png_header(width: int, height: int, depth: int, idat: bytes) -> bytes:
+    """A colour PNG of the size and depth its header claims, whatever its pixel data holds."""
+    header = struct.pack(">IIBBBBB", width, height, depth, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + image_io._chunk(b"IHDR", header) + image_io._chunk(b"IDAT", idat) + image_io._chunk(
+        b"IEND", b"")
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", ""), (b"not an image", ""), (image_io.png16_bytes(np.zeros((4, 4, 3)))[:60], ""),
+    # were tracebacks (zlib.error, PIL.Image.DecompressionBombError, numpy's "need at least one array")
+    (_png_header(4, 4, 16, b"garbage-not-zlib"), "its compressed pixel data is corrupt"),
+    (_png_header(40000, 40000, 16, zlib.compress(b"\0")), "it claims 40000x40000 pixels, more than"),
+    (_png_header(40000, 40000, 8, zlib.compress(b"\0")), "exceeds limit"),
+    (_png_header(0, 0, 16, zlib.compress(b"")), "it is 0x0 pixels"),
+], ids=["empty", "text", "truncated-png16", "corrupt-idat-png16", "bomb-png16", "bomb-png8", "empty-png16"])
+def test_unreadable_is_one_error(tmp_path, data, reason):
     path = _write(tmp_path / "bad.png", data)
     with pytest.raises(UserError, match=r"^cannot read '.*bad\.png': ") as e:
         image_io.read_image(path)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and reason in str(e.value)
     with pytest.raises(ffhq_tfds.BadSubjectData, match="corrupt or truncated"):
         ffhq_tfds.read_checked(path, "000000", 3, 4)
