@@ -51,3 +51,12 @@ def first_line(e: BaseException) -> str:
     """The first line of a library error's message (orbax's run to dozens), or its type when it has none."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def root_cause_line(e: BaseException, limit: int = 300) -> str:
+    """`first_line` of the error that started a chain (orbax wraps TensorStore's read error in a bare Exception
+    whose message is a page of specs), at most `limit` characters."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    line = first_line(e)
+    return line if len(line) <= limit else line[:limit - 1] + "…"

@@ -142,6 +142,26 @@ def test_checkpoint_of_another_model_is_a_clear_error(uninterrupted, tmp_path):
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "4", "8"]
 
 
+def test_a_checkpoint_cut_short_is_one_error(uninterrupted, tmp_path):
+    """Its shapes fit, its data files do not hold them (a copy or disk that ran out): orbax raises a bare Exception
+    wrapping a page of TensorStore specs, which a resume and a fine-tuning run's start printed as tracebacks."""
+    import shutil
+    workdir = str(tmp_path / "run")
+    shutil.copytree(uninterrupted[0], workdir)
+    for path in glob.glob(os.path.join(workdir, "checkpoints", "12", "state", "ocdbt.process_0", "d", "*")):
+        os.truncate(path, 50)
+    c = _config()
+    c.num_train_steps = 14
+    with pytest.raises(UserError, match=r"^cannot read checkpoint 12 in .* \(a file cut short, missing or damaged\?\): "
+                                        r"OUT_OF_RANGE: Error reading") as e:
+        train.train_and_evaluate(c, workdir)
+    assert len(str(e.value)) < 500
+    directory = os.path.join(workdir, "checkpoints", "12", "state")
+    like = {"model": supervised.init(_config(), sharding.make_mesh(c.mesh))[1].params["model"]}
+    with pytest.raises(UserError, match=rf"^init.from_workdir: cannot read the checkpoint in '{directory}' \(a file"):
+        runs.restore_params(directory, like, what="init.from_workdir")
+
+
 @pytest.mark.filterwarnings("ignore:Sharding info not provided")  # the test's own read of checkpoint 4
 def test_fine_tuning_starts_from_an_earlier_runs_parameters(uninterrupted, tmp_path):
     source = uninterrupted[0]

@@ -9,7 +9,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint._src.metadata import array_metadata_store  # (as orbax's default handler)
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
-from maginet_jax.errors import UserError, first_line
+from maginet_jax.errors import UserError, root_cause_line
 from maginet_jax.training import runs
 from maginet_jax.training.state import TrainState
 
@@ -69,6 +69,7 @@ def restore_checkpoint(checkpoints: ocp.CheckpointManager, step: int, like: Trai
         restored = checkpoints.restore(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(abstract, restore_args=restore_args),
             loader=grain.checkpoint.CheckpointRestore(data_iter)))
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{describe}: {first_line(e)}") from None
+    except Exception as e:  # the shapes fit (above): a file cut short, missing or damaged (orbax: bare Exception)
+        raise UserError(f"cannot read checkpoint {step} in {checkpoints.directory} (a file cut short, missing or "
+                        f"damaged?): {root_cause_line(e)}") from None
     return restored.state

@@ -24,7 +24,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
-from maginet_jax.errors import UserError, first_line
+from maginet_jax.errors import UserError, first_line, root_cause_line
 from maginet_jax.training import sharding
 from maginet_jax.training.state import Build, abstract_params
 
@@ -179,8 +179,9 @@ def restore_params(directory: str, like: dict[str, nnx.State], *, what: str) -> 
         with ocp.PyTreeCheckpointer() as checkpointer:
             return checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
                 item={"params": like}, restore_args={"params": restore_args}, partial_restore=True))["params"]
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-        raise UserError(f"{describe}: {first_line(e)}") from None
+    except Exception as e:  # the shapes fit (above): a file cut short, missing or damaged (orbax: bare Exception)
+        raise UserError(f"{what}: cannot read the checkpoint in '{directory}' (a file cut short, missing or "
+                        f"damaged?): {root_cause_line(e)}") from None
 
 
 def abstract_networks(builds: dict[str, Build], mesh: Mesh) -> tuple[dict[str, nnx.GraphDef], dict]:
