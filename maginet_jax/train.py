@@ -313,6 +313,9 @@ def run(config, workdir: str, *, dry: bool = False) -> None:
     UserError for bad input. A multi-process run calls `processes.initialize_distributed` before this."""
     validate(config, read_data=not dry)
     checks.check_mesh(config, jax.process_count(), sharding.make_mesh(config.mesh))
+    runs.check_not_foreign(workdir)
+    if not dry and runs.latest_step(runs.run_path(workdir) / "checkpoints") is None:  # a new run: what it starts from
+        runs.start_from(config)
     runs.prepare_workdir(workdir)
     if dry:
         dry_run(config, workdir)

@@ -194,7 +194,23 @@ def test_fine_tuning_starts_from_an_earlier_runs_parameters(uninterrupted, tmp_p
         config.init.from_workdir = source
         with pytest.raises(UserError, match=re.escape(f"init.from_workdir={source!r} {error}")):
             train.run(config, str(tmp_path / "bad"))
-        assert os.listdir(tmp_path / "bad") == []
+        assert not os.path.exists(tmp_path / "bad")  # checked before the workdir is made
+
+
+def test_a_directory_that_is_not_a_run_is_refused(tmp_path):
+    """Training into it wrote its config.json, metrics.jsonl and samples over the user's files of those names."""
+    for name, files, foreign in [("project", {"notes.txt": "mine", "metrics.jsonl": "mine"}, "notes.txt"),
+                                 ("settings", {"config.json": '{"my": "settings"}'}, "config.json")]:
+        (tmp_path / name).mkdir()
+        for file, text in files.items():
+            (tmp_path / name / file).write_text(text)
+        with pytest.raises(UserError, match=re.escape(f"--workdir={str(tmp_path / name)!r} holds files of something "
+                                                      f"else than a run ({foreign})")):
+            train.run(_config(), str(tmp_path / name))
+        assert {f: (tmp_path / name / f).read_text() for f in files} == files
+    (tmp_path / "dry").mkdir()  # what a dry run leaves is a run's
+    (tmp_path / "dry" / "dry_run.json").write_text("{}")
+    runs.check_not_foreign(str(tmp_path / "dry"))
 
 
 def test_checkpoints_kept_beside_the_latest(tmp_path, monkeypatch):

@@ -45,18 +45,14 @@ def optimizers(config) -> dict[str, optax.GradientTransformation]:
 def init(config, mesh: Mesh) -> tuple[dict[str, nnx.GraphDef], TrainState]:
     """A fresh state; with `init.from_workdir`, the network's parameters are that run's (fine-tuning).
 
-    The earlier run is checked here, when a run starts, not in `validate`: evaluating the new run later must not
-    need it.
+    The earlier run is checked when a run starts (`runs.start_from`, also in `train.run` before the workdir is
+    made), not in `validate`: evaluating the new run later must not need it.
     """
-    source, what = config.init.get("from_workdir"), "init.from_workdir"
-    if source:
-        saved = runs.read_config(source, expect_stage=config.stage, what=what)
-        runs.check_same_model(saved.model, config.model, what, source)
+    directory = runs.start_from(config)
     graphdefs, state = init_state(networks(config), optimizers(config), config.seed, mesh, config.sharding)
-    if not source:
+    if directory is None:
         return graphdefs, state
-    directory = runs.params_dir(source, what=what, step=config.init.from_step)
-    params = runs.restore_params(directory, {"model": state.params["model"]}, what=what)
+    params = runs.restore_params(directory, {"model": state.params["model"]}, what="init.from_workdir")
     logging.info("%s stage: starting from the parameters in %s", config.stage, directory)
     return graphdefs, state.replace(params=params)
 

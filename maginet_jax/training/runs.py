@@ -233,6 +233,41 @@ def check_same_model(saved, ours, what: str, workdir: str, prefix: str = "model.
         raise UserError(f"{what}={workdir!r} has another architecture than the config: " + "; ".join(diffs))
 
 
+# What the loop, a dry run and `maginet_jax.evaluate` write in a workdir.
+RUN_ENTRIES = ("config.json", "checkpoints", "metrics.jsonl", "samples", "eval", "profile", "dry_run.json")
+
+
+def check_not_foreign(workdir: str) -> None:
+    """UserError if `workdir` holds files but is no run's (neither a run's config.json nor checkpoints/, and
+    entries no run writes, or a config.json of something else): training would write its config.json,
+    metrics.jsonl and samples over whatever of the user's has those names."""
+    path = run_path(workdir)
+    if not str(workdir).strip() or not path.is_dir() or (path / "checkpoints").is_dir():
+        return  # (an empty flag, or a file: `prepare_workdir` says so)
+    try:
+        if "stage" in json.loads((path / "config.json").read_text()):
+            return
+    except (OSError, ValueError, TypeError):  # none, or not a run's
+        pass
+    foreign = sorted(p.name for p in path.iterdir()
+                     if p.name not in RUN_ENTRIES[1:] and not p.name.startswith("events.out.tfevents."))
+    if foreign:
+        raise UserError(f"--workdir={workdir!r} holds files of something else than a run ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}): give a new or empty directory, or a run's workdir "
+                        f"to resume it")
+
+
+def start_from(config) -> epath.Path | None:
+    """The saved parameters `init.from_workdir` names for a fine-tuning run (a run of the same stage and
+    architecture; its checkpoint of `init.from_step`, 0: the latest), or None; UserError for anything else."""
+    source, what = config.get("init", {}).get("from_workdir"), "init.from_workdir"
+    if not source:
+        return None
+    saved = read_config(source, expect_stage=config.stage, what=what)
+    check_same_model(saved.model, config.model, what, source)
+    return params_dir(source, what=what, step=config.init.from_step)
+
+
 def prepare_workdir(workdir: str, *, what: str = "--workdir") -> None:
     """Creates `workdir` and proves it writable, or raises UserError naming the flag `what`; touches nothing
     already there."""
