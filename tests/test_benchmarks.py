@@ -27,8 +27,8 @@ def ablation_root(tmp_path_factory):
 
 
 def test_every_script_has_a_tiny_run():
-    assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "compare.py", "compare_gpu.sh", "compare_report.py", "compare_variants.py",
-                            "conv_forms.py", "conv_kernels.py", "cpu_options.py", "dry_run_table.py", "layer_timing.py",
+    assert set(SCRIPTS) == {"ablation.sh", "ablation_table.py", "compare.py", "compare_gpu.sh", "compare_report.py",
+                            "compare_variants.py", "conv_forms.py", "conv_kernels.py", "cpu_options.py", "dry_run_table.py", "layer_timing.py",
                             "flat_pass_baseline.py", "kill_resume.py", "lighting_invariance.py",
                             "perceptual_cost.py", "relight_speed.py", "step_profile.py", "norm_kernels.py",
                             "joint_vs_separate.sh", "roofline.py", "provenance.py", "datasheets.py"}, \
