@@ -23,10 +23,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
+from google.protobuf import json_format
 from jax.experimental import multihost_utils
 
 from data_pipeline.ffhq_uv_intrinsics import (CHANNELS, PASS_FILES, BadSubjectData, fit, is_test_subject, layout,
                                               parse_pass_files, read_codes, subject_files)
+from maginet_jax.errors import UserError, first_line, root_cause_line
 
 RESOLUTIONS = (512, 1024)  # the predefined configs; any size >= 16 works (tests use small ones)
 
@@ -217,6 +219,11 @@ def prepare(root: str, *, tfds_dir: str = "", resolution: int = 512, input_file:
     except OSError as e:
         raise ValueError(f"cannot prepare the dataset under data.tfds_dir={tfds_dir or '(TFDS default)'!r}: "
                          f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}") from None
+    except json_format.ParseError as e:  # a prepared dataset's dataset_info.json cut short or edited
+        name = make_config(resolution, input_file, test_fraction, pass_files).name
+        raise ValueError(f"the prepared dataset {FfhqUvIntrinsics.name}/{name} under data.tfds_dir="
+                         f"{tfds_dir or '(TFDS default)'!r} is damaged ({first_line(e)}): remove its directory to "
+                         "prepare it again") from None
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"prepared {builder.data_dir}")
         builder = FfhqUvIntrinsics(config=config, data_dir=tfds_dir or None,
@@ -230,16 +237,21 @@ def prepare(root: str, *, tfds_dir: str = "", resolution: int = 512, input_file:
 
 
 class PreparedSource:
-    """One split of the prepared (TFDS array_record) FFHQ-UV-Intrinsics, records like `SyntheticSource`'s."""
+    """One split of the prepared (TFDS array_record) FFHQ-UV-Intrinsics, records like `SyntheticSource`'s;
+    `where` (the dataset's directory) names it in errors."""
 
-    def __init__(self, data_source, passes: Sequence[str]):
-        self._ds, self._keys = data_source, ("image", "mask", *passes)
+    def __init__(self, data_source, passes: Sequence[str], where: str = ""):
+        self._ds, self._keys, self._where = data_source, ("image", "mask", *passes), where
 
     def __len__(self) -> int:
         return len(self._ds)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        record = self._ds[index]
+        try:
+            record = self._ds[index]
+        except Exception as e:  # a file cut short or gone (array_record raises RuntimeError): one line, not a trace
+            raise UserError(f"cannot read record {index} of the prepared dataset {self._where or self._ds!r} "
+                            f"({root_cause_line(e)}): remove its directory to prepare it again") from None
         return {k: record[k] for k in self._keys}
 
     def __repr__(self) -> str:

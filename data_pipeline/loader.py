@@ -81,7 +81,7 @@ def make_source(data_config, split: str, num_records: int, passes: Sequence[str]
     builder = ffhq_tfds.prepare(d.root, tfds_dir=d.tfds_dir, resolution=d.resolution, input_file=d.input_file,
                                 pass_files=d.pass_files, uv_maps_dir=d.uv_maps_dir,
                                 test_fraction=d.test_fraction, lenient=d.lenient)
-    return ffhq_tfds.PreparedSource(builder.as_data_source(split=split), passes)
+    return ffhq_tfds.PreparedSource(builder.as_data_source(split=split), passes, str(builder.data_dir))
 
 
 class GlobalBatchSampler:

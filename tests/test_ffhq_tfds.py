@@ -1,6 +1,7 @@
 """The `ffhq_uv_intrinsics` TFDS builder on fixture trees in the dataset's exact layout: build, split, masks,
 bad data (strict and lenient), atomic builds, the build CLI, and training on the prepared dataset."""
 
+import glob
 import logging
 import os
 import pickle
@@ -16,6 +17,7 @@ from conftest import REPO, smoke
 from data_pipeline import loader, make_fixture
 from data_pipeline.ffhq_tfds import BadSubjectData, prepare
 from data_pipeline.ffhq_uv_intrinsics import FFHQUVIntrinsicsSource, is_test_subject
+from maginet_jax.errors import UserError
 
 PASSES = ("albedo", "ambient_occlusion", "normal", "specular", "translucency", "raw_diffuse")
 
@@ -191,6 +193,28 @@ def test_an_unwritable_tfds_dir_is_one_error(raw, tmp_path):
     with pytest.raises(ValueError, match=f"cannot prepare the dataset under data.tfds_dir='{tmp_path}/file/tfds': "
                                          "Not a directory"):
         prepare(raw, tfds_dir=str(tmp_path / "file" / "tfds"), resolution=32, test_fraction=0.25)
+
+
+def test_a_damaged_prepared_dataset_is_one_error(built, raw, tmp_path):
+    """Its dataset_info.json cut short (was protobuf's ParseError, a traceback), a data file cut short (was
+    array_record's RuntimeError at the first batch, a traceback)."""
+    tfds_dir = str(tmp_path / "tfds")
+    shutil.copytree(built[1], tfds_dir)
+    (info,) = glob.glob(os.path.join(tfds_dir, "ffhq_uv_intrinsics", "*", "*", "dataset_info.json"))
+    good = open(info).read()
+    open(info, "w").write("{")
+    with pytest.raises(ValueError, match=r"the prepared dataset ffhq_uv_intrinsics/r32-uv_map-test250 under "
+                                         rf"data.tfds_dir='{tfds_dir}' is damaged \(.*\): remove its directory"):
+        prepare(raw, tfds_dir=tfds_dir, resolution=32, test_fraction=0.25)
+    open(info, "w").write(good)
+    for path in glob.glob(os.path.join(os.path.dirname(info), "*train.array_record*")):
+        os.truncate(path, 100)
+    source = loader.make_source(ConfigDict(dict(source="ffhq_uv_intrinsics", root=raw, tfds_dir=tfds_dir,
+                                                resolution=32, input_file="uv_map", pass_files="", uv_maps_dir="",
+                                                test_fraction=0.25, lenient=False)), "train", 0, ("albedo",))
+    with pytest.raises(UserError, match=rf"^cannot read record 0 of the prepared dataset '{os.path.dirname(info)}' "
+                                        r"\(.+\): remove its directory to prepare it again$"):
+        source[0]
 
 
 def test_prepared_data_from_another_root_is_refused(built, raw, tmp_path):
