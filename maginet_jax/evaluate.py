@@ -61,6 +61,9 @@ def evaluate_run(config, workdir: str, step: int = 0) -> dict:
     step = int(directory.parent.name)
     if jax.process_index() == 0:  # where the results go, before the work that makes them
         runs.prepare_workdir(str(runs.run_path(workdir) / "eval"), what="the results directory")
+        for name in ("results.json", "results.md"):
+            if (runs.run_path(workdir) / "eval" / name).is_dir():
+                raise UserError(f"cannot write {str(runs.run_path(workdir) / 'eval' / name)!r}: it is a directory")
     graphdefs, like = runs.abstract_networks(stage.networks(config), mesh)
     params = runs.restore_params(directory, like, what="--workdir")
     frozen_nets = jax.device_put(stage.frozen_nets(config, mesh), sharding.replicated(mesh))
@@ -126,7 +129,7 @@ def read_results(workdir: str) -> dict:
     try:
         results = json.loads(path.read_text())
         side_by_side(results, results)  # reads every field the comparison will
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
         raise UserError(f"--compare {workdir!r}: its eval/results.json is not an evaluation's results "
                         f"({type(e).__name__}: {e}); evaluate that run again") from None
     return results

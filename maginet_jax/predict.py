@@ -208,11 +208,14 @@ def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input
     first = read_input(files[0]) if single else None  # a single unreadable file is the error itself
     mask_image = image_io.read_image(mask) if mask else None
     predictor = Predictor(albedo_workdir, refine_workdir, passes_workdir, size, joint_workdir=joint_workdir)
-    written = {image_io.file_identity(output_file(output_dir, f, name)) for f in files
-               for name in ("albedo", *predictor.passes, "sheet")}
+    outputs = [output_file(output_dir, f, name) for f in files for name in ("albedo", *predictor.passes, "sheet")]
+    written = {image_io.file_identity(path) for path in outputs}
     overwritten = [f for f in [*files, *([mask] if mask else [])] if image_io.file_identity(f) in written]
     if overwritten:  # e.g. --output is the input directory, which holds a.png and a_normal.png
         raise UserError(f"--output {output_dir!r} would overwrite the input {overwritten[0]!r}: write elsewhere")
+    blocked = [path for path in outputs if os.path.isdir(path)]
+    if blocked:  # found before any image is written, not after some
+        raise UserError(f"cannot write {blocked[0]!r}: it is a directory")
     created = not os.path.exists(output_dir)
     runs.prepare_workdir(output_dir, what="--output")  # only once every input has been checked
 
@@ -247,6 +250,8 @@ def main(argv) -> None:
                           _SIZE.value, _MASK.value, _NO_MASK.value, _JOINT.value)
     except UserError as e:
         sys.exit(f"maginet_jax.predict: error: {e}")
+    except OSError as e:  # writing an output: a full disk, the directory removed meanwhile
+        sys.exit(f"maginet_jax.predict: error: cannot write {e.filename!r}: {e.strerror or e}")
     if skipped:
         sys.exit(f"maginet_jax.predict: error: {len(skipped)} file(s) could not be read and were skipped")
 

@@ -172,7 +172,8 @@ def test_bad_evaluate_input_is_one_line(chain, args, message):
     assert len(lines) == 1 and lines[0].startswith("maginet_jax.evaluate: error: ") and message in lines[0], r.stderr
 
 
-@pytest.mark.parametrize("content", ["{not json", "{}", "[]", '{"rows": {"model": {"albedo": {"mse": 1}}}}'])
+@pytest.mark.parametrize("content", ["{not json", "{}", "[]", '{"rows": {"model": {"albedo": {"mse": 1}}}}',
+                                     "[" * 100_000])  # was a RecursionError, a traceback
 def test_bad_compare_results_are_refused_up_front(tmp_path, content):
     """A results.json it cannot compare with: one error before this run is evaluated (it was a traceback, for `{}`
     only after the evaluation had overwritten this run's results)."""
@@ -190,6 +191,10 @@ def test_unwritable_results_directory_is_refused_before_the_evaluation(chain, tm
     (workdir / "eval").write_text("a file where the results directory goes")
     monkeypatch.setattr(evaluator, "evaluate", lambda *a, **k: pytest.fail("evaluated"))
     with pytest.raises(UserError, match="cannot write to the results directory="):
+        evaluate.evaluate_run(smoke("albedo"), str(workdir))
+    (workdir / "eval").unlink()
+    (workdir / "eval" / "results.md").mkdir(parents=True)  # was IsADirectoryError after the evaluation
+    with pytest.raises(UserError, match=f"^cannot write '{workdir}/eval/results.md': it is a directory$"):
         evaluate.evaluate_run(smoke("albedo"), str(workdir))
 
 

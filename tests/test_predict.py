@@ -155,6 +155,17 @@ def test_an_output_that_is_an_input_by_inode_or_the_mask_is_refused(chain, odd_i
     assert victim.read_bytes() == before
 
 
+def test_an_output_name_taken_by_a_directory_is_refused_before_writing(chain, odd_image, tmp_path):
+    """Was IsADirectoryError, a traceback, after the outputs before it had been written."""
+    from maginet_jax.errors import UserError
+    (tmp_path / "out" / "a_normal.png").mkdir(parents=True)
+    texture = tmp_path / "a.png"
+    texture.write_bytes(open(odd_image, "rb").read())
+    with pytest.raises(UserError, match=f"^cannot write '{tmp_path}/out/a_normal.png': it is a directory$"):
+        predict.predict(chain["albedo"], chain["refine"], chain["passes"], str(texture), str(tmp_path / "out"))
+    assert os.listdir(tmp_path / "out") == ["a_normal.png"]
+
+
 @pytest.mark.parametrize("case,message", [
     ("empty", "holds no files"),
     ("text", "not an image Pillow can read"),
