@@ -119,6 +119,15 @@ class FFHQUVIntrinsicsSource:
         self._split = split
         files = parse_pass_files(pass_files)
         self._stems = {"image": input_file, **{p: files[p] for p in set(self._passes) | {"albedo"}}}
+        # A file stem that the first subjects all lack is a typo (files are otherwise read only when a batch
+        # needs them: a run would fail at its first evaluation, its workdir written).
+        first = self._ids[:3]
+        for key in self._stems:
+            paths = [subject_files(data_dir, self._uv_dir, i, {key: self._stems[key]})[key] for i in first]
+            if not any(path.exists() for path in paths):
+                raise ValueError(f"{paths[0]} does not exist, nor does the {key} file of {', '.join(first[1:])}: "
+                                 f"check data.input_file and data.pass_files" if first[1:] else
+                                 f"{paths[0]} does not exist: check data.input_file and data.pass_files")
 
     def __len__(self) -> int:
         return len(self._ids)

@@ -76,6 +76,10 @@ def test_target_files_are_an_option(fixture_root):
     assert np.any(default[0]["albedo"] != default[0]["raw_diffuse"])
     with pytest.raises(ValueError, match="expected <pass>=<file stem>"):
         FFHQUVIntrinsicsSource(fixture_root, split="train", resolution=32, pass_files="albdo=diffuse")
+    # a file no subject has: was found when a batch needed it (a run's first evaluation, its workdir written)
+    with pytest.raises(ValueError, match=r"Data/\d+/lightnormalized.png does not exist, nor does the albedo file of "
+                                         r"\d+, \d+: check data.input_file and data.pass_files"):
+        FFHQUVIntrinsicsSource(fixture_root, split="train", resolution=32, pass_files="albedo=lightnormalized")
 
 
 def test_errors(fixture_root, tmp_path):
