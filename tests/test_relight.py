@@ -142,6 +142,11 @@ def test_directory_of_stems(stem, tmp_path):
     src.mkdir()
     for other in ("a", "b"):
         _copy_passes(stem, src, other)
+    (tmp_path / "out" / "b_relit.png").mkdir(parents=True)  # wrote a_relit.png, then failed on it with a traceback
+    with pytest.raises(UserError, match=r"^cannot write '.*out/b_relit.png': it is a directory$"):
+        relighting.relight(str(src), str(tmp_path / "out"), relighting.Rig())
+    assert os.listdir(tmp_path / "out") == ["b_relit.png"]
+    (tmp_path / "out" / "b_relit.png").rmdir()
     relighting.relight(str(src), str(tmp_path / "out"), relighting.Rig())
     assert sorted(os.listdir(tmp_path / "out")) == ["a_relit.png", "b_relit.png"]
 
