@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from maginet_jax.errors import UserError
@@ -24,6 +26,9 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
         import torch  # optional (the test extra): only reading PyTorch files needs it
     except ModuleNotFoundError:
         raise UserError(f"reading the PyTorch file {path!r} needs torch (pip install torch==2.13.0)") from None
+    if not os.path.isfile(path):  # (torch.load's error would call it "not a state-dict file")
+        raise UserError(f"{path!r} {'is a directory' if os.path.isdir(path) else 'does not exist'}: give a PyTorch "
+                        "state-dict file")
     try:
         # torch raises many types for a file that is not a state dict (IndexError for an empty file,
         # KeyError for text), so all of them mean the same thing here.
@@ -35,6 +40,9 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise UserError(f"{path!r} holds an object of type {type(sd).__name__}, not a state dict")
+    complex_key = next((k for k, v in sd.items() if hasattr(v, "is_complex") and v.is_complex()), None)
+    if complex_key is not None:  # to_numpy would drop the imaginary parts, torch only warning of it
+        raise UserError(f"{path!r}: {complex_key} holds complex numbers, which no network here has")
     weights = {k: to_numpy(v) for k, v in sd.items() if hasattr(v, "detach")}
     bad = next((key for key, value in weights.items() if not np.isfinite(value).all()), None)
     if bad is not None:

@@ -94,15 +94,23 @@ def _main_error(*args) -> str:
 
 
 @pytest.mark.parametrize("case,message", [("not_torch", "is not a PyTorch state-dict file"),
+                                          ("missing", "missing.pth' does not exist: give a PyTorch state-dict file"),
+                                          ("directory", "G.pth' is a directory: give a PyTorch state-dict file"),
+                                          ("complex", "G.pth': model.1.weight holds complex numbers"),
                                           ("existing_out", "already exists and is not an empty directory"),
                                           ("out_is_a_file", "already exists and is not an empty directory"),
                                           ("empty_out", "--out is empty"),
                                           ("out_under_a_file", "cannot write to --out")])
 def test_bad_files(torch_files, tmp_path, case, message):
     generator, out = torch_files[0] / "G.pth", tmp_path / "imported"
-    if case == "not_torch":
-        generator = tmp_path / "G.pth"
-        generator.write_text("hello")
+    if case in ("not_torch", "missing", "directory", "complex"):
+        generator = tmp_path / ("missing.pth" if case == "missing" else "G.pth")
+        if case == "not_torch":
+            generator.write_text("hello")
+        if case == "directory":
+            generator.mkdir()
+        if case == "complex":  # torch.Tensor.float() of it only warns that it drops the imaginary parts
+            torch.save({"model.1.weight": torch.ones(2, 2, dtype=torch.complex64)}, generator)
     else:
         generator = tmp_path / "missing.pth"  # --out is checked before any weights are read
         (tmp_path / "mine.txt").write_text("mine")
@@ -113,7 +121,7 @@ def test_bad_files(torch_files, tmp_path, case, message):
             (out / "keep.txt").write_text("mine")
     error = _main_error("--generator", str(generator), "--out", str(out))
     assert error.startswith("maginet_jax.tools.import_pix2pixhd: error: ") and message in error
-    if case != "not_torch":
+    if case not in ("not_torch", "missing", "directory", "complex"):
         made = {"mine.txt", "imported"} if case == "existing_out" else {"mine.txt"}
         assert {p.name for p in tmp_path.iterdir()} == made  # nothing written, no probe left
         assert (tmp_path / "mine.txt").read_text() == "mine"
