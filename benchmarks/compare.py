@@ -41,6 +41,9 @@ Writes the JSON (device, versions, command, config, one object per variant in `r
 `--out_dir=benchmarks/results`, under `benchmarks/results/<device>/`, where the committed ones are (so an ad-hoc or
 smoke run no longer overwrites them). A run of the pipeline alone (`--variants=`) writes the JSON and prints its
 line, no table.
+
+The variants themselves (the JAX and PyTorch steps, their peak memory, the first batch) are
+`benchmarks/compare_variants.py`; this file has the flags, the checks, the interleaved timing and the report.
 """
 
 from __future__ import annotations

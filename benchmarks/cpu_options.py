@@ -5,7 +5,7 @@
 
 Each --setting is a value of `config.xla_cpu_ynn_fusions` (maginet_jax/training/compiler.py: which kinds of work
 XLA:CPU hands to the YNNPACK library; `xla_default` is XLA's own choice). The step is lowered once, as
-`benchmarks.compare` lowers it (whose --steps and --warmup it takes), and compiled once per setting; each round
+`benchmarks.compare_variants.JaxVariant` lowers it (it takes `benchmarks.compare`'s --steps and --warmup), and compiled once per setting; each round
 then runs one train step and one inference step of every setting in turn (`layer_timing.median_ms`), so the
 machine's noise hits all alike, and the medians are printed as a Markdown table, with the largest difference of
 each setting's inference outputs from the first's (the same parameters: a setting changes kernels, never the

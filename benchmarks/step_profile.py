@@ -4,8 +4,8 @@ r"""Where a stage's compiled train step spends its time, op by op and source lin
         [--trace_dir DIR]
     python -m benchmarks.step_profile --from_trace=DIR [--top 15]
 
-Compiles the stage's train step as the training loop does (benchmarks.compare's JAX variant: same batch, donated
-state), runs `--traced_steps` steps under `jax.profiler.trace` with XLA's per-op trace events on
+Compiles the stage's train step as the training loop does (`benchmarks.compare_variants.JaxVariant`, the JAX
+variant compare.py times: same batch, donated state), runs `--traced_steps` steps under `jax.profiler.trace` with XLA's per-op trace events on
 (`--xla_cpu_enable_xprof_traceme=true`, added to XLA_FLAGS before JAX starts), and sums each compiled op's time.
 Three tables: by kind, by source line, the single ops. Kinds are what an op's HLO computes: convolutions (forward,
 input gradient, weight gradient: on a CPU a weight gradient is a convolution whose window spans the image, here

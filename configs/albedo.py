@@ -14,7 +14,7 @@ Variants (`--config=configs/albedo.py:VARIANT`):
   fine-tuned on your FFHQ-UV-Intrinsics copy, from a run on the synthetic data:
     python -m maginet_jax.train --config=configs/albedo.py --workdir=runs/albedo_ffhq \
         --config.init.from_workdir=runs/albedo --config.data.source=ffhq_uv_intrinsics \
-        --config.data.root=/path/to/FFHQ-UV-Intrinsics
+        --config.data.root=/path/to/FFHQ-UV-Intrinsics --config.data.uv_maps_dir=/path/to/FFHQ-UV/uv-maps
 
 Any key can be overridden, e.g. `--config.batch_size=16 --config.model.attention=none`.
 Data: the embedded synthetic generator unless `data.source` / `data.root` point elsewhere.

@@ -26,12 +26,14 @@ def base_config(stage: str, *, resolution: int) -> ml_collections.ConfigDict:
     c.eval_every_steps = 5_000
     c.checkpoint_every_steps = 5_000
     c.max_checkpoints_to_keep = 3  # the latest ones; those below are kept beside them
-    c.keep_checkpoints_every_steps = 0  # every checkpoint whose step is a multiple of this (0: none)
+    # Every one whose step is a multiple of this (itself a multiple of checkpoint_every_steps; 0: none).
+    c.keep_checkpoints_every_steps = 0
     c.keep_best_checkpoints = 0  # the N with the best eval PSNR, of those saved at eval steps (0: none)
     c.async_checkpointing = True
     c.num_sample_images = 4  # rows in the sample grids (at most 32)
-    # A jax.profiler trace of steps profile_first_step .. + profile_num_steps - 1 (0: none), reading, logging and
-    # checkpointing included, under <workdir>/profile/ (training/profiling.py).
+    # A jax.profiler trace of steps profile_first_step to profile_first_step + profile_num_steps - 1 (first step 0:
+    # none; at most num_train_steps), reading, logging and checkpointing included, under <workdir>/profile/
+    # (training/profiling.py).
     c.profile_first_step = 0
     c.profile_num_steps = 5
 

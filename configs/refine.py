@@ -34,7 +34,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.init.albedo_step = 0
     # Fine-tuning: RefinementNet starts from an earlier refine run's parameters (as configs/albedo.py's).
     c.init.from_workdir = ""
-    c.init.from_step = 0
+    c.init.from_step = 0  # its checkpoint; 0: the latest when this run starts (recorded in its config.json)
 
     c.model = ml_collections.ConfigDict()
     c.model.widths = (32, 32)  # the two hidden widths of the three 3×3 convs

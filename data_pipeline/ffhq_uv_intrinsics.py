@@ -126,8 +126,9 @@ class FFHQUVIntrinsicsSource:
             paths = [subject_files(data_dir, self._uv_dir, i, {key: self._stems[key]})[key] for i in first]
             if not any(path.exists() for path in paths):
                 raise ValueError(f"{paths[0]} does not exist, nor does the {key} file of {', '.join(first[1:])}: "
-                                 f"check data.input_file and data.pass_files" if first[1:] else
-                                 f"{paths[0]} does not exist: check data.input_file and data.pass_files")
+                                 f"check data.input_file, data.pass_files and data.uv_maps_dir" if first[1:] else
+                                 f"{paths[0]} does not exist: check data.input_file, data.pass_files and "
+                                 "data.uv_maps_dir")
 
     def __len__(self) -> int:
         return len(self._ids)

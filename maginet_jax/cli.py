@@ -11,10 +11,13 @@ from absl import flags, logging
 
 
 class _OwnInfoOnly(pylogging.Filter):
-    """Keeps our INFO lines and everyone's warnings: orbax alone logs ~40 INFO lines per checkpoint."""
+    """Keeps our INFO lines and everyone's warnings: orbax alone logs ~40 INFO lines per checkpoint. Not orbax's
+    warning that a checkpoint comes without metrics: with keep_best_checkpoints, only eval steps' have them."""
 
     def filter(self, record) -> bool:
         path = record.pathname.replace(os.sep, "/")
+        if "did not provide metrics" in str(record.msg):
+            return False
         return record.levelno >= pylogging.WARNING or "/maginet_jax/" in path or "/data_pipeline/" in path
 
 

@@ -8,7 +8,7 @@ score on another data root). Per pass and averaged over passes: masked MSE (show
 SSIM (masked; Wang et al., as scikit-image computes it) and LPIPS (AlexNet, v0.1, whole image with the target
 outside the mask), computed by `maginet_jax.evaluator`, the training loop's evaluator. Next to the model, a
 "copy the input" row: what the network is given, scored as its output. Writes `<workdir>/eval/results.json`
-and `<workdir>/eval/results.md`, which record the held-out set (`TEST_SET_KEYS`); `--compare` prints this run beside
+and `<workdir>/eval/results.md` (one pair: another `--step`'s replace them), which record the held-out set (`TEST_SET_KEYS`); `--compare` prints this run beside
 another run's results.json, with a warning when the two held-out sets differ. Stages:
 albedo; refine; passes, which with `init.albedo_workdir` / `init.refine_workdir` is the chained pipeline (its
 "albedo" row is then the refined stage-1 albedo, scored like the passes); joint, the fine-tuned pipeline, scored

@@ -4,12 +4,15 @@ r"""Trains a MAGINet stage.
         [--config.key=value ...]
 
 Running again with the same --workdir resumes from its latest checkpoint. Bad input (an unknown config key,
-an image size the network cannot take, an unwritable workdir, a missing data root, a checkpoint of another
-model) stops the run before anything is written, with one error line and exit status 1.
+an image size the network cannot take, an unwritable workdir or one holding something else than a run, a missing
+data root, a checkpoint of another model or one cut short, an `init.from_workdir` that is not a run of this stage
+and architecture) stops the run before anything is written, with one error line and exit status 1.
 A training batch that fails to load mid-run (a file gone bad) stops it with one error line too, after saving the
 steps trained since the last checkpoint (in a one-process run; a multi-process one resumes from its last).
 
-Read top to bottom: the stages (`STAGES`), the checks of a config, the loop (`train_and_evaluate`), the CLI.
+Read top to bottom: the stages (`STAGES`), the checks of a config, the loop (`train_and_evaluate`), the CLI. The
+checkpoints (saved, kept, restored) are `training/checkpoints.py`; a profiled window of steps,
+`training/profiling.py`; fine-tuning starts in the stage's `init`.
 """
 
 from __future__ import annotations

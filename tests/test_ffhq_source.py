@@ -78,7 +78,7 @@ def test_target_files_are_an_option(fixture_root):
         FFHQUVIntrinsicsSource(fixture_root, split="train", resolution=32, pass_files="albdo=diffuse")
     # a file no subject has: was found when a batch needed it (a run's first evaluation, its workdir written)
     with pytest.raises(ValueError, match=r"Data/\d+/lightnormalized.png does not exist, nor does the albedo file of "
-                                         r"\d+, \d+: check data.input_file and data.pass_files"):
+                                         r"\d+, \d+: check data.input_file, data.pass_files"):
         FFHQUVIntrinsicsSource(fixture_root, split="train", resolution=32, pass_files="albedo=lightnormalized")
 
 

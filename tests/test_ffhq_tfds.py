@@ -200,7 +200,7 @@ def test_a_damaged_prepared_dataset_is_one_error(built, raw, tmp_path):
     array_record's RuntimeError at the first batch, a traceback)."""
     tfds_dir = str(tmp_path / "tfds")
     shutil.copytree(built[1], tfds_dir)
-    (info,) = glob.glob(os.path.join(tfds_dir, "ffhq_uv_intrinsics", "*", "*", "dataset_info.json"))
+    (info,) = glob.glob(os.path.join(tfds_dir, "ffhq_uv_intrinsics", "r32-uv_map-test250", "*", "dataset_info.json"))
     good = open(info).read()
     open(info, "w").write("{")
     with pytest.raises(ValueError, match=r"the prepared dataset ffhq_uv_intrinsics/r32-uv_map-test250 under "

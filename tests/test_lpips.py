@@ -1,4 +1,5 @@
-"""LPIPS and the perceptual backbones: parity with an independent PyTorch re-creation, weight loading, safety.
+"""LPIPS and the perceptual backbones: parity with an independent PyTorch re-creation (their weight files:
+test_perceptual_weights.py).
 
 The reference is benchmarks/torch_twin/perceptual.py (hand-written torch.nn, torchvision layer indices). Tolerances are
 fixed by float32 arithmetic, not tuned: 1e-4 absolute on LPIPS distances, 1e-5 of each tap's largest

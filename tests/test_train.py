@@ -172,6 +172,12 @@ def test_fine_tuning_starts_from_an_earlier_runs_parameters(uninterrupted, tmp_p
     assert first["step"] == 0 and last["step"] == 12
     assert {k: v for k, v in first.items() if k != "step"} == {k: v for k, v in last.items() if k.startswith("eval/")}
     assert json.loads((tmp_path / "tuned" / "config.json").read_text())["init"]["from_step"] == 12  # pinned
+    # a resume does not read it (gone, or given otherwise); config.json keeps what the run started from
+    resumed = c.copy_and_resolve_references()
+    resumed.init.from_workdir, resumed.num_train_steps = str(tmp_path / "gone"), 2
+    train.train_and_evaluate(resumed, str(tmp_path / "tuned"))
+    saved = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert saved["num_train_steps"] == 2 and (saved["init"]["from_workdir"], saved["init"]["from_step"]) == (source, 12)
     # an earlier checkpoint, by step
     c.init.from_step = 4
     _, state = supervised.init(c, sharding.make_mesh(c.mesh))
@@ -208,8 +214,9 @@ def test_a_directory_that_is_not_a_run_is_refused(tmp_path):
                                                       f"else than a run ({foreign})")):
             train.run(_config(), str(tmp_path / name))
         assert {f: (tmp_path / name / f).read_text() for f in files} == files
-    (tmp_path / "dry").mkdir()  # what a dry run leaves is a run's
+    (tmp_path / "dry").mkdir()  # what a dry run and launch/local_multiprocess.sh's LOG_ALL=1 leave are a run's
     (tmp_path / "dry" / "dry_run.json").write_text("{}")
+    (tmp_path / "dry" / "process_1.log").write_text("")
     runs.check_not_foreign(str(tmp_path / "dry"))
 
 

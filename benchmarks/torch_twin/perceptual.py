@@ -1,8 +1,9 @@
 """The PyTorch twin of the frozen perceptual networks and losses (`maginet_jax.perceptual`).
 
 This module re-creates, by hand and in plain `torch.nn`, what the JAX code in `maginet_jax.perceptual`
-is supposed to compute, so the tests (tests/test_lpips.py, tests/test_torch_twin.py) can compare the two
-implementations number for number and benchmarks/compare.py can time the same losses in PyTorch:
+is supposed to compute, so the tests (tests/test_lpips.py, tests/test_perceptual_weights.py,
+tests/test_torch_twin.py) can compare the two implementations number for number and benchmarks/compare_variants.py
+can time the same losses in PyTorch:
 
 * the `features` stacks of torchvision's AlexNet, VGG16 and VGG19, as `nn.Sequential`s with exactly
   torchvision's module indices (so a torchvision state dict's `features.N.weight` keys line up with them);

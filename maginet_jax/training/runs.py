@@ -1,5 +1,6 @@
-"""Run directories: a new one prepared, and finished ones as inputs (a workdir's config and its latest
-parameters, for later stages, evaluation and prediction).
+"""Run directories: a new one prepared (one holding something else refused), and finished ones as inputs: a
+workdir's config and the parameters of one of its checkpoints (the latest, or a step), for later stages,
+fine-tuning, evaluation and prediction, and whether a saved run's architecture is the config's.
 
 Workdirs may be any path `etils.epath` understands (local, `gs://`, ...); `run_path` turns one into an
 `epath.Path`. A run's workdir holds `config.json` (`write_config`) and `checkpoints/<step>/state`, whose
@@ -13,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import uuid
 from typing import Callable
 
@@ -93,7 +95,7 @@ def latest_step(checkpoints: epath.Path) -> int | None:
 
 
 UPSTREAM_HINT = ("a run trained against it keeps the step it started from, which max_checkpoints_to_keep may have "
-                 "deleted since")
+                 "deleted since: keep_checkpoints_every_steps and keep_best_checkpoints keep more")
 
 
 def params_dir(workdir: str, *, what: str, step: int = 0, hint: str = UPSTREAM_HINT) -> epath.Path:
@@ -123,6 +125,9 @@ def pin_upstream(config, workdir: str, resumed: bool) -> None:
     another upstream run (not the same one moved) is pinned to the new one's latest step."""
     keys = [k for k in config.get("init", {}) if k.endswith("_step")]
     saved = read_config(workdir, expect_stage=config.stage, what="--workdir").init if resumed and keys else {}
+    if resumed and "from_step" in keys:  # what a fine-tuned run started from: a resume never reads it again
+        config.init.from_workdir, config.init.from_step = saved.get("from_workdir", ""), saved.get("from_step", 0)
+        keys.remove("from_step")
     for key in keys:
         upstream_key = key[:-len("_step")] + "_workdir"
         upstream = config.init.get(upstream_key)
@@ -233,7 +238,8 @@ def check_same_model(saved, ours, what: str, workdir: str, prefix: str = "model.
         raise UserError(f"{what}={workdir!r} has another architecture than the config: " + "; ".join(diffs))
 
 
-# What the loop, a dry run and `maginet_jax.evaluate` write in a workdir.
+# What the loop, a dry run and `maginet_jax.evaluate` write in a workdir (launch/local_multiprocess.sh adds
+# process_<i>.log files, before the processes start).
 RUN_ENTRIES = ("config.json", "checkpoints", "metrics.jsonl", "samples", "eval", "profile", "dry_run.json")
 
 
@@ -249,8 +255,8 @@ def check_not_foreign(workdir: str) -> None:
             return
     except (OSError, ValueError, TypeError):  # none, or not a run's
         pass
-    foreign = sorted(p.name for p in path.iterdir()
-                     if p.name not in RUN_ENTRIES[1:] and not p.name.startswith("events.out.tfevents."))
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in RUN_ENTRIES[1:]
+                     and not re.fullmatch(r"events\.out\.tfevents\..*|process_\d+\.log", p.name))
     if foreign:
         raise UserError(f"--workdir={workdir!r} holds files of something else than a run ({', '.join(foreign[:3])}"
                         f"{', ...' if len(foreign) > 3 else ''}): give a new or empty directory, or a run's workdir "
@@ -265,7 +271,7 @@ def start_from(config) -> epath.Path | None:
         return None
     saved = read_config(source, expect_stage=config.stage, what=what)
     check_same_model(saved.model, config.model, what, source)
-    return params_dir(source, what=what, step=config.init.from_step)
+    return params_dir(source, what=what, step=config.init.from_step, hint="")
 
 
 def prepare_workdir(workdir: str, *, what: str = "--workdir") -> None:
