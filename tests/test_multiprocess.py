@@ -22,9 +22,11 @@ OVERRIDES = {"log_every_steps": 1, "checkpoint_every_steps": 4, "optim.learning_
 ARGS = ["--config=configs/refine.py:smoke", *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
 
 
-def _launch(workdir, *extra):
+def _launch(workdir, *extra, log_all: bool = False):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["LOCAL_DEVICES"] = "4"
+    if log_all:
+        env["LOG_ALL"] = "1"
     return subprocess.Popen(["bash", "launch/local_multiprocess.sh", "2", "--", *ARGS, f"--workdir={workdir}",
                              *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
@@ -87,7 +89,7 @@ def test_only_process_zero_writes(two_process_run):
 def test_both_killed_and_restarted_resume_exactly(two_process_run, tmp_path):
     full, _ = two_process_run
     workdir = str(tmp_path)
-    proc = _launch(workdir)
+    proc = _launch(workdir, log_all=True)  # its process_1.log, made first, was taken for another's files
     first = os.path.join(workdir, "checkpoints", "4", "_CHECKPOINT_METADATA")
     deadline = time.time() + 300
     while not os.path.exists(first) and proc.poll() is None and time.time() < deadline:

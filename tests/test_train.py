@@ -217,6 +217,7 @@ def test_a_directory_that_is_not_a_run_is_refused(tmp_path):
     (tmp_path / "dry").mkdir()  # what a dry run and launch/local_multiprocess.sh's LOG_ALL=1 leave are a run's
     (tmp_path / "dry" / "dry_run.json").write_text("{}")
     (tmp_path / "dry" / "process_1.log").write_text("")
+    (tmp_path / "dry" / ".write_test_0123").write_text("")  # another process's prepare_workdir, at that moment
     runs.check_not_foreign(str(tmp_path / "dry"))
 
 

@@ -239,7 +239,7 @@ def check_same_model(saved, ours, what: str, workdir: str, prefix: str = "model.
 
 
 # What the loop, a dry run and `maginet_jax.evaluate` write in a workdir (launch/local_multiprocess.sh adds
-# process_<i>.log files, before the processes start).
+# process_<i>.log files, before the processes start; another process's `prepare_workdir` a moment's probe).
 RUN_ENTRIES = ("config.json", "checkpoints", "metrics.jsonl", "samples", "eval", "profile", "dry_run.json")
 
 
@@ -256,7 +256,7 @@ def check_not_foreign(workdir: str) -> None:
     except (OSError, ValueError, TypeError):  # none, or not a run's
         pass
     foreign = sorted(p.name for p in path.iterdir() if p.name not in RUN_ENTRIES[1:]
-                     and not re.fullmatch(r"events\.out\.tfevents\..*|process_\d+\.log", p.name))
+                     and not re.fullmatch(r"events\.out\.tfevents\..*|process_\d+\.log|\.write_test_.*", p.name))
     if foreign:
         raise UserError(f"--workdir={workdir!r} holds files of something else than a run ({', '.join(foreign[:3])}"
                         f"{', ...' if len(foreign) > 3 else ''}): give a new or empty directory, or a run's workdir "
