@@ -225,15 +225,15 @@ def test_checkpoints_kept_beside_the_latest(tmp_path, monkeypatch):
     """max_checkpoints_to_keep latest ones, every keep_checkpoints_every_steps-th and the keep_best_checkpoints with
     the best eval PSNR, also among those a resumed run finds (orbax reads their PSNR back)."""
     c = _config()
-    c.checkpoint_every_steps, c.eval_every_steps, c.max_checkpoints_to_keep = 2, 4, 1
+    c.num_train_steps, c.checkpoint_every_steps, c.eval_every_steps, c.max_checkpoints_to_keep = 8, 2, 4, 1
     c.keep_checkpoints_every_steps, c.keep_best_checkpoints = 6, 1
-    psnr, evaluate = {0: 5.0, 4: 20.0, 8: 30.0, 12: 10.0, 16: 25.0}, train.evaluate_and_show
+    psnr, evaluate = {0: 5.0, 4: 30.0, 8: 10.0, 10: 20.0}, train.evaluate_and_show
     monkeypatch.setattr(train, "evaluate_and_show", lambda step, *a: {**evaluate(step, *a), "eval/psnr": psnr[step]})
     train.train_and_evaluate(c, str(tmp_path))
-    assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == [6, 8, 12]  # 12 the latest, 6 and 12, 8 the best
-    c.num_train_steps = 16
+    assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == [4, 6, 8]  # the best, a 6th, the latest
+    c.num_train_steps = 10
     train.train_and_evaluate(c, str(tmp_path))
-    assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == [6, 8, 12, 16]
+    assert sorted(map(int, os.listdir(tmp_path / "checkpoints"))) == [4, 6, 10]
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # the 1e39 weight, as intended
