@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging as pylogging
 import os
 import re
@@ -24,6 +25,18 @@ class _OwnInfoOnly(pylogging.Filter):
 def quiet_library_logs() -> None:
     """Our INFO lines and everyone's warnings only (ABSLHandler passes records to its python_handler)."""
     logging.get_absl_handler().python_handler.addFilter(_OwnInfoOnly())
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a bad flag as one line, "<name>: error: <message> (see --help)", exit status 2, as the absl
+    CLIs give it (argparse's own error prints its usage first)."""
+
+    def __init__(self, name: str, **kwargs):
+        super().__init__(prog=f"python -m {name}", **kwargs)
+        self.name = name
+
+    def error(self, message: str):
+        self.exit(2, f"{self.name}: error: {message} (see --help)\n")
 
 
 def flag_error_line(e: BaseException) -> str:

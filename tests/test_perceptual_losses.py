@@ -145,7 +145,7 @@ def _cli(*args):
                           text=True, timeout=120)
 
 
-def test_lpips_cli(tmp_path, faces):
+def test_lpips_cli(tmp_path, faces, capsys):
     from maginet_jax.perceptual.lpips import LPIPS
     a = np.round(np.asarray(faces["image"][0]) * 255).astype(np.uint8)
     b = np.round(np.asarray(faces["albedo"][0]) * 255).astype(np.uint8)
@@ -163,6 +163,13 @@ def test_lpips_cli(tmp_path, faces):
         r = _cli(*map(str, args))
         assert r.returncode == 1 and "Traceback" not in r.stderr
         assert message in r.stderr.strip().splitlines()[-1]
+    # a bad flag: one line, as the other CLIs (argparse printed its usage first)
+    from maginet_jax.tools import lpips as lpips_tool
+    with pytest.raises(SystemExit) as e:
+        lpips_tool.main([str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--net", "squeeze"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("maginet_jax.tools.lpips: error: argument --net: invalid choice: 'squeeze' "
+                                       "(choose from 'alex', 'vgg') (see --help)\n")
 
 
 def test_bfloat16_loss_networks(faces):

@@ -28,6 +28,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from maginet_jax import cli
 from maginet_jax.errors import UserError, check_number
 from maginet_jax.models import pix2pixhd
 from maginet_jax.stages.passes import IMPORT_STAGE, check_counts
@@ -35,8 +36,8 @@ from maginet_jax.torch_interop import read_state_dict
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m maginet_jax.tools.import_pix2pixhd",
-                                description="Import pix2pixHD PyTorch weights for configs/passes.py.")
+    p = cli.ArgumentParser("maginet_jax.tools.import_pix2pixhd",
+                           description="Import pix2pixHD PyTorch weights for configs/passes.py.")
     p.add_argument("--generator", required=True, help="the generator's state-dict file (latest_net_G.pth)")
     p.add_argument("--discriminator", default="", help="the discriminator's state-dict file (latest_net_D.pth)")
     p.add_argument("--netG", required=True, choices=("global", "local"))

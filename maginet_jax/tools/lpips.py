@@ -10,13 +10,12 @@ and images of different sizes give one error line and exit status 1.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 from PIL import UnidentifiedImageError
 
-from maginet_jax import image_io
+from maginet_jax import cli, image_io
 from maginet_jax.errors import UserError, first_line
 from maginet_jax.perceptual.lpips import LPIPS, MIN_SIZE
 
@@ -53,7 +52,7 @@ def distance(path0: str, path1: str, net: str = "alex") -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m maginet_jax.tools.lpips", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser("maginet_jax.tools.lpips", description=__doc__.split("\n")[0])
     parser.add_argument("img0")
     parser.add_argument("img1")
     parser.add_argument("--net", choices=("alex", "vgg"), default="alex")
