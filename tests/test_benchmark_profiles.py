@@ -39,15 +39,15 @@ def test_step_profile(tmp_path):
     # what --trace_dir kept reads back to the same tables
     again = run_script(sys.executable, "-m", "benchmarks.step_profile", f"--from_trace={tmp_path}", "--top=2")
     assert again[again.index("| kind |"):].strip() == table.strip()
-    r = subprocess.run([sys.executable, "-m", "benchmarks.step_profile", f"--from_trace={tmp_path / 'none'}"],
-                       cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
-        f"step_profile.py: error: --from_trace={tmp_path / 'none'} lacks train_step.trace.json.gz, "
-        "train_step.hlo.txt.gz, train_step.json (what --trace_dir keeps)")
-    r = subprocess.run([sys.executable, "-m", "benchmarks.roofline", f"--from_trace={tmp_path}"], cwd=REPO,
-                       capture_output=True, text=True)
-    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
-        "roofline.py: error: the trace is from a CPU; a roofline needs a GPU's trace (its kernels timed alone)")
+    # (in this process: tests/test_benchmark_inputs.py runs the two CLIs' error lines)
+    from benchmarks import roofline, step_profile
+    with pytest.raises(ValueError, match=re.escape(
+            f"--from_trace={tmp_path / 'none'} lacks train_step.trace.json.gz, train_step.hlo.txt.gz, "
+            "train_step.json (what --trace_dir keeps)")):
+        step_profile.summarize(str(tmp_path / "none"), 2)
+    with pytest.raises(ValueError, match=re.escape(
+            "the trace is from a CPU; a roofline needs a GPU's trace (its kernels timed alone)")):
+        roofline.summarize(str(tmp_path), 2)
 
 
 def test_step_profile_reads_gpu_traces(tmp_path):
