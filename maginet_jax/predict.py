@@ -5,7 +5,8 @@ r"""Predicts the six passes of face images (UV textures or portraits) with three
         [--mask=FILE | --no_mask]
     python -m maginet_jax.predict --joint_workdir=runs/joint_demo --input=... --output=DIR [...]
 
-A jointly fine-tuned run (configs/joint.py) holds all three networks and replaces the three workdirs.
+A jointly fine-tuned run (configs/joint.py) holds all three networks and replaces the three workdirs. Each run's
+latest checkpoint is used, or `--<run>_step=N`'s (e.g. one `keep_best_checkpoints` kept).
 
 Writes, for each input `<stem>`: `<stem>_albedo.png` (the refined albedo), `<stem>_<pass>.png` for every pass
 the passes run predicts (ambient_occlusion, normal, specular, translucency, raw_diffuse), and a labelled
@@ -43,7 +44,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from maginet_jax import cli, image_io
-from maginet_jax.errors import UserError
+from maginet_jax.errors import UserError, check_number
 from maginet_jax.models import pix2pixhd
 from maginet_jax.models.albedo_net import size_multiple
 from maginet_jax.stages import joint, passes, supervised
@@ -62,6 +63,9 @@ _SIZE = flags.DEFINE_integer("size", 0, "Working size S, up to 4096 (0: the size
 _MASK = flags.DEFINE_string("mask", "", "An image whose bright pixels (>= 0.5) mark the valid texture region, resized "
                             "to each input (default: the input's non-black pixels).")
 _NO_MASK = flags.DEFINE_bool("no_mask", False, "Write the raw outputs, also outside the face.")
+_STEPS = {run: flags.DEFINE_integer(f"{run}_step", 0, f"The checkpoint of --{run}_workdir to use, e.g. one "
+                                    f"keep_best_checkpoints kept (0: the latest).")
+          for run in ("albedo", "refine", "passes", "joint")}
 flags.mark_flags_as_required(["input", "output"])
 
 def fit_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -98,7 +102,15 @@ class Predictor:
     working size."""
 
     def __init__(self, albedo_workdir: str, refine_workdir: str, passes_workdir: str, size: int = 0, *,
-                 joint_workdir: str = ""):
+                 joint_workdir: str = "", steps: dict[str, int] | None = None):
+        """`steps`: {"albedo" | "refine" | "passes" | "joint": the checkpoint of that run to use}, 0 or absent for
+        the latest."""
+        steps = steps or {}
+        workdirs = dict(albedo=albedo_workdir, refine=refine_workdir, passes=passes_workdir, joint=joint_workdir)
+        for run, step in steps.items():
+            check_number(f"--{run}_step", step, integer=True, at_least=0)
+            if step and not workdirs[run]:
+                raise UserError(f"--{run}_step={step} is set but --{run}_workdir is empty")
         if not 0 <= size <= MAX_SIZE:
             raise UserError(f"working size {size} must be in [1, {MAX_SIZE}] (0: the passes run's crop size)")
         given = [f"--{n}_workdir" for n, w in (("albedo", albedo_workdir), ("refine", refine_workdir),
@@ -112,15 +124,19 @@ class Predictor:
         if joint_workdir:
             config, graphdefs, params = runs.load_params(joint_workdir, joint.networks, stage="joint",
                                                          what="--joint_workdir", mesh=mesh,
-                                                         names=("albedo", "refine", "generator"))
+                                                         names=("albedo", "refine", "generator"),
+                                                         step=steps.get("joint", 0), hint="")
             upstream = {n: (graphdefs[n], params.pop(n)) for n in ("albedo", "refine")}
             albedo_model = config.albedo.model
         else:
-            init = ml_collections.ConfigDict(dict(albedo_workdir=albedo_workdir, refine_workdir=refine_workdir))
-            upstream = supervised.load_upstream(init, mesh, label="--{}_workdir")
+            init = ml_collections.ConfigDict(dict(albedo_workdir=albedo_workdir, refine_workdir=refine_workdir,
+                                                  albedo_step=steps.get("albedo", 0),
+                                                  refine_step=steps.get("refine", 0)))
+            upstream = supervised.load_upstream(init, mesh, label="--{}_workdir", hint="")
             albedo_model = runs.read_config(albedo_workdir, expect_stage="albedo", what="--albedo_workdir").model
             config, graphdefs, params = runs.load_params(passes_workdir, passes.networks, stage="passes",
-                                                         what="--passes_workdir", mesh=mesh, names=("generator",))
+                                                         what="--passes_workdir", mesh=mesh, names=("generator",),
+                                                         step=steps.get("passes", 0), hint="")
         self.passes = tuple(config.passes)
         self.size = size or config.data.crop_size
         multiple = int(np.lcm(2 * size_multiple(albedo_model), pix2pixhd.generator_multiple(config.model)))
@@ -198,8 +214,8 @@ def write_outputs(output_dir: str, path: str, image: np.ndarray, outputs: dict[s
 
 
 def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input_path: str, output_dir: str,
-            native: bool = False, size: int = 0, mask: str = "", no_mask: bool = False, joint_workdir: str = ""
-            ) -> list[str]:
+            native: bool = False, size: int = 0, mask: str = "", no_mask: bool = False, joint_workdir: str = "",
+            steps: dict[str, int] | None = None) -> list[str]:
     """Runs the whole pipeline; returns the error lines of inputs that were skipped."""
     if mask and no_mask:
         raise UserError("--mask and --no_mask contradict each other: give one")
@@ -207,7 +223,8 @@ def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input
     single = len(files) == 1 and os.path.isfile(input_path)
     first = read_input(files[0]) if single else None  # a single unreadable file is the error itself
     mask_image = image_io.read_image(mask) if mask else None
-    predictor = Predictor(albedo_workdir, refine_workdir, passes_workdir, size, joint_workdir=joint_workdir)
+    predictor = Predictor(albedo_workdir, refine_workdir, passes_workdir, size, joint_workdir=joint_workdir,
+                          steps=steps)
     outputs = [output_file(output_dir, f, name) for f in files for name in ("albedo", *predictor.passes, "sheet")]
     written = {image_io.file_identity(path) for path in outputs}
     overwritten = [f for f in [*files, *([mask] if mask else [])] if image_io.file_identity(f) in written]
@@ -247,7 +264,8 @@ def main(argv) -> None:
         sys.exit(f"maginet_jax.predict: error: unexpected arguments {argv[1:]}")
     try:
         skipped = predict(_ALBEDO.value, _REFINE.value, _PASSES.value, _INPUT.value, _OUTPUT.value, _NATIVE.value,
-                          _SIZE.value, _MASK.value, _NO_MASK.value, _JOINT.value)
+                          _SIZE.value, _MASK.value, _NO_MASK.value, _JOINT.value,
+                          steps={run: flag.value for run, flag in _STEPS.items()})
     except UserError as e:
         sys.exit(f"maginet_jax.predict: error: {e}")
     except OSError as e:  # writing an output: a full disk, the directory removed meanwhile

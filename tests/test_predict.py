@@ -98,6 +98,29 @@ def test_prediction_matches_the_chained_networks(chain, tmp_path):
     np.testing.assert_allclose(out["albedo"], np.clip(want, 0, 1), atol=1e-5)
 
 
+def test_a_run_s_earlier_checkpoint_by_step(chain):
+    """--<run>_step picks a kept checkpoint (e.g. keep_best_checkpoints'); the chain's runs keep steps 6 and 12."""
+    import jax
+    from maginet_jax.errors import UserError
+    from maginet_jax.training import runs, sharding
+    steps = {"albedo": 6, "refine": 6, "passes": 6}
+    p = predict.Predictor(chain["albedo"], chain["refine"], chain["passes"], steps=steps)
+    mesh = sharding.make_mesh((("data", 1),), jax.devices()[:1])
+    for stage, (networks, name) in {"albedo": (supervised.networks, "model"), "refine": (supervised.networks, "model"),
+                                    "passes": (predict.passes.networks, "generator")}.items():
+        for step, same in ((6, True), (12, False)):
+            saved = runs.load_params(chain[stage], networks, stage=stage, what=stage, mesh=mesh, step=step,
+                                     names=(name,))[2][name]
+            used = p._params["generator"] if stage == "passes" else p._frozen_nets["upstream"][stage][1]
+            equal = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(used)))
+            assert equal == same, (stage, step)
+    with pytest.raises(UserError, match=f"^--passes_workdir='{chain['passes']}' has no checkpoint of step 5 "
+                                        r"\(it has 6, 12\)$"):
+        predict.Predictor(chain["albedo"], chain["refine"], chain["passes"], steps={"passes": 5})
+    with pytest.raises(UserError, match="^--joint_step=3 is set but --joint_workdir is empty$"):
+        predict.Predictor(chain["albedo"], chain["refine"], chain["passes"], steps={"joint": 3})
+
+
 def _predict_cli(dirs, *args):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     cmd = [sys.executable, "-m", "maginet_jax.predict", f"--albedo_workdir={dirs['albedo']}",

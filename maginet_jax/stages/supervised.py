@@ -196,18 +196,20 @@ def validate_inputs(config) -> None:
         runs.read_config(config.init.refine_workdir, expect_stage="refine", what="init.refine_workdir")
 
 
-def load_upstream(init_config, mesh: Mesh, *, label: str = "init.{}_workdir") -> dict:
+def load_upstream(init_config, mesh: Mesh, *, label: str = "init.{}_workdir", hint: str = runs.UPSTREAM_HINT
+                  ) -> dict:
     """The finished runs `init_config` names ({"albedo": (graphdef, params), "refine": ...}), replicated: each
     its checkpoint of `init.<stage>_step` (0: the latest; see `runs.pin_upstream`).
 
-    `label` names the settings in error messages ("init.{}_workdir" in training, "--{}_workdir" in prediction).
+    `label` names the settings in error messages ("init.{}_workdir" in training, "--{}_workdir" in prediction),
+    `hint` ends the error for a step a run does not have (`runs.params_dir`).
     """
     upstream = {}
     for stage in ("albedo", "refine"):
         workdir = init_config.get(f"{stage}_workdir")
         if workdir:
             _, graphdefs, params = runs.load_params(workdir, networks, stage=stage, what=label.format(stage),
-                                                    mesh=mesh, step=init_config.get(f"{stage}_step") or 0)
+                                                    mesh=mesh, step=init_config.get(f"{stage}_step") or 0, hint=hint)
             upstream[stage] = (graphdefs["model"], params["model"])
     return upstream
 

@@ -201,13 +201,13 @@ def abstract_networks(builds: dict[str, Build], mesh: Mesh) -> tuple[dict[str, n
 
 def load_params(workdir: str, networks: Callable[[ml_collections.ConfigDict], dict[str, Build]], *,
                 stage: str | tuple[str, ...], what: str, mesh: Mesh, names: tuple[str, ...] | None = None,
-                step: int = 0):
+                step: int = 0, hint: str = UPSTREAM_HINT):
     """(config, graphdefs, params) of a finished run (its checkpoint of `step`; 0: the latest), replicated over
-    `mesh`: `networks(config)` rebuilds its networks (all of them, or those in `names`)."""
+    `mesh`: `networks(config)` rebuilds its networks (all of them, or those in `names`). `hint`: as `params_dir`."""
     config = read_config(workdir, expect_stage=stage, what=what)
     builds = networks(config)
     graphdefs, like = abstract_networks({name: builds[name] for name in names or builds}, mesh)
-    return config, graphdefs, restore_params(params_dir(workdir, what=what, step=step), like, what=what)
+    return config, graphdefs, restore_params(params_dir(workdir, what=what, step=step, hint=hint), like, what=what)
 
 
 def _as_tuples(x):
