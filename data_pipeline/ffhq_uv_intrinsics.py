@@ -125,9 +125,8 @@ class FFHQUVIntrinsicsSource:
         for key in self._stems:
             paths = [subject_files(data_dir, self._uv_dir, i, {key: self._stems[key]})[key] for i in first]
             if not any(path.exists() for path in paths):
-                raise ValueError(f"{paths[0]} does not exist, nor does the {key} file of {', '.join(first[1:])}: "
-                                 f"check data.input_file, data.pass_files and data.uv_maps_dir" if first[1:] else
-                                 f"{paths[0]} does not exist: check data.input_file, data.pass_files and "
+                others = f", nor does the {key} file of {', '.join(first[1:])}" if first[1:] else ""
+                raise ValueError(f"{paths[0]} does not exist{others}: check data.input_file, data.pass_files and "
                                  "data.uv_maps_dir")
 
     def __len__(self) -> int:

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from maginet_jax import evaluator, train
+from maginet_jax import evaluator, image_io, train
 from maginet_jax.errors import UserError, check_number
 from maginet_jax.evaluator import METRICS, ROWS
 from maginet_jax.perceptual.lpips import MIN_SIZE
@@ -61,9 +61,8 @@ def evaluate_run(config, workdir: str, step: int = 0) -> dict:
     step = int(directory.parent.name)
     if jax.process_index() == 0:  # where the results go, before the work that makes them
         runs.prepare_workdir(str(runs.run_path(workdir) / "eval"), what="the results directory")
-        for name in ("results.json", "results.md"):
-            if (runs.run_path(workdir) / "eval" / name).is_dir():
-                raise UserError(f"cannot write {str(runs.run_path(workdir) / 'eval' / name)!r}: it is a directory")
+        out = runs.run_path(workdir) / "eval"
+        image_io.check_not_directories([out / "results.json", out / "results.md"])
     graphdefs, like = runs.abstract_networks(stage.networks(config), mesh)
     params = runs.restore_params(directory, like, what="--workdir")
     frozen_nets = jax.device_put(stage.frozen_nets(config, mesh), sharding.replicated(mesh))

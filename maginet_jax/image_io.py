@@ -137,6 +137,14 @@ def file_identity(path: str) -> tuple:
     return ("inode", st.st_dev, st.st_ino)
 
 
+def check_not_directories(paths) -> None:
+    """UserError for the first file to write whose name a directory holds: checked before any is written, where
+    writing it would fail after the ones before it."""
+    for path in paths:
+        if epath.Path(path).is_dir():
+            raise UserError(f"cannot write {str(path)!r}: it is a directory")
+
+
 def write_png(path, x: np.ndarray, bits: int = 8) -> None:
     """Writes `x` (H, W, 1|3), uint8 codes or floats in [0, 1], as an 8- or 16-bit grey/RGB PNG to `path` (a
     str or epath.Path, local or not, e.g. gs://), creating its directory."""

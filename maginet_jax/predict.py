@@ -230,9 +230,7 @@ def predict(albedo_workdir: str, refine_workdir: str, passes_workdir: str, input
     overwritten = [f for f in [*files, *([mask] if mask else [])] if image_io.file_identity(f) in written]
     if overwritten:  # e.g. --output is the input directory, which holds a.png and a_normal.png
         raise UserError(f"--output {output_dir!r} would overwrite the input {overwritten[0]!r}: write elsewhere")
-    blocked = [path for path in outputs if os.path.isdir(path)]
-    if blocked:  # found before any image is written, not after some
-        raise UserError(f"cannot write {blocked[0]!r}: it is a directory")
+    image_io.check_not_directories(outputs)
     created = not os.path.exists(output_dir)
     runs.prepare_workdir(output_dir, what="--output")  # only once every input has been checked
 

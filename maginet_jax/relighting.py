@@ -248,8 +248,7 @@ def check_overwrites(inputs: list[str], output: str, outputs: list[str], html: s
             same = taken.get(image_io.file_identity(file))
             if same:
                 raise UserError(f"{flag}={given!r} would overwrite {same}: write elsewhere")
-            if os.path.isdir(file):  # found before the first file is written, not after some
-                raise UserError(f"cannot write {file!r}: it is a directory")
+        image_io.check_not_directories(files)
         taken.update({image_io.file_identity(file): f"the output {file!r}" for file in files})
 
 

@@ -32,8 +32,9 @@ def checkpoint_manager(directory, *, max_to_keep: int | None = None, keep_every:
     policies = [preservation.LatestN(max_to_keep)]
     if keep_every:
         policies.append(preservation.EveryNSteps(keep_every))
-    psnr = (lambda metrics: metrics[PSNR_METRIC]) if keep_best else None
+    psnr = None
     if keep_best:
+        psnr = lambda metrics: metrics[PSNR_METRIC]  # noqa: E731
         policies.append(preservation.BestN(get_metric_fn=psnr, n=keep_best, keep_checkpoints_without_metrics=False))
     # best_fn as well: without it orbax neither writes a checkpoint's metrics nor reads them back, and a resumed
     # run would rank only its own checkpoints.

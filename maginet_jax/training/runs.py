@@ -238,9 +238,11 @@ def check_same_model(saved, ours, what: str, workdir: str, prefix: str = "model.
         raise UserError(f"{what}={workdir!r} has another architecture than the config: " + "; ".join(diffs))
 
 
-# What the loop, a dry run and `maginet_jax.evaluate` write in a workdir (launch/local_multiprocess.sh adds
-# process_<i>.log files, before the processes start; another process's `prepare_workdir` a moment's probe).
-RUN_ENTRIES = ("config.json", "checkpoints", "metrics.jsonl", "samples", "eval", "profile", "dry_run.json")
+# What the loop, a dry run and `maginet_jax.evaluate` write in a workdir beside config.json (launch/
+# local_multiprocess.sh adds process_<i>.log files, before the processes start; another process's
+# `prepare_workdir` a moment's probe).
+RUN_ENTRIES = re.compile(r"checkpoints|metrics\.jsonl|samples|eval|profile|dry_run\.json|events\.out\.tfevents\..*"
+                         r"|process_\d+\.log|\.write_test_.*")
 
 
 def check_not_foreign(workdir: str) -> None:
@@ -251,12 +253,12 @@ def check_not_foreign(workdir: str) -> None:
     if not str(workdir).strip() or not path.is_dir() or (path / "checkpoints").is_dir():
         return  # (an empty flag, or a file: `prepare_workdir` says so)
     try:
-        if "stage" in json.loads((path / "config.json").read_text()):
-            return
-    except (OSError, ValueError, TypeError):  # none, or not a run's
-        pass
-    foreign = sorted(p.name for p in path.iterdir() if p.name not in RUN_ENTRIES[1:]
-                     and not re.fullmatch(r"events\.out\.tfevents\..*|process_\d+\.log|\.write_test_.*", p.name))
+        saved = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):  # none, or not JSON: not a run's
+        saved = None
+    if isinstance(saved, dict) and "stage" in saved:
+        return
+    foreign = sorted(p.name for p in path.iterdir() if not RUN_ENTRIES.fullmatch(p.name))
     if foreign:
         raise UserError(f"--workdir={workdir!r} holds files of something else than a run ({', '.join(foreign[:3])}"
                         f"{', ...' if len(foreign) > 3 else ''}): give a new or empty directory, or a run's workdir "
